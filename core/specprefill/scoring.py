@@ -1,0 +1,169 @@
+"""Pure functions for steps 4-6 of Speculative Prefill: smoothing, reduction, chunking and selection.
+
+Everything here works on NumPy arrays and has no model in it, so it is tested on tiny literal inputs.
+The speculator computes the same reductions layer by layer in torch (see ``specprefill.hf``); these
+functions are the reference it is checked against.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from specprefill.errors import ConfigurationError
+
+__all__ = [
+    "avg_pool1d",
+    "chunk_bounds",
+    "chunk_scores",
+    "importance_from_attention",
+    "protected_mask",
+    "select_chunks",
+]
+
+FloatArray = npt.NDArray[np.float32]
+IndexArray = npt.NDArray[np.int64]
+
+
+def avg_pool1d(rows: npt.ArrayLike, kernel: int) -> FloatArray:
+    """Average-pool the last axis with stride 1 and zero padding ``kernel // 2``.
+
+    Matches ``torch.nn.functional.avg_pool1d(x, kernel, 1, kernel // 2)`` with the default
+    ``count_include_pad=True``: every output is the window sum divided by ``kernel``, so the first and
+    last ``kernel // 2`` positions are diluted by the zero padding.
+
+    Args:
+        rows: Array whose last axis is pooled.
+        kernel: Odd window length (1 returns the input unchanged).
+
+    Returns:
+        float32 array of the same shape.
+    """
+    x = np.asarray(rows, dtype=np.float32)
+    _check_kernel(kernel)
+    if kernel == 1 or x.shape[-1] == 0:
+        return x.copy()
+    pad = kernel // 2
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad + 1, pad)])
+    csum = np.cumsum(padded, axis=-1, dtype=np.float64)
+    window = csum[..., kernel:] - csum[..., :-kernel]
+    return (window / kernel).astype(np.float32)
+
+
+def importance_from_attention(probs: npt.ArrayLike, pool_kernel: int = 13) -> FloatArray:
+    """Token importance from attention probabilities (steps 4-5).
+
+    Args:
+        probs: ``[layers, heads, queries, N]`` attention probabilities of each query over the N prompt keys.
+        pool_kernel: Kernel of the smoothing applied to every row before reducing.
+
+    Returns:
+        ``[N]`` float32: max over layers and heads of the pooled rows, then mean over queries.
+    """
+    p = np.asarray(probs, dtype=np.float32)
+    if p.ndim != 4:
+        raise ValueError(f"expected [layers, heads, queries, N] probabilities, got shape {p.shape}")
+    pooled = avg_pool1d(p, pool_kernel)
+    return pooled.max(axis=(0, 1)).mean(axis=0).astype(np.float32)
+
+
+def chunk_bounds(n_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` token ranges of contiguous chunks from token 0; the last may be shorter."""
+    if chunk_size < 1:
+        raise ConfigurationError(f"chunk_size must be >= 1, got {chunk_size}")
+    return [(s, min(s + chunk_size, n_tokens)) for s in range(0, n_tokens, chunk_size)]
+
+
+def chunk_scores(importance: npt.ArrayLike, chunk_size: int) -> FloatArray:
+    """Mean importance of each chunk (a short last chunk is averaged over its own length)."""
+    imp = np.asarray(importance, dtype=np.float32)
+    bounds = chunk_bounds(imp.shape[0], chunk_size)
+    return np.array([imp[s:e].mean() for s, e in bounds], dtype=np.float32)
+
+
+def protected_mask(n_tokens: int, protected: npt.ArrayLike | Iterable[int] = ()) -> npt.NDArray[np.bool_]:
+    """Boolean mask of protected tokens from either a mask of length N or an iterable of token indices."""
+    arr = np.asarray(list(protected) if not isinstance(protected, np.ndarray) else protected)
+    if arr.dtype == np.bool_:
+        if arr.shape != (n_tokens,):
+            raise ConfigurationError(f"protected mask has shape {arr.shape}, expected ({n_tokens},)")
+        return arr.copy()
+    mask = np.zeros(n_tokens, dtype=np.bool_)
+    if arr.size:
+        idx = arr.astype(np.int64).ravel()
+        if idx.min() < 0 or idx.max() >= n_tokens:
+            raise ConfigurationError(
+                f"protected token index out of range [0, {n_tokens}): min {idx.min()}, max {idx.max()}"
+            )
+        mask[idx] = True
+    return mask
+
+
+def select_chunks(
+    importance: npt.ArrayLike,
+    *,
+    keep_rate: float,
+    chunk_size: int = 32,
+    protected: npt.ArrayLike | Iterable[int] = (),
+    max_kept_tokens: int | None = None,
+    protected_count_toward_budget: bool = False,
+) -> IndexArray:
+    """Pick the most important chunks (step 6) and return the kept token indices, sorted ascending.
+
+    The budget is ``ceil(keep_rate * n)`` chunks, where ``n`` counts the chunks that hold at least one
+    unprotected token. Protected tokens are always kept; by default they do not use the budget. With
+    ``protected_count_toward_budget`` the budget is ``ceil(keep_rate * all chunks)`` minus the chunks that
+    are wholly protected, and ``max_kept_tokens`` includes the protected tokens. ``max_kept_tokens`` caps
+    the unprotected tokens taken from chosen chunks; when the next chunk does not fit, its most important
+    tokens fill what is left, so the cap is met exactly. Ties go to the earlier chunk.
+
+    Args:
+        importance: ``[N]`` token importance.
+        keep_rate: Fraction of chunks to keep, in (0, 1].
+        chunk_size: Tokens per chunk.
+        protected: Token indices (or a boolean mask) that are always kept.
+        max_kept_tokens: Optional absolute cap on kept tokens.
+        protected_count_toward_budget: Whether protected tokens use up the budget.
+
+    Returns:
+        int64 array of kept token indices, strictly increasing.
+    """
+    if not 0.0 < keep_rate <= 1.0 or math.isnan(keep_rate):
+        raise ConfigurationError(f"keep_rate must be in (0, 1], got {keep_rate}")
+    if max_kept_tokens is not None and max_kept_tokens < 0:
+        raise ConfigurationError(f"max_kept_tokens must be >= 0, got {max_kept_tokens}")
+    imp = np.asarray(importance, dtype=np.float32)
+    if imp.ndim != 1:
+        raise ValueError(f"importance must be 1-D, got shape {imp.shape}")
+    n = imp.shape[0]
+    keep = protected_mask(n, protected)
+    bounds = chunk_bounds(n, chunk_size)
+    candidates = [i for i, (s, e) in enumerate(bounds) if not keep[s:e].all()]
+    if protected_count_toward_budget:
+        chunk_budget = math.ceil(keep_rate * len(bounds)) - (len(bounds) - len(candidates))
+        token_budget = None if max_kept_tokens is None else max_kept_tokens - int(keep.sum())
+    else:
+        chunk_budget = math.ceil(keep_rate * len(candidates))
+        token_budget = max_kept_tokens
+    scores = chunk_scores(imp, chunk_size)
+    order = sorted(candidates, key=lambda i: (-float(scores[i]), i))
+    for i in order[: max(chunk_budget, 0)]:
+        s, e = bounds[i]
+        free = np.flatnonzero(~keep[s:e]) + s
+        if token_budget is not None and len(free) > token_budget:
+            if token_budget > 0:
+                best = free[np.argsort(-imp[free], kind="stable")[:token_budget]]
+                keep[best] = True
+            break
+        keep[free] = True
+        if token_budget is not None:
+            token_budget -= len(free)
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def _check_kernel(kernel: int) -> None:
+    if kernel < 1 or kernel % 2 == 0:
+        raise ConfigurationError(f"pool kernel must be a positive odd number, got {kernel}")
