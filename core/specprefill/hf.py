@@ -255,9 +255,7 @@ class HFSpeculator(Speculator):
         device = self.model.device
         decoded: list[int] = []
         with self._lock, torch.inference_mode(), _recording(recorder):
-            out = self.model(
-                input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1
-            )
+            out = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
             for _ in range(config.lookahead - 1):
                 nxt = int(out.logits[0, -1].argmax())
@@ -280,5 +278,6 @@ class HFSpeculator(Speculator):
         import torch
 
         with self._lock, torch.inference_mode():
-            self.model(input_ids=torch.tensor([list(input_ids)], device=self.model.device), use_cache=True,
-                       logits_to_keep=1)
+            self.model(
+                input_ids=torch.tensor([list(input_ids)], device=self.model.device), use_cache=True, logits_to_keep=1
+            )

