@@ -26,6 +26,10 @@ from specprefill.scoring import avg_pool1d, chunk_scores, importance_from_attent
 from specprefill.speculator import Speculator
 
 if TYPE_CHECKING:
+    from specprefill.backends.base import GenerationParams
+    from specprefill.backends.openai import OpenAIBackend
+    from specprefill.backends.transformers import TransformersBackend
+    from specprefill.engine import EngineResult, EngineStats, SpecPrefillEngine
     from specprefill.models import load_speculator
 
 __version__ = "0.1.0"
@@ -35,15 +39,21 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
     "EmptyPromptError",
+    "EngineResult",
+    "EngineStats",
+    "GenerationParams",
     "ModelLoadError",
+    "OpenAIBackend",
     "PromptError",
     "PromptTooLongError",
     "PruneResult",
     "PruneStats",
     "SpecPrefillConfig",
+    "SpecPrefillEngine",
     "SpecPrefillError",
     "Speculator",
     "SpeculatorError",
+    "TransformersBackend",
     "__version__",
     "avg_pool1d",
     "chunk_scores",
@@ -54,6 +64,12 @@ __all__ = [
 
 _LAZY = {
     "load_speculator": "specprefill.models",
+    "SpecPrefillEngine": "specprefill.engine",
+    "EngineResult": "specprefill.engine",
+    "EngineStats": "specprefill.engine",
+    "TransformersBackend": "specprefill.backends.transformers",
+    "OpenAIBackend": "specprefill.backends.openai",
+    "GenerationParams": "specprefill.backends.base",
 }
 
 
