@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing_extensions import Self
 
 from specprefill.errors import ConfigurationError
 
@@ -69,10 +70,41 @@ class SpecPrefillConfig(BaseModel):
         except ValidationError as exc:
             raise ConfigurationError(_explain(exc)) from exc
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Validate a mapping (e.g. parsed JSON/TOML) into a config; errors are ``ConfigurationError``."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            _reraise(exc)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        """Validate a JSON document into a config; errors are ``ConfigurationError``."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            _reraise(exc)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ConfigurationError(
+            f"SpecPrefillConfig is immutable; make a changed copy with config.with_overrides({name}=...)"
+        )
+
+    @field_validator("pool_kernel")
+    @classmethod
+    def _check_pool_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"pool_kernel must be odd (got {value}); use e.g. 13, or 1 to disable")
+        return value
+
     @model_validator(mode="after")
-    def _check_pool_kernel(self) -> SpecPrefillConfig:
-        if self.pool_kernel % 2 == 0:
-            raise ValueError(f"pool_kernel must be odd (got {self.pool_kernel}); use e.g. 13, or 1 to disable")
+    def _check_window(self) -> Self:
+        if self.max_speculator_tokens is not None and self.max_speculator_tokens <= self.lookahead:
+            raise ValueError(
+                f"max_speculator_tokens ({self.max_speculator_tokens}) must exceed lookahead ({self.lookahead}): "
+                "each window holds prompt tokens plus the look-ahead tokens"
+            )
         return self
 
     def with_overrides(self, **overrides: Any) -> SpecPrefillConfig:
@@ -83,6 +115,7 @@ class SpecPrefillConfig(BaseModel):
 
         Returns:
             A new config; this one is unchanged.
+
         """
         changes = {k: v for k, v in overrides.items() if v is not None}
         if not changes:
@@ -95,9 +128,22 @@ class SpecPrefillConfig(BaseModel):
         return SpecPrefillConfig(**{**self.model_dump(), **changes})
 
 
+def _reraise(exc: ValidationError) -> NoReturn:
+    """Raise the ``ConfigurationError`` behind a pydantic error (``__init__`` errors arrive wrapped)."""
+    for err in exc.errors():
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, ConfigurationError):
+            raise inner from exc
+    raise ConfigurationError(_explain(exc)) from exc
+
+
 def _explain(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"]:
+            where = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{where}: {msg} (got {err.get('input')!r:.200})")
+        else:
+            parts.append(msg)
     return "invalid SpecPrefillConfig: " + "; ".join(parts)

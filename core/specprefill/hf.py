@@ -41,6 +41,10 @@ CAPTURE_ATTENTION = "specprefill_sdpa"
 
 _RECORDER: ContextVar[_Recorder | None] = ContextVar("specprefill_recorder", default=None)
 _REGISTER_LOCK = threading.Lock()
+_SINK_TOKENS = 4
+"""Leading prompt tokens repeated at the start of every later scoring window (attention-sink anchor)."""
+_OVERLAP_TOKENS = 64
+"""Tokens before a later window's segment that it also reads (and whose scores it discards)."""
 _registered = False
 
 
@@ -223,12 +227,21 @@ class HFSpeculator(Speculator):
         return self._score_windows(ids, config, budget)
 
     def _score_windows(self, ids: list[int], config: SpecPrefillConfig, budget: int) -> ImportanceResult:
+        """Score a prompt longer than the context in windows that all end with the prompt's tail.
+
+        Every window after the first starts with the prompt's first ``_SINK_TOKENS`` tokens and the
+        ``_OVERLAP_TOKENS`` tokens just before its segment: a window that began mid-prompt would make its
+        first tokens attention sinks and inflate their scores. Those lead-in tokens take part in the
+        softmax, but their scores in that window are discarded.
+        """
         from tqdm.auto import tqdm
 
         n = len(ids)
         tail = min(config.window_query_tokens, budget // 4)
         prefix = n - tail
-        n_windows = math.ceil(prefix / (budget - tail))
+        sink = min(_SINK_TOKENS, prefix)
+        overlap = min(_OVERLAP_TOKENS, (budget - tail - sink) // 4)
+        n_windows = max(1, math.ceil((prefix - sink) / (budget - tail - sink - overlap)))
         seg = math.ceil(prefix / n_windows)
         importance = np.zeros(n, dtype=np.float32)
         tail_scores = []
@@ -237,9 +250,11 @@ class HFSpeculator(Speculator):
         bar = tqdm(total=n_windows, desc="speculator windows", unit="window", disable=None, leave=False)
         for start in range(0, prefix, seg):
             end = min(start + seg, prefix)
-            part = self._score_once(ids[start:end] + ids[prefix:], config)
-            importance[start:end] = part.importance[: end - start]
-            tail_scores.append(part.importance[end - start :])
+            head = ids[:sink] + ids[max(sink, start - overlap) : start] if start > 0 else []
+            part = self._score_once(head + ids[start:end] + ids[prefix:], config)
+            body = part.importance[len(head) :]
+            importance[start:end] = body[: end - start]
+            tail_scores.append(body[end - start :])
             queries = max(queries, part.queries)
             lookahead = lookahead or part.lookahead_token_ids
             bar.update(1)

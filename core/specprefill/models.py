@@ -171,7 +171,7 @@ def load_causal_lm(
     Args:
         name_or_path: Embedded name, model directory, ``.gguf`` file, or hub id.
         device: torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
-        dtype: torch dtype or its name; default bfloat16 (float32 where bf16 is unsupported).
+        dtype: torch dtype or its name; default bfloat16.
         attn_implementation: transformers attention implementation.
 
     Returns:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +16,15 @@ from specprefill.result import Message
 from specprefill.spans import Span, char_spans_to_token_mask, merge_spans
 
 __all__ = [
-    "Prompt",
     "PreparedPrompt",
+    "Prompt",
+    "check_spans",
     "locate_contents",
+    "locate_contents_by_template",
     "message_text",
     "plain_chat",
     "protection_for_messages",
+    "scrub_surrogates",
     "validate_messages",
 ]
 
@@ -38,6 +42,23 @@ class PreparedPrompt:
     offsets: list[Span] | None = None
     messages: list[Message] | None = None
     content_spans: list[Span] | None = None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub_surrogates(text: str) -> str:
+    """Replace lone UTF-16 surrogates (which no tokenizer can encode) with U+FFFD.
+
+    Such strings come from ``json.loads`` of a broken escape (backslash-u-d800) or from
+    ``errors="surrogateescape"`` decoding. The replacement keeps the length, so character offsets into the
+    original stay valid.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def message_text(message: Message) -> str:
@@ -69,16 +90,15 @@ def validate_messages(messages: Sequence[Any]) -> list[Message]:
     Raises:
         EmptyPromptError: No messages, or every message is empty.
         PromptError: A message is not a ``{"role", "content"}`` mapping.
+
     """
     if len(messages) == 0:
         raise EmptyPromptError("the message list is empty; pass at least one {'role': 'user', 'content': ...}")
     out: list[Message] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise PromptError(
-                f"message {i} must be a dict with a string 'role' and a 'content', got {m!r:.80}"
-            )
-        out.append({**m, "content": message_text(m)})
+            raise PromptError(f"message {i} must be a dict with a string 'role' and a 'content', got {m!r:.80}")
+        out.append({**m, "role": scrub_surrogates(m["role"]), "content": scrub_surrogates(message_text(m))})
     if not any(m["content"].strip() for m in out):
         raise EmptyPromptError("every message is empty; give the model something to read")
     return out
@@ -102,6 +122,76 @@ def locate_contents(rendered: str, contents: Sequence[str]) -> list[Span]:
         else:
             spans.append((cursor, cursor))
     return spans
+
+
+def locate_contents_by_template(
+    rendered: str, messages: Sequence[Message], render: Callable[[list[Message]], str]
+) -> list[Span]:
+    """Exact content spans, found by rendering the chat again with a unique placeholder per content.
+
+    The placeholder rendering gives the template text around every content, so a content that also occurs
+    in the template (``"user"``, words of a default system prompt) is not mistaken for it. Falls back to
+    :func:`locate_contents` when the template treats placeholders differently from the real contents.
+    """
+    contents = [str(m["content"]) for m in messages]
+    sentinels = [f"\ue000specprefill{i}\ue001" for i in range(len(messages))]
+    try:
+        skeleton = render([{**m, "content": tag} for m, tag in zip(messages, sentinels, strict=True)])
+    except Exception:  # any template failure: fall back to searching the rendering
+        skeleton = ""
+    spans = _match_skeleton(rendered, contents, skeleton, sentinels) if skeleton else None
+    return spans if spans is not None else locate_contents(rendered, contents)
+
+
+def _match_skeleton(
+    rendered: str, contents: Sequence[str], skeleton: str, sentinels: Sequence[str]
+) -> list[Span] | None:
+    pieces: list[str] = []
+    rest = skeleton
+    for tag in sentinels:
+        if skeleton.count(tag) != 1 or tag not in rest:
+            return None
+        head, rest = rest.split(tag, 1)
+        pieces.append(head)
+    pieces.append(rest)
+    spans: list[Span] = []
+    cursor = 0
+    for i, content in enumerate(contents):
+        if not rendered.startswith(pieces[i], cursor):
+            return None
+        cursor += len(pieces[i])
+        for candidate in (content, content.strip(), content.lstrip(), content.rstrip()):
+            end = cursor + len(candidate)
+            if rendered.startswith(candidate, cursor) and rendered.startswith(pieces[i + 1], end):
+                spans.append((cursor, end))
+                cursor = end
+                break
+        else:
+            return None
+    return spans if rendered[cursor:] == pieces[-1] else None
+
+
+def check_spans(spans: Iterable[object]) -> list[Span]:
+    """Validate caller-given ``(start, end)`` character spans.
+
+    Raises:
+        PromptError: A span is not a pair of integers.
+
+    """
+    out: list[Span] = []
+    try:
+        items = list(spans)
+    except TypeError:
+        raise PromptError(f"protected_spans must be a list of (start, end) pairs, got {spans!r:.80}") from None
+    for span in items:
+        if (
+            not isinstance(span, (tuple, list))
+            or len(span) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in span)
+        ):
+            raise PromptError(f"each protected span must be a (start, end) pair of ints, got {span!r:.80}")
+        out.append((int(span[0]), int(span[1])))
+    return out
 
 
 def protection_for_messages(
@@ -142,7 +232,6 @@ def _complement(spans: Sequence[Span], length: int) -> list[Span]:
     if cursor < length:
         out.append((cursor, length))
     return out
-
 
 
 def plain_chat(messages: Sequence[Message]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,7 @@ from specprefill.errors import ConfigurationError
 
 __all__ = [
     "avg_pool1d",
+    "budget_chunks",
     "chunk_bounds",
     "chunk_scores",
     "importance_from_attention",
@@ -41,6 +43,7 @@ def avg_pool1d(rows: npt.ArrayLike, kernel: int) -> FloatArray:
 
     Returns:
         float32 array of the same shape.
+
     """
     x = np.asarray(rows, dtype=np.float32)
     _check_kernel(kernel)
@@ -62,12 +65,14 @@ def importance_from_attention(probs: npt.ArrayLike, pool_kernel: int = 13) -> Fl
 
     Returns:
         ``[N]`` float32: max over layers and heads of the pooled rows, then mean over queries.
+
     """
     p = np.asarray(probs, dtype=np.float32)
     if p.ndim != 4:
         raise ValueError(f"expected [layers, heads, queries, N] probabilities, got shape {p.shape}")
     pooled = avg_pool1d(p, pool_kernel)
-    return pooled.max(axis=(0, 1)).mean(axis=0).astype(np.float32)
+    importance: FloatArray = pooled.max(axis=(0, 1)).mean(axis=0).astype(np.float32)
+    return importance
 
 
 def chunk_bounds(n_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -86,7 +91,7 @@ def chunk_scores(importance: npt.ArrayLike, chunk_size: int) -> FloatArray:
 
 def protected_mask(n_tokens: int, protected: npt.ArrayLike | Iterable[int] = ()) -> npt.NDArray[np.bool_]:
     """Boolean mask of protected tokens from either a mask of length N or an iterable of token indices."""
-    arr = np.asarray(list(protected) if not isinstance(protected, np.ndarray) else protected)
+    arr = protected if isinstance(protected, np.ndarray) else np.asarray(list(cast(Iterable[Any], protected)))
     if arr.dtype == np.bool_:
         if arr.shape != (n_tokens,):
             raise ConfigurationError(f"protected mask has shape {arr.shape}, expected ({n_tokens},)")
@@ -130,25 +135,33 @@ def select_chunks(
 
     Returns:
         int64 array of kept token indices, strictly increasing.
+
     """
-    if not 0.0 < keep_rate <= 1.0 or math.isnan(keep_rate):
-        raise ConfigurationError(f"keep_rate must be in (0, 1], got {keep_rate}")
+    try:
+        rate = float(keep_rate)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"keep_rate must be a number in (0, 1], got {keep_rate!r}") from None
+    if not 0.0 < rate <= 1.0:  # also rejects NaN
+        raise ConfigurationError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
     if max_kept_tokens is not None and max_kept_tokens < 0:
         raise ConfigurationError(f"max_kept_tokens must be >= 0, got {max_kept_tokens}")
     imp = np.asarray(importance, dtype=np.float32)
     if imp.ndim != 1:
         raise ValueError(f"importance must be 1-D, got shape {imp.shape}")
+    # A NaN score (e.g. an overflowing half-precision speculator) must not scramble the ranking.
+    imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
     n = imp.shape[0]
     keep = protected_mask(n, protected)
     bounds = chunk_bounds(n, chunk_size)
     candidates = [i for i, (s, e) in enumerate(bounds) if not keep[s:e].all()]
     if protected_count_toward_budget:
-        chunk_budget = math.ceil(keep_rate * len(bounds)) - (len(bounds) - len(candidates))
+        chunk_budget = budget_chunks(rate, len(bounds)) - (len(bounds) - len(candidates))
         token_budget = None if max_kept_tokens is None else max_kept_tokens - int(keep.sum())
     else:
-        chunk_budget = math.ceil(keep_rate * len(candidates))
+        chunk_budget = budget_chunks(rate, len(candidates))
         token_budget = max_kept_tokens
     scores = chunk_scores(imp, chunk_size)
+    scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)  # a chunk holding both +inf and -inf
     order = sorted(candidates, key=lambda i: (-float(scores[i]), i))
     for i in order[: max(chunk_budget, 0)]:
         s, e = bounds[i]
@@ -162,6 +175,16 @@ def select_chunks(
         if token_budget is not None:
             token_budget -= len(free)
     return np.flatnonzero(keep).astype(np.int64)
+
+
+def budget_chunks(keep_rate: float, n_chunks: int) -> int:
+    """``ceil(keep_rate * n_chunks)``, at least one chunk when there is one, robust to float rounding.
+
+    ``0.07 * 100`` is ``7.000000000000001`` in floating point; a plain ``ceil`` would keep 8 chunks.
+    """
+    if n_chunks <= 0:
+        return 0
+    return min(n_chunks, max(1, math.ceil(keep_rate * n_chunks - 1e-9)))
 
 
 def _check_kernel(kernel: int) -> None:

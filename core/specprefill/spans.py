@@ -52,8 +52,26 @@ def char_spans_to_token_mask(offsets: Sequence[Span], spans: Iterable[Span]) -> 
 
 
 def kept_char_spans(offsets: Sequence[Span], kept_indices: Iterable[int]) -> list[Span]:
-    """Character spans covered by the kept tokens, merged and in order."""
-    return merge_spans(offsets[int(i)] for i in kept_indices)
+    """Character spans covered by the kept tokens, merged and in order.
+
+    Each run of consecutive kept tokens becomes one span from its first character to its last, so a
+    tokenizer whose offsets leave out the white space between tokens does not get a gap inside a run.
+    Zero-width tokens (added special tokens) add no characters.
+    """
+    spans: list[Span] = []
+    run: Span | None = None
+    prev: int | None = None
+    for i in sorted({int(k) for k in kept_indices}):
+        if prev is not None and i != prev + 1 and run is not None:
+            spans.append(run)
+            run = None
+        prev = i
+        s, e = offsets[i]
+        if e > s:
+            run = (s, e) if run is None else (min(run[0], s), max(run[1], e))
+    if run is not None:
+        spans.append(run)
+    return merge_spans(spans)
 
 
 def join_spans(text: str, spans: Sequence[Span], marker: str) -> str:

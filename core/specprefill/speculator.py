@@ -6,20 +6,22 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import EmptyPromptError, PromptError, SpecPrefillError, SpeculatorError
+from specprefill.errors import ConfigurationError, EmptyPromptError, PromptError, SpecPrefillError, SpeculatorError
 from specprefill.prompts import (
     PreparedPrompt,
     Prompt,
-    locate_contents,
+    check_spans,
+    locate_contents_by_template,
     protection_for_messages,
+    scrub_surrogates,
     validate_messages,
 )
 from specprefill.result import Message, PruneResult, PruneStats
@@ -87,43 +89,54 @@ class Speculator(ABC):
 
         Returns:
             One float32 score per token.
+
         """
         ids = self._check_ids(input_ids)
-        return self.score(ids, config or SpecPrefillConfig()).importance
+        return self.score(ids, _as_config(config)).importance
 
     def count_tokens(self, text: str) -> int:
         """Number of speculator tokens in ``text`` (no special tokens)."""
         return len(self.encode(text)[0])
 
-    def prepare(self, prompt: Prompt, protected_spans: Iterable[Span] = (), *,
-                config: SpecPrefillConfig | None = None) -> PreparedPrompt:
+    def prepare(
+        self, prompt: Prompt, protected_spans: Iterable[Span] = (), *, config: SpecPrefillConfig | None = None
+    ) -> PreparedPrompt:
         """Tokenise a prompt and mark its protected tokens (step 1 plus protection)."""
-        cfg = config or SpecPrefillConfig()
-        extra = list(protected_spans)
+        cfg = _as_config(config)
+        extra = check_spans(protected_spans)
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise EmptyPromptError("the prompt is empty or only white space; nothing to prune or answer")
+            prompt = scrub_surrogates(prompt)
             ids, offsets = self.encode_with_specials(prompt)
             protected = char_spans_to_token_mask(offsets, extra)
             return PreparedPrompt(ids, protected, text=prompt, offsets=offsets)
         if isinstance(prompt, (bytes, bytearray)):
             raise PromptError("the prompt is bytes; decode it first, e.g. data.decode('utf-8', errors='replace')")
-        items = list(prompt)
+        if isinstance(prompt, dict):
+            raise PromptError("got a single message dict; pass a list of messages: [{'role': ..., 'content': ...}]")
+        if not isinstance(prompt, Iterable):
+            raise PromptError(
+                f"the prompt must be text, a list of token ids or a list of messages, got {type(prompt).__name__}"
+            )
+        try:
+            items = list(prompt)
+        except TypeError as exc:
+            raise PromptError(f"the prompt cannot be read as a sequence: {exc}") from exc
         if not items:
             raise EmptyPromptError("the prompt is empty; pass text, token ids or messages")
         if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in items):
             if extra:
                 raise PromptError("protected_spans are character spans and need a text or message prompt")
-            ids = self._check_ids(items)
+            ids = self._check_ids(cast(list[int], items))
             return PreparedPrompt(ids, np.zeros(len(ids), dtype=np.bool_))
         messages = validate_messages(items)
-        rendered = self.render_chat(messages)
+        rendered = scrub_surrogates(self.render_chat(messages))
         ids, offsets = self.encode(rendered)
-        spans = locate_contents(rendered, [m["content"] for m in messages])
+        spans = locate_contents_by_template(rendered, messages, self.render_chat)
         protected = protection_for_messages(offsets, len(rendered), messages, spans, cfg)
         protected |= char_spans_to_token_mask(offsets, extra)
-        return PreparedPrompt(ids, protected, text=rendered, offsets=offsets, messages=messages,
-                              content_spans=spans)
+        return PreparedPrompt(ids, protected, text=rendered, offsets=offsets, messages=messages, content_spans=spans)
 
     def prune(
         self,
@@ -138,8 +151,9 @@ class Speculator(ABC):
         Args:
             prompt: Text, token ids, or chat messages (``[{"role": ..., "content": ...}]``). Messages are
                 rendered with the chat template; template tokens, the system prompt and the end of the final
-                user message are protected as the config says.
-            config: Pruning settings (defaults if omitted).
+                user message are protected as the config says. Lone surrogates in text (which no tokenizer
+                can encode) are replaced by U+FFFD, keeping character offsets.
+            config: Pruning settings (defaults if omitted; a plain mapping of fields is accepted too).
             protected_spans: Extra ``(start, end)`` character spans of the text (or rendered chat) to keep.
             **overrides: Per-call config changes, e.g. ``keep_rate=0.1``.
 
@@ -151,8 +165,9 @@ class Speculator(ABC):
             EmptyPromptError: The prompt is empty.
             PromptError: The prompt cannot be tokenised or has token ids outside the vocabulary.
             SpeculatorError: Scoring failed and fallback is off.
+
         """
-        cfg = (config or SpecPrefillConfig()).with_overrides(**overrides)
+        cfg = _as_config(config).with_overrides(**overrides)
         start = time.perf_counter()
         prepared = self.prepare(prompt, protected_spans, config=cfg)
         n = len(prepared.input_ids)
@@ -164,7 +179,7 @@ class Speculator(ABC):
             if not cfg.fallback_on_error or isinstance(exc, PromptError):
                 raise
             return self._fallback(prepared, cfg, start, exc)
-        except Exception as exc:  # noqa: BLE001 - any failure of the model falls back to the full prompt
+        except Exception as exc:  # any failure of the model falls back to the full prompt
             if not cfg.fallback_on_error:
                 raise SpeculatorError(f"speculator {self.name!r} failed: {exc}") from exc
             return self._fallback(prepared, cfg, start, exc)
@@ -188,7 +203,7 @@ class Speculator(ABC):
     ) -> PruneResult:
         """Async :meth:`prune`: scoring runs in a worker thread so the event loop stays free."""
         return await asyncio.to_thread(
-            self.prune, prompt, config, protected_spans=list(protected_spans), **overrides
+            self.prune, prompt, config, protected_spans=check_spans(protected_spans), **overrides
         )
 
     # --- helpers --------------------------------------------------------------------------------
@@ -204,8 +219,9 @@ class Speculator(ABC):
             )
         return ids
 
-    def _fallback(self, prepared: PreparedPrompt, cfg: SpecPrefillConfig, start: float,
-                  exc: BaseException) -> PruneResult:
+    def _fallback(
+        self, prepared: PreparedPrompt, cfg: SpecPrefillConfig, start: float, exc: BaseException
+    ) -> PruneResult:
         reason = f"{type(exc).__name__}: {exc}"
         logger.warning("speculator %s failed (%s); using the full prompt", self.name, reason)
         n = len(prepared.input_ids)
@@ -230,8 +246,9 @@ class Speculator(ABC):
             spans = kept_char_spans(prepared.offsets, kept)
             text = join_spans(prepared.text, spans, cfg.gap_marker) if len(kept) < n else prepared.text
             if prepared.messages is not None and prepared.content_spans is not None:
-                messages = _cut_messages(prepared.messages, prepared.content_spans, spans, prepared.text,
-                                         cfg.gap_marker)
+                messages = _cut_messages(
+                    prepared.messages, prepared.content_spans, spans, prepared.text, cfg.gap_marker
+                )
         else:
             text = self._decode_runs(ids, kept, cfg.gap_marker)
         bounds = chunk_bounds(n, cfg.chunk_size)
@@ -287,6 +304,19 @@ class Speculator(ABC):
         return "".join(pieces)
 
 
+def _as_config(config: object) -> SpecPrefillConfig:
+    """The config to use: defaults for None, validation for a plain mapping, a typed error for anything else."""
+    if config is None:
+        return SpecPrefillConfig()
+    if isinstance(config, SpecPrefillConfig):
+        return config
+    if isinstance(config, Mapping):
+        return SpecPrefillConfig.model_validate(dict(config))
+    raise ConfigurationError(
+        f"config must be a SpecPrefillConfig or a mapping of its fields, got {type(config).__name__}"
+    )
+
+
 def _runs(indices: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
     """Half-open ranges of consecutive values in a sorted index array."""
     out: list[tuple[int, int]] = []
@@ -299,15 +329,17 @@ def _runs(indices: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
     return out
 
 
-def _cut_messages(messages: list[Message], content_spans: list[Span], kept: list[Span], text: str,
-                  marker: str) -> list[Message]:
+def _cut_messages(
+    messages: list[Message], content_spans: list[Span], kept: list[Span], text: str, marker: str
+) -> list[Message]:
     out: list[Message] = []
     for m, window in zip(messages, content_spans, strict=True):
-        content = text[window[0]:window[1]]
+        if window[0] == window[1]:
+            # not found in the rendering (the template rewrote or dropped it): pass it on unpruned
+            out.append(dict(m))
+            continue
+        content = text[window[0] : window[1]]
         local = cut_spans(kept, window)
-        if local == [(0, len(content))]:
-            new = content
-        else:
-            new = join_spans(content, local, marker)
+        new = content if local == [(0, len(content))] else join_spans(content, local, marker)
         out.append({**m, "content": new})
     return out

@@ -1,0 +1,321 @@
+"""Steps 4-6 as pure functions, checked against hand-computed values on tiny literal arrays."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+
+from specprefill import ConfigurationError, avg_pool1d, chunk_scores, importance_from_attention, select_chunks
+from specprefill.scoring import budget_chunks, chunk_bounds, protected_mask
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+# --- avg_pool1d ---------------------------------------------------------------------------------------
+def test_avg_pool_kernel3_hand_computed() -> None:
+    # zero padding of 1 on each side, every window divided by 3 (count_include_pad=True)
+    out = avg_pool1d([1.0, 2.0, 3.0, 4.0], 3)
+    np.testing.assert_allclose(out, [(0 + 1 + 2) / 3, (1 + 2 + 3) / 3, (2 + 3 + 4) / 3, (3 + 4 + 0) / 3])
+    assert out.dtype == np.float32
+
+
+def test_avg_pool_kernel5_hand_computed() -> None:
+    out = avg_pool1d([5.0, 0.0, 0.0, 0.0, 0.0, 0.0], 5)
+    np.testing.assert_allclose(out, [1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def test_avg_pool_kernel1_is_identity_copy() -> None:
+    x = np.array([[0.5, 0.25, 0.25]], dtype=np.float32)
+    out = avg_pool1d(x, 1)
+    np.testing.assert_array_equal(out, x)
+    out[0, 0] = 9.0
+    assert x[0, 0] == 0.5  # a copy, not a view
+
+
+def test_avg_pool_shorter_than_kernel() -> None:
+    # N=2 < kernel=5: every window covers the whole row plus padding
+    np.testing.assert_allclose(avg_pool1d([3.0, 6.0], 5), [9 / 5, 9 / 5])
+    np.testing.assert_allclose(avg_pool1d([7.0], 13), [7 / 13])
+
+
+def test_avg_pool_empty_and_batched_shape() -> None:
+    assert avg_pool1d(np.zeros((2, 3, 0)), 3).shape == (2, 3, 0)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    out = avg_pool1d(x, 3)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out[1, 2], avg_pool1d(x[1, 2], 3))
+
+
+@pytest.mark.parametrize("kernel", [0, -1, 2, 4, 14])
+def test_avg_pool_rejects_bad_kernel(kernel: int) -> None:
+    with pytest.raises(ConfigurationError, match="kernel"):
+        avg_pool1d([1.0, 2.0, 3.0], kernel)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+@pytest.mark.parametrize(("n", "kernel"), [(1, 13), (7, 13), (13, 13), (50, 13), (200, 3), (31, 1), (64, 31)])
+def test_avg_pool_matches_torch(n: int, kernel: int) -> None:
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    rng = np.random.default_rng(n * 100 + kernel)
+    x = rng.random((4, 3, n), dtype=np.float32)
+    ref = F.avg_pool1d(torch.from_numpy(x).reshape(12, 1, n), kernel, stride=1, padding=kernel // 2)
+    np.testing.assert_allclose(avg_pool1d(x, kernel), ref.reshape(4, 3, n).numpy(), rtol=1e-5, atol=1e-7)
+
+
+# --- importance_from_attention --------------------------------------------------------------------------
+def test_importance_max_over_layers_heads_then_mean_over_queries() -> None:
+    # [L=2, H=2, Q=2, N=3], kernel 1 (no smoothing) so the reduction order is visible
+    probs = np.array(
+        [
+            [[[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], [[0.3, 0.3, 0.4], [0.2, 0.2, 0.6]]],
+            [[[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]], [[0.2, 0.5, 0.3], [0.3, 0.3, 0.4]]],
+        ]
+    )
+    # max over (L, H) per query: q0 -> [0.8, 0.5, 0.7]; q1 -> [0.6, 0.8, 0.6]; mean -> [0.7, 0.65, 0.65]
+    out = importance_from_attention(probs, pool_kernel=1)
+    np.testing.assert_allclose(out, [0.7, 0.65, 0.65], rtol=1e-6)
+    assert out.dtype == np.float32 and out.shape == (3,)
+
+
+def test_importance_pools_before_max() -> None:
+    # Two heads peak at neighbouring tokens. Pool-then-max keeps each peak's spread separately;
+    # max-then-pool merges the two peaks first and gives a different (larger) value between them.
+    probs = np.zeros((1, 2, 1, 5))
+    probs[0, 0, 0, 1] = 1.0
+    probs[0, 1, 0, 3] = 1.0
+    pooled_first = importance_from_attention(probs, pool_kernel=3)
+    np.testing.assert_allclose(pooled_first, [1 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    max_first = avg_pool1d(probs.max(axis=(0, 1)), 3).mean(axis=0)
+    np.testing.assert_allclose(max_first, [1 / 3, 1 / 3, 2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    assert not np.allclose(pooled_first, max_first)
+
+
+def test_importance_rejects_wrong_rank() -> None:
+    with pytest.raises(ValueError, match="layers, heads, queries, N"):
+        importance_from_attention(np.zeros((2, 3, 4)))
+
+
+# --- chunks ---------------------------------------------------------------------------------------------
+def test_chunk_bounds_and_partial_last_chunk_mean() -> None:
+    assert chunk_bounds(7, 3) == [(0, 3), (3, 6), (6, 7)]
+    assert chunk_bounds(6, 3) == [(0, 3), (3, 6)]
+    assert chunk_bounds(0, 3) == []
+    np.testing.assert_allclose(chunk_scores([1, 2, 3, 4, 5, 6, 10], 3), [2.0, 5.0, 10.0])
+    np.testing.assert_allclose(chunk_scores([1, 2, 3, 5], 3), [2.0, 5.0])  # last chunk: mean over 1 token
+    with pytest.raises(ConfigurationError):
+        chunk_bounds(5, 0)
+
+
+def test_budget_chunks_is_ceil_without_float_noise() -> None:
+    assert 0.07 * 100 > 7  # the float product is 7.000000000000001
+    assert budget_chunks(0.07, 100) == 7
+    assert budget_chunks(0.14, 50) == 7
+    assert budget_chunks(0.3, 10) == 3
+    assert budget_chunks(0.31, 10) == 4
+    assert budget_chunks(1e-12, 5) == 1
+    assert budget_chunks(1.0, 5) == 5
+    assert budget_chunks(0.5, 0) == 0
+
+
+def test_protected_mask_from_indices_or_mask() -> None:
+    np.testing.assert_array_equal(protected_mask(4, [0, 2]), [True, False, True, False])
+    np.testing.assert_array_equal(protected_mask(3, np.array([False, True, False])), [False, True, False])
+    assert not protected_mask(3, ()).any()
+    with pytest.raises(ConfigurationError, match="out of range"):
+        protected_mask(3, [3])
+    with pytest.raises(ConfigurationError, match="out of range"):
+        protected_mask(3, [-1])
+    with pytest.raises(ConfigurationError, match="shape"):
+        protected_mask(3, np.array([True, False]))
+
+
+# --- select_chunks -------------------------------------------------------------------------------------
+def _imp(*chunk_values: float, chunk: int = 2) -> np.ndarray:
+    """Importance where every token of chunk i has value chunk_values[i]."""
+    return np.repeat(np.array(chunk_values, dtype=np.float32), chunk)
+
+
+def test_select_single_token() -> None:
+    out = select_chunks([0.5], keep_rate=0.1)
+    np.testing.assert_array_equal(out, [0])
+    assert out.dtype == np.int64
+
+
+def test_select_empty() -> None:
+    out = select_chunks([], keep_rate=0.5)
+    assert out.dtype == np.int64 and out.size == 0
+
+
+def test_select_fewer_tokens_than_one_chunk() -> None:
+    np.testing.assert_array_equal(select_chunks([0.1, 0.2, 0.3], keep_rate=0.2, chunk_size=32), [0, 1, 2])
+
+
+def test_select_exact_multiple_of_chunk() -> None:
+    imp = _imp(0.1, 0.9, 0.3, 0.8)  # 4 chunks of 2, top 2 = chunks 1 and 3
+    np.testing.assert_array_equal(select_chunks(imp, keep_rate=0.5, chunk_size=2), [2, 3, 6, 7])
+
+
+def test_select_partial_last_chunk_by_mean() -> None:
+    imp = np.array([0.1, 0.1, 0.2, 0.2, 0.9], dtype=np.float32)  # last chunk is one token of 0.9
+    np.testing.assert_array_equal(select_chunks(imp, keep_rate=0.3, chunk_size=2), [4])
+
+
+def test_select_keep_rate_one_keeps_all() -> None:
+    np.testing.assert_array_equal(select_chunks(np.random.default_rng(0).random(37), keep_rate=1.0, chunk_size=4),
+                                  np.arange(37))
+
+
+def test_select_tiny_keep_rate_keeps_exactly_one_chunk() -> None:
+    imp = _imp(0.1, 0.2, 0.9, 0.3, chunk=3)
+    np.testing.assert_array_equal(select_chunks(imp, keep_rate=1e-9, chunk_size=3), [6, 7, 8])
+
+
+def test_select_uses_ceil() -> None:
+    imp = _imp(0.1, 0.2, 0.9, 0.3, 0.5)  # 5 chunks, 0.3 * 5 = 1.5 -> 2 chunks
+    np.testing.assert_array_equal(select_chunks(imp, keep_rate=0.3, chunk_size=2), [4, 5, 8, 9])
+
+
+def test_select_float_noise_does_not_add_a_chunk() -> None:
+    imp = np.linspace(1.0, 0.0, 100, dtype=np.float32)  # 100 chunks of 1 token
+    assert len(select_chunks(imp, keep_rate=0.07, chunk_size=1)) == 7
+
+
+def test_select_ties_go_to_earlier_chunk() -> None:
+    imp = _imp(0.5, 0.5, 0.5, 0.5)
+    np.testing.assert_array_equal(select_chunks(imp, keep_rate=0.5, chunk_size=2), [0, 1, 2, 3])
+    imp = _imp(0.1, 0.7, 0.3, 0.7)
+    np.testing.assert_array_equal(select_chunks(imp, keep_rate=0.25, chunk_size=2), [2, 3])
+
+
+def test_select_protected_larger_than_budget() -> None:
+    # 6 chunks of 2; chunks 0, 1, 2 wholly protected. keep_rate 0.34 of the 3 candidates -> 2 chunks.
+    imp = _imp(0.0, 0.0, 0.0, 0.9, 0.1, 0.8)
+    out = select_chunks(imp, keep_rate=0.34, chunk_size=2, protected=range(6))
+    np.testing.assert_array_equal(out, [0, 1, 2, 3, 4, 5, 6, 7, 10, 11])
+
+
+def test_select_protected_toward_budget_on_and_off() -> None:
+    imp = _imp(0.0, 0.9, 0.1, 0.8)  # 4 chunks of 2; chunk 0 wholly protected
+    off = select_chunks(imp, keep_rate=0.5, chunk_size=2, protected=[0, 1])
+    # off: budget = ceil(0.5 * 3 candidates) = 2 chunks besides the protected one
+    np.testing.assert_array_equal(off, [0, 1, 2, 3, 6, 7])
+    on = select_chunks(imp, keep_rate=0.5, chunk_size=2, protected=[0, 1], protected_count_toward_budget=True)
+    # on: budget = ceil(0.5 * 4 chunks) - 1 wholly protected chunk = 1
+    np.testing.assert_array_equal(on, [0, 1, 2, 3])
+
+
+def test_select_protected_toward_budget_caps_tokens_with_protected() -> None:
+    imp = _imp(0.0, 0.9, 0.1, 0.8)
+    out = select_chunks(imp, keep_rate=1.0, chunk_size=2, protected=[0, 1], max_kept_tokens=3,
+                        protected_count_toward_budget=True)
+    assert len(out) == 3 and {0, 1} <= set(out.tolist())
+
+
+def test_select_partially_protected_chunk_is_a_candidate() -> None:
+    imp = np.array([0.9, 0.9, 0.1, 0.1], dtype=np.float32)
+    out = select_chunks(imp, keep_rate=0.5, chunk_size=2, protected=[3])
+    # candidates: chunk 0 and chunk 1 (token 2 unprotected); budget 1 -> chunk 0 plus protected token 3
+    np.testing.assert_array_equal(out, [0, 1, 3])
+
+
+def test_select_max_kept_tokens_smaller_than_one_chunk() -> None:
+    imp = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.5, 0.95, 0.6], dtype=np.float32)  # chunks of 4
+    out = select_chunks(imp, keep_rate=1.0, chunk_size=4, max_kept_tokens=2)
+    np.testing.assert_array_equal(out, [4, 6])  # the two most important tokens of the best chunk
+
+
+def test_select_max_kept_tokens_several_chunks() -> None:
+    imp = np.concatenate([np.full(4, 0.1), np.full(4, 0.9), [0.5, 0.7, 0.6, 0.5], np.full(4, 0.2)])
+    out = select_chunks(imp.astype(np.float32), keep_rate=1.0, chunk_size=4, max_kept_tokens=6)
+    # best chunk (4..8) whole, then the two best tokens of the next chunk (9, 10)
+    np.testing.assert_array_equal(out, [4, 5, 6, 7, 9, 10])
+    out = select_chunks(imp.astype(np.float32), keep_rate=1.0, chunk_size=4, max_kept_tokens=8)
+    np.testing.assert_array_equal(out, [4, 5, 6, 7, 8, 9, 10, 11])
+
+
+def test_select_max_kept_tokens_does_not_raise_keep_rate_budget() -> None:
+    imp = _imp(0.1, 0.9, 0.3, 0.8)
+    out = select_chunks(imp, keep_rate=0.25, chunk_size=2, max_kept_tokens=100)
+    np.testing.assert_array_equal(out, [2, 3])
+
+
+def test_select_max_kept_zero_keeps_only_protected() -> None:
+    out = select_chunks(_imp(0.1, 0.9), keep_rate=1.0, chunk_size=2, protected=[0], max_kept_tokens=0)
+    np.testing.assert_array_equal(out, [0])
+
+
+def test_select_nan_importance_ranks_last() -> None:
+    imp = np.array([np.nan, np.nan, 0.1, 0.1, 0.2, np.nan], dtype=np.float32)
+    np.testing.assert_array_equal(select_chunks(imp, keep_rate=0.3, chunk_size=2), [2, 3])
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.1, 1.0001, 2, math.nan, math.inf, "x", None])
+def test_select_rejects_bad_keep_rate(rate: object) -> None:
+    with pytest.raises(ConfigurationError, match="keep_rate"):
+        select_chunks([0.1, 0.2], keep_rate=rate)  # type: ignore[arg-type]
+
+
+def test_select_rejects_bad_inputs() -> None:
+    with pytest.raises(ConfigurationError, match="max_kept_tokens"):
+        select_chunks([0.1], keep_rate=0.5, max_kept_tokens=-1)
+    with pytest.raises(ValueError, match="1-D"):
+        select_chunks([[0.1]], keep_rate=0.5)
+    with pytest.raises(ConfigurationError, match="chunk_size"):
+        select_chunks([0.1], keep_rate=0.5, chunk_size=0)
+
+
+def test_select_invariants_random() -> None:
+    """Property-style check over seeded random inputs (hypothesis is not a dependency)."""
+    rng = np.random.default_rng(20250211)
+    for _ in range(400):
+        n = int(rng.integers(0, 300))
+        chunk = int(rng.choice([1, 2, 3, 7, 32]))
+        rate = float(rng.choice([1e-6, 0.1, 0.25, 0.3, 0.5, 0.99, 1.0, rng.uniform(0.01, 1.0)]))
+        imp = rng.random(n, dtype=np.float32)
+        if n and rng.random() < 0.3:
+            imp[rng.integers(0, n, size=3)] = 0.5  # ties
+        protected = np.flatnonzero(rng.random(n) < float(rng.choice([0.0, 0.05, 0.5])))
+        cap = None if rng.random() < 0.5 else int(rng.integers(0, 200))
+        toward = bool(rng.random() < 0.3)
+
+        out = select_chunks(imp, keep_rate=rate, chunk_size=chunk, protected=protected,
+                            max_kept_tokens=cap, protected_count_toward_budget=toward)
+
+        assert out.dtype == np.int64
+        assert np.all(np.diff(out) > 0), "strictly increasing"
+        assert out.size == 0 or (out[0] >= 0 and out[-1] < n)
+        kept = set(out.tolist())
+        assert set(protected.tolist()) <= kept, "protected tokens are always kept"
+
+        bounds = chunk_bounds(n, chunk)
+        pmask = protected_mask(n, protected)
+        candidates = [i for i, (s, e) in enumerate(bounds) if not pmask[s:e].all()]
+        chosen = [i for i in candidates if any(j in kept and not pmask[j] for j in range(*bounds[i]))]
+        unprotected_kept = len(kept) - len(protected)
+        if toward:
+            budget = max(0, math.ceil(rate * len(bounds) - 1e-9) - (len(bounds) - len(candidates)))
+            token_cap = None if cap is None else max(0, cap - len(protected))
+        else:
+            budget = max(1, math.ceil(rate * len(candidates) - 1e-9)) if candidates else 0
+            token_cap = cap
+        if token_cap is None:
+            assert len(chosen) == min(budget, len(candidates))
+            # chosen chunks are kept whole
+            for i in chosen:
+                assert set(range(*bounds[i])) <= kept
+            # and no unchosen candidate scores strictly higher than a chosen one
+            scores = chunk_scores(imp, chunk)
+            if chosen and len(chosen) < len(candidates):
+                worst_chosen = min(scores[i] for i in chosen)
+                best_left = max(scores[i] for i in candidates if i not in chosen)
+                assert best_left <= worst_chosen
+        else:
+            assert len(chosen) <= min(budget, len(candidates))
+            assert unprotected_kept <= token_cap
+            whole = sum(e - s - int(pmask[s:e].sum()) for i, (s, e) in enumerate(bounds) if i in candidates)
+            assert unprotected_kept == min(token_cap, whole) or len(chosen) == budget
