@@ -1,0 +1,119 @@
+"""LangChain's standard chat model suites (langchain-tests 1.1.9) against ChatSpecPrefill.
+
+Unit suite: hermetic (construction, standard params, structured-output wiring); nothing loads a model.
+Integration suite: the real embedded default in process, SmolLM2-135M-Instruct as speculator and as base
+model (one shared copy of the weights), with short generations to keep the run time reasonable.
+
+Capabilities declared to the suites, and why:
+
+- ``has_tool_calling = False``: ``bind_tools`` raises ``NotImplementedError`` (no base path has a tool
+  channel), so every tool test is skipped by the suite itself.
+- ``has_structured_output = True`` / ``supports_json_mode = True``: ``with_structured_output`` works by
+  putting the schema into the protected system prompt. The wiring is tested; whether a 135M model writes
+  valid JSON is not something a test should assume, see the xfails below.
+- ``supports_model_override = False``: in process, one instance is one base model (a per-call ``model=``
+  only works against an OpenAI-compatible server, tested separately).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+from lc_support import lc_engine  # noqa: F401 - fixture
+
+from conftest import needs_model
+from langchain_specprefill import ChatSpecPrefill
+
+MAX_TOKENS = 10
+"""Generation length in the integration suite: enough for a greeting, short enough for a CPU run."""
+
+STRUCTURED_TOKENS = 48
+"""Generation length for the structured-output tests: room for a complete JSON joke."""
+
+SMALL_MODEL_JSON = (
+    "SmolLM2-135M (the embedded test model) does not reliably answer with JSON that matches the schema; "
+    "the prompt-based structured output itself is covered by hermetic tests in test_lc_chat_unit.py"
+)
+
+
+class TestChatSpecPrefillUnit(ChatModelUnitTests):
+    """Standard unit tests: construction is instant and loads nothing."""
+
+    @property
+    def chat_model_class(self) -> type[ChatSpecPrefill]:
+        return ChatSpecPrefill
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": "smollm2-135m", "speculator": "smollm2-135m", "keep_rate": 0.3}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
+
+
+@needs_model
+class TestChatSpecPrefillIntegration(ChatModelIntegrationTests):
+    """Standard integration tests on the real embedded model, in process."""
+
+    @pytest.fixture(autouse=True)
+    def _shared_engine(self, request: pytest.FixtureRequest) -> None:
+        self.engine = request.getfixturevalue("lc_engine")
+
+    @property
+    def chat_model_class(self) -> type[ChatSpecPrefill]:
+        return ChatSpecPrefill
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"engine": self.engine, "max_tokens": MAX_TOKENS, "temperature": 0}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
+
+    def _longer(self, model: BaseChatModel) -> BaseChatModel:
+        """The suite's model with room for a whole JSON answer."""
+        return model.model_copy(update={"max_tokens": STRUCTURED_TOKENS})
+
+    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    def test_structured_output(self, model: BaseChatModel, schema_type: Any) -> None:
+        super().test_structured_output(self._longer(model), schema_type)
+
+    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: Any) -> None:
+        await super().test_structured_output_async(self._longer(model), schema_type)
+
+    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
+    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
+        super().test_structured_output_pydantic_2_v1(self._longer(model))
+
+    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
+    def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
+        super().test_structured_output_optional_param(self._longer(model))
+
+    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
+    def test_json_mode(self, model: BaseChatModel) -> None:
+        super().test_json_mode(self._longer(model))
