@@ -31,12 +31,12 @@ def require(module: str, *, extra: str | None = None) -> ModuleType:
 
     Returns:
         The imported module.
+
     """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         hint = extra or _EXTRA_OF.get(module.split(".")[0], _EXTRA_OF.get(module, "all"))
         raise BackendUnavailableError(
-            f"{module!r} is not installed but this feature needs it. "
-            f'Install it with: pip install "specprefill[{hint}]"'
+            f'{module!r} is not installed but this feature needs it. Install it with: pip install "specprefill[{hint}]"'
         ) from exc

@@ -123,7 +123,7 @@ class BaseBackend(ABC):
                     if stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, ("chunk", chunk))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            except BaseException as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", None))

@@ -1,0 +1,341 @@
+"""The ``specprefill`` console script: in-process ``main([...])`` calls and real subprocesses."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import needs_model
+from specprefill import cli
+
+SCRIPT = Path(sys.executable).with_name("specprefill")
+
+DOC = (
+    "The Orchard Street community garden opened in 2011 with twelve raised beds. "
+    "Volunteers meet every Sunday at nine to water the beds and turn the compost. "
+    "The garden's apple tree, a Bramley planted by Edith Crane, gave 41 kilograms of fruit last year. "
+    "A rain barrel collects water from the shed roof, and the tool shed key hangs behind the noticeboard. "
+) * 2
+
+
+def _run(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    if not SCRIPT.exists():
+        pytest.skip(f"console script not installed at {SCRIPT}")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    return (
+        subprocess.run([str(SCRIPT), *args], input=stdin, capture_output=True, timeout=timeout, env=env, check=False)
+        if stdin is not None
+        else subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    )
+
+
+@pytest.fixture
+def use_fixture_speculator(monkeypatch: pytest.MonkeyPatch, speculator: Any) -> Any:
+    """Make in-process ``prune`` reuse the session speculator instead of loading its own."""
+    monkeypatch.setattr(cli, "_load_speculator", lambda name, verbose: speculator)
+    return speculator
+
+
+# --- no model ----------------------------------------------------------------------------------------
+def test_all_is_explicit() -> None:
+    assert set(cli.__all__) <= set(dir(cli))
+    assert "main" in cli.__all__
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("prune", "ask", "info"):
+        assert command in out
+    assert cli.main(["--version"]) == 0
+    assert "specprefill" in capsys.readouterr().out
+
+
+def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_unknown_option_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["prune", "--no-such-flag"]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_bad_keep_rate_is_one_clean_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    assert cli.main(["prune", str(doc), "--keep-rate", "1.5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "keep_rate" in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_bad_keep_rate_subprocess(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    proc = _run("prune", str(doc), "--keep-rate", "0")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and "keep_rate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_verbose_error_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["prune", str(tmp_path / "missing.txt"), "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ask", "{tmp}/no-such-folder", "what?"], "does not exist"),
+        (["ask", "{tmp}/empty", "what?"], "no non-empty text files"),
+        (["ask", "{tmp}/a.txt", "what?"], "is not a folder"),
+        (["prune", "{tmp}/no-such-file.txt"], "does not exist"),
+        (["prune", "{tmp}/empty"], "is a folder"),
+        (["prune", "{tmp}/blank.txt"], "is empty"),
+        (["prune", "{tmp}/a.txt", "--importance"], "--importance"),
+        (["ask", "{tmp}", "   "], "question is empty"),
+        (["ask", "{tmp}", "what?", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["prune", "{tmp}/a.txt", "--chunk-size", "0"], "chunk_size"),
+    ],
+)
+def test_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a.txt").write_text("some text")
+    (tmp_path / "blank.txt").write_text("  \n\t ")
+    assert cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_bench_dispatch(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "no-such-benchmark"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown benchmark") and "overhead" in err
+    assert cli.main(["bench", "overhead", "--help"]) == 0  # the benchmark's own help; nothing is loaded
+    assert "overhead" in capsys.readouterr().out
+
+
+def test_info_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "specprefill" in out and "smollm2-135m" in out and "cache dir" in out and "extras" in out
+    assert cli.main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) >= {"version", "extras", "embedded_models", "cache_dir"}
+    assert set(data["extras"]) == {"hf", "openai", "vllm", "langchain", "llama-index"}
+    assert "installed" in data["embedded_models"]["smollm2-135m"]
+
+
+def test_cli_import_is_light() -> None:
+    code = "import sys, specprefill.cli; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_decode_bytes_never_raises() -> None:
+    assert cli.decode_bytes(b"caf\xc3\xa9 \xff\xfe ok") == "café \ufffd\ufffd ok"
+    assert cli.decode_bytes(b"\xef\xbb\xbfhello") == "hello"
+
+
+def test_load_documents_sorted_with_skips(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_bytes(b"second \xff file")
+    (tmp_path / "a.txt").write_text("first file")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "image.bin").write_bytes(b"\x89PNG\x00\x00data")
+    (tmp_path / ".hidden.txt").write_text("secret")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.md").write_text("nested")
+    docs = cli.load_documents(tmp_path)
+    assert [d.name for d in docs] == ["a.txt", "b.txt", "sub/c.md"]
+    assert docs[1].text == "second \ufffd file"
+    assert [d.name for d in cli.load_documents(tmp_path, "*.txt")] == ["a.txt", "b.txt"]
+
+
+def test_stream_answer_trims_white_space(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    final = SimpleNamespace(stats=None)
+    pieces = [" ", "\nHello", " world", "\n", "\n", ""]
+
+    class _Engine:
+        def stream(self, messages: Any, **kwargs: Any) -> Any:
+            assert kwargs == {"max_new_tokens": 4}
+            for i, text in enumerate(pieces):
+                yield SimpleNamespace(text=text, result=final if i == len(pieces) - 1 else None)
+
+    assert cli._stream_answer(_Engine(), [], {"max_new_tokens": 4}) is final  # type: ignore[arg-type]
+    assert capsys.readouterr().out == "Hello world\n"
+
+
+def test_ask_messages_layout() -> None:
+    docs = [cli.Document("a.txt", "Alpha text.\n"), cli.Document("b.txt", "Beta text.")]
+    messages = cli.ask_messages(docs, " Who? ")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[0]["content"] == cli.ASK_SYSTEM_PROMPT
+    user = messages[1]["content"]
+    assert user.index("[source: a.txt]\nAlpha text.") < user.index("[source: b.txt]\nBeta text.")
+    assert user.endswith("\n\nQuestion: Who?")
+    assert cli.question_messages("Doc.\n\n", "Why?") == [{"role": "user", "content": "Doc.\n\nQuestion: Why?"}]
+
+
+# --- with the packaged model -------------------------------------------------------------------------
+@needs_model
+def test_prune_text_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str], use_fixture_speculator: Any) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text(DOC)
+    assert cli.main(["prune", str(doc), "--keep-rate", "0.5", "--lookahead", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() and "…" in captured.out
+    for label in ("tokens in:", "tokens kept:", "keep ratio:", "speculator seconds:"):
+        assert label in captured.err
+    assert "tokens in" not in captured.out
+
+
+@needs_model
+def test_prune_question_json_and_html(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], use_fixture_speculator: Any
+) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_bytes(b"<script>alert(1)</script> R&D notes. " + DOC.encode())
+    page = tmp_path / "out.html"
+    question = "Who planted the apple tree?"
+    code = cli.main(
+        [
+            "prune",
+            str(doc),
+            "--question",
+            question,
+            "--keep-rate",
+            "0.25",
+            "--lookahead",
+            "2",
+            "--json",
+            "--importance",
+            "--html",
+            str(page),
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # stdout holds exactly one JSON object
+    assert data["question"] == question
+    stats = data["stats"]
+    assert stats["tokens_in"] == data["original_length"] > stats["tokens_kept"] > 0
+    assert stats["pruned"] is True
+    assert len(data["importance"]) == data["original_length"]
+    assert data["kept_indices"] == sorted(data["kept_indices"])
+    assert data["messages"][-1]["content"].endswith(f"Question: {question}")  # the question is protected
+    assert data["config"]["min_prompt_tokens"] == 0
+    text = page.read_text(encoding="utf-8")
+    assert "<script" not in text  # escaped everywhere ...
+    shown = html.unescape(re.sub(r"<[^>]+>", "", text.split('id="prompt">', 1)[1]))
+    assert "<script>alert(1)</script> R&D notes." in shown  # ... and shown verbatim
+    assert 'class="t kept"' in text and 'class="t dropped"' in text
+    assert "importance" in text and "token 0 · importance" in text
+
+
+@needs_model
+def test_prune_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, use_fixture_speculator: Any
+) -> None:
+    import io
+
+    class _Stdin:
+        buffer = io.BytesIO(DOC.encode() + b"\xc3(")
+
+    monkeypatch.setattr(sys, "stdin", _Stdin())
+    assert cli.main(["prune", "-", "--json", "--lookahead", "1", "--min-prompt-tokens", "100000"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == "<stdin>"
+    assert data["stats"]["pruned"] is False  # shorter than --min-prompt-tokens: passed through
+    assert data["stats"]["tokens_kept"] == data["original_length"]
+
+
+@needs_model
+def test_prune_invalid_utf8_subprocess(tmp_path: Path) -> None:
+    doc = tmp_path / "bad.txt"
+    doc.write_bytes(b"Invalid bytes \xff\xfe\xc3( here. " + DOC.encode("latin-1") + b"\xe9t\xe9 caf\xe9")
+    proc = _run("prune", str(doc), "--keep-rate", "0.3", "--lookahead", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["source"] == str(doc)
+    assert "\ufffd" in data["text"] or data["stats"]["tokens_kept"] < data["original_length"]
+    assert 0 < data["stats"]["tokens_kept"] < data["stats"]["tokens_in"]
+    assert "Traceback" not in proc.stderr
+
+
+@needs_model
+def test_ask_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "garden.txt").write_text(DOC)
+    (folder / "bakery.txt").write_bytes(b"The Lindqvist bakery opens at six and sells rye bread for 4 euros. \xff" * 3)
+    code = cli.main(
+        [
+            "ask",
+            str(folder),
+            "How much is the rye bread?",
+            "--max-new-tokens",
+            "8",
+            "--keep-rate",
+            "0.5",
+            "--lookahead",
+            "2",
+        ]
+    )  # streamed (the default)
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip()  # the answer
+    for label in (
+        "tokens in:",
+        "tokens kept:",
+        "keep ratio:",
+        "speculator seconds:",
+        "base prefill seconds:",
+        "total seconds:",
+        "documents: 2 (bakery.txt, garden.txt)",
+    ):
+        assert label in captured.err
+    assert "Traceback" not in captured.err
+
+
+@needs_model
+def test_ask_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], use_fixture_speculator: Any) -> None:
+    (tmp_path / "garden.txt").write_text(DOC)
+    (tmp_path / "notes.txt").write_text("The shed was painted blue in May. " * 8)
+    code = cli.main(
+        [
+            "ask",
+            str(tmp_path),
+            "Who planted the apple tree?",
+            "--max-new-tokens",
+            "6",
+            "--lookahead",
+            "2",
+            "--glob",
+            "*.txt",
+            "--json",
+        ]
+    )
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["sources"] == ["garden.txt", "notes.txt"]
+    assert isinstance(data["answer"], str) and data["finish_reason"] in ("stop", "length")
+    stats = data["stats"]
+    assert stats["tokens_in"] > stats["tokens_kept"] > 0
+    for key in ("speculator_seconds", "base_prefill_seconds", "total_seconds"):
+        assert stats[key] >= 0
+    assert data["prune"]["messages"][-1]["content"].endswith("Question: Who planted the apple tree?")
