@@ -1,0 +1,450 @@
+"""The methods compared by the quality benchmark, all as selectors over the speculator's tokenisation.
+
+Every method sees the same :class:`PreparedSample` (the prompt tokenised by the speculator, with the template,
+instruction and question protected) and returns kept token indices for each keep rate. Every method keeps the
+same number of context tokens, ``round(keep_rate x context tokens)`` (:func:`context_budget`), so keep ratios
+are identical: chunk methods score chunks of 32 tokens and take the best with :func:`specprefill.select_chunks`
+(the last chunk cut to fit); LongLLMLingua gets the same ``target_token``. Protected tokens are kept by every
+method and do not use the budget. Methods:
+
+* ``full`` - the whole prompt (the reference).
+* ``specprefill-lah8`` / ``specprefill-lah1`` - Speculative Prefill scoring with look-ahead 8 / 1.
+* ``random`` - random chunks (seeded per sample).
+* ``head-tail`` - truncation: the chunks nearest the start and the end of the context, alternately.
+* ``rag`` - embedding retrieval: chunks ranked by cosine similarity of their MiniLM embedding to the question
+  (the paper's RAG baseline, with the packaged all-MiniLM-L6-v2).
+* ``longllmlingua`` - LongLLMLingua (``llmlingua`` package) with the same small LM as the speculator; its
+  text output is aligned back to speculator tokens (see :func:`align_subsequence`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from specprefill.bench.tasks import RenderedPrompt, Sample, render_prompt
+from specprefill.config import SpecPrefillConfig
+from specprefill.errors import BackendUnavailableError, ConfigurationError
+from specprefill.scoring import chunk_bounds, select_chunks
+from specprefill.spans import char_spans_to_token_mask
+
+__all__ = [
+    "ALL_METHODS",
+    "ChunkMethod",
+    "EmbeddingRetrieval",
+    "FullPrompt",
+    "HeadTail",
+    "LongLLMLinguaMethod",
+    "Method",
+    "PreparedSample",
+    "RandomChunks",
+    "Selection",
+    "SpecPrefillMethod",
+    "align_subsequence",
+    "broadcast_chunk_scores",
+    "build_method",
+    "context_budget",
+    "head_tail_importance",
+    "prepare_sample",
+    "random_chunk_importance",
+]
+
+Span = tuple[int, int]
+FloatArray = npt.NDArray[np.float32]
+IndexArray = npt.NDArray[np.int64]
+
+ALL_METHODS: tuple[str, ...] = (
+    "full",
+    "specprefill-lah8",
+    "specprefill-lah1",
+    "random",
+    "head-tail",
+    "rag",
+    "longllmlingua",
+)
+"""Method names in report order."""
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    """A sample's prompt tokenised by the speculator, with its protected tokens."""
+
+    sample: Sample
+    prompt: RenderedPrompt
+    input_ids: list[int]
+    offsets: list[Span]
+    protected: npt.NDArray[np.bool_]
+
+    @property
+    def n_tokens(self) -> int:
+        """Prompt length in speculator tokens."""
+        return len(self.input_ids)
+
+    @property
+    def context_tokens(self) -> list[int]:
+        """Indices of the prunable tokens (the context)."""
+        return [int(i) for i in np.flatnonzero(~self.protected)]
+
+
+def prepare_sample(
+    sample: Sample,
+    encode: Callable[[str], tuple[list[int], list[Span]]],
+    chat: Callable[[str], str] | None = None,
+) -> PreparedSample:
+    """Render and tokenise a sample; tokens touching the non-context parts are protected.
+
+    Args:
+        sample: The task sample.
+        encode: Tokeniser returning ids and character offsets (e.g. ``speculator.encode_with_specials``).
+        chat: Optional chat renderer for the user message (see :func:`~specprefill.bench.tasks.render_prompt`).
+
+    Returns:
+        The prepared sample.
+
+    """
+    prompt = render_prompt(sample, chat)
+    ids, offsets = encode(prompt.text)
+    protected = char_spans_to_token_mask(offsets, list(prompt.protected_spans))
+    for i, (s, e) in enumerate(offsets):  # special tokens (BOS etc.) have empty offsets
+        if e <= s:
+            protected[i] = True
+    return PreparedSample(sample, prompt, list(ids), [(int(s), int(e)) for s, e in offsets], protected)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one method kept at one keep rate."""
+
+    method: str
+    keep_rate: float
+    kept: IndexArray
+    seconds: float
+    """Cost of the method for this selection: scoring (shared across keep rates) plus selection."""
+    note: str = ""
+
+
+class Method(ABC):
+    """A way to pick the prompt tokens the base model will see."""
+
+    name: str = "method"
+
+    @abstractmethod
+    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
+        """Kept token indices for every keep rate (in the order given)."""
+
+
+class FullPrompt(Method):
+    """Keep everything (the reference)."""
+
+    name = "full"
+
+    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
+        """The whole prompt, once per keep rate."""
+        kept = np.arange(prepared.n_tokens, dtype=np.int64)
+        return [Selection(self.name, rate, kept, 0.0) for rate in keep_rates]
+
+
+class ChunkMethod(Method):
+    """A method that scores tokens once per sample, then keeps the best chunks at every keep rate."""
+
+    chunk_size: int = 32
+
+    @abstractmethod
+    def importance(self, prepared: PreparedSample) -> FloatArray:
+        """One score per prompt token (higher = keep)."""
+
+    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
+        """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
+        start = time.perf_counter()
+        scores = self.importance(prepared)
+        cost = time.perf_counter() - start
+        n_context = int((~prepared.protected).sum())
+        out = []
+        for rate in keep_rates:
+            t0 = time.perf_counter()
+            kept = select_chunks(
+                scores,
+                keep_rate=1.0,
+                chunk_size=self.chunk_size,
+                protected=prepared.protected,
+                max_kept_tokens=context_budget(rate, n_context),
+            )
+            out.append(Selection(self.name, rate, kept, cost + time.perf_counter() - t0))
+        return out
+
+
+def context_budget(keep_rate: float, n_context: int) -> int:
+    """Context tokens every method may keep at ``keep_rate``: ``round(keep_rate * n_context)``, at least 1.
+
+    One token budget for all methods makes keep ratios identical. Chunk methods take their best chunks in
+    order and cut the last one to fit (its most important tokens), as ``select_chunks(max_kept_tokens=...)``
+    does; without a budget equalisation, chunks straddling the protected question would make some methods keep
+    fewer context tokens than others at the same keep rate.
+    """
+    if n_context <= 0:
+        return 0
+    return min(n_context, max(1, round(keep_rate * n_context)))
+
+
+def broadcast_chunk_scores(chunk_values: Sequence[float], n_tokens: int, chunk_size: int) -> FloatArray:
+    """Give every token its chunk's value."""
+    bounds = chunk_bounds(n_tokens, chunk_size)
+    if len(bounds) != len(chunk_values):
+        raise ValueError(f"{len(chunk_values)} chunk values for {len(bounds)} chunks")
+    out = np.zeros(n_tokens, dtype=np.float32)
+    for (s, e), v in zip(bounds, chunk_values, strict=True):
+        out[s:e] = v
+    return out
+
+
+def random_chunk_importance(n_tokens: int, chunk_size: int, seed: int | str) -> FloatArray:
+    """Seeded random chunk scores (one value per chunk, repeated over its tokens)."""
+    rng = random.Random(seed)
+    n_chunks = len(chunk_bounds(n_tokens, chunk_size))
+    return broadcast_chunk_scores([rng.random() for _ in range(n_chunks)], n_tokens, chunk_size)
+
+
+def head_tail_importance(n_tokens: int, chunk_size: int, protected: npt.NDArray[np.bool_]) -> FloatArray:
+    """Truncation scores: among the prunable chunks, the first and last score highest, then inwards.
+
+    The r-th of m prunable chunks scores ``-min(r, m - 1 - r)``; ties go to the earlier (head) chunk, so
+    the kept chunks alternate head, tail, head, ... - keeping the start and the end of the context.
+    """
+    bounds = chunk_bounds(n_tokens, chunk_size)
+    candidates = [i for i, (s, e) in enumerate(bounds) if not protected[s:e].all()]
+    values = [0.0] * len(bounds)
+    m = len(candidates)
+    for rank, chunk in enumerate(candidates):
+        values[chunk] = -float(min(rank, m - 1 - rank))
+    return broadcast_chunk_scores(values, n_tokens, chunk_size)
+
+
+class RandomChunks(ChunkMethod):
+    """Random chunks at the same budget (seeded by the sample)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def importance(self, prepared: PreparedSample) -> FloatArray:
+        """Seeded random chunk scores."""
+        return random_chunk_importance(
+            prepared.n_tokens, self.chunk_size, f"{self.seed}:{prepared.sample.sample_id}"
+        )
+
+
+class HeadTail(ChunkMethod):
+    """Keep the head and the tail of the context (truncation)."""
+
+    name = "head-tail"
+
+    def importance(self, prepared: PreparedSample) -> FloatArray:
+        """Chunks nearest either end of the context first."""
+        return head_tail_importance(prepared.n_tokens, self.chunk_size, prepared.protected)
+
+
+class SpecPrefillMethod(ChunkMethod):
+    """Speculative Prefill: the speculator's attention-based token importance."""
+
+    def __init__(self, speculator: Any, lookahead: int = 8, config: SpecPrefillConfig | None = None) -> None:
+        self.speculator = speculator
+        self.config = (config or SpecPrefillConfig()).with_overrides(lookahead=lookahead)
+        self.chunk_size = self.config.chunk_size
+        self.name = f"specprefill-lah{lookahead}"
+
+    def importance(self, prepared: PreparedSample) -> FloatArray:
+        """``Speculator.score`` over the whole prompt."""
+        result = self.speculator.score(prepared.input_ids, self.config)
+        return np.asarray(result.importance, dtype=np.float32)
+
+
+class EmbeddingRetrieval(ChunkMethod):
+    """RAG baseline: chunks ranked by embedding similarity to the question.
+
+    Args:
+        embed: Maps texts to unit-length embedding rows (e.g. ``PackagedEmbedder().embed``).
+
+    """
+
+    name = "rag"
+
+    def __init__(self, embed: Callable[[Sequence[str]], npt.NDArray[np.float32]]) -> None:
+        self.embed = embed
+
+    def importance(self, prepared: PreparedSample) -> FloatArray:
+        """Cosine similarity of each chunk's text to the question."""
+        bounds = chunk_bounds(prepared.n_tokens, self.chunk_size)
+        text = prepared.prompt.text
+        chunks = []
+        for s, e in bounds:
+            spans = [prepared.offsets[i] for i in range(s, e) if prepared.offsets[i][1] > prepared.offsets[i][0]]
+            chunks.append(text[spans[0][0] : spans[-1][1]] if spans else "")
+        rows = self.embed([prepared.sample.question, *chunks])
+        sims = rows[1:] @ rows[0]
+        return broadcast_chunk_scores([float(v) for v in sims], prepared.n_tokens, self.chunk_size)
+
+
+def align_subsequence(original: Sequence[int], compressed: Sequence[int]) -> list[int]:
+    """Positions of ``original`` that a compressed token sequence kept (longest matching blocks, in order).
+
+    Text-out compressors return text; re-tokenised with the same tokenizer it is (nearly) a subsequence of
+    the original ids. Blocks of matching ids found by :class:`difflib.SequenceMatcher` mark the kept positions.
+
+    Args:
+        original: Token ids of the original text.
+        compressed: Token ids of the compressed text (same tokenizer).
+
+    Returns:
+        Sorted original positions that were kept.
+
+    """
+    matcher = difflib.SequenceMatcher(None, list(original), list(compressed), autojunk=False)
+    kept: list[int] = []
+    for block in matcher.get_matching_blocks():
+        kept.extend(range(block.a, block.a + block.size))
+    return kept
+
+
+class _TokenizerShim:
+    """Stands in for tiktoken inside llmlingua so budgets count speculator tokens (no BPE download)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str, **_: Any) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids)))
+
+
+class _LegacyCacheModel:
+    """Lets llmlingua (written for tuple KV caches) drive a transformers 5 model (``DynamicCache``)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, past_key_values: Any = None,
+                 use_cache: bool = True, **kwargs: Any) -> Any:
+        from transformers import DynamicCache
+
+        cache = None
+        if past_key_values is not None:
+            cache = DynamicCache()
+            for layer, (k, v) in enumerate(past_key_values):
+                cache.update(k, v, layer)
+        out = self._model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+        legacy = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return _LegacyOutput(out.logits, legacy)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+@dataclass
+class _LegacyOutput:
+    logits: Any
+    past_key_values: list[tuple[Any, Any]]
+
+
+class LongLLMLinguaMethod(Method):
+    """LongLLMLingua (question-aware coarse-to-fine compression) from the ``llmlingua`` package.
+
+    Runs offline with a local causal LM folder (we use the speculator's own SmolLM2 weights). Two shims make
+    it run here, neither changes its algorithm: its tiktoken ``gpt-3.5-turbo`` counter (a BPE download) is
+    replaced by the speculator tokenizer, so ``target_token`` means speculator tokens; and its tuple KV cache
+    is converted to transformers 5's ``DynamicCache``. Settings follow the LongLLMLingua recipe in
+    llmlingua's DOCUMENT.md (``rank_method="longllmlingua"``, ``condition_in_question="after_condition"``,
+    ``condition_compare=True``, ``dynamic_context_compression_ratio=0.3``, ``context_budget="+100"``) except
+    ``reorder_context="original"`` (our alignment needs the original order) and no sentence-level filter
+    (it needs NLTK's punkt data, a download).
+
+    Args:
+        model_dir: Local transformers folder of the small LM.
+        tokenizer: The speculator's tokenizer (for budgets and alignment; must match ``model_dir``'s).
+
+    """
+
+    name = "longllmlingua"
+
+    def __init__(self, model_dir: str, tokenizer: Any) -> None:
+        try:
+            import llmlingua.prompt_compressor as pc
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                'LongLLMLingua needs the llmlingua package: pip install "specprefill[bench]"'
+            ) from exc
+        self.tokenizer = tokenizer
+        shim = _TokenizerShim(tokenizer)
+        original = pc.tiktoken.encoding_for_model
+        pc.tiktoken.encoding_for_model = lambda _name: shim
+        try:
+            compressor = pc.PromptCompressor(
+                model_name=model_dir, device_map="cpu", model_config={"trust_remote_code": False}
+            )
+        finally:
+            pc.tiktoken.encoding_for_model = original
+        compressor.model = _LegacyCacheModel(compressor.model)
+        self.compressor = compressor
+
+    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
+        """Compress the context at each keep rate and map the result back to speculator tokens."""
+        context_idx = prepared.context_tokens
+        context_ids = [prepared.input_ids[i] for i in context_idx]
+        documents = [d for d in prepared.sample.documents if d.strip()]
+        out = []
+        for rate in keep_rates:
+            target = context_budget(rate, len(context_ids))
+            start = time.perf_counter()
+            note = ""
+            try:
+                result = self.compressor.compress_prompt(
+                    documents,
+                    question=prepared.sample.question,
+                    target_token=target,
+                    rank_method="longllmlingua",
+                    condition_in_question="after_condition",
+                    condition_compare=True,
+                    reorder_context="original",
+                    dynamic_context_compression_ratio=0.3,
+                    context_budget="+100",
+                    concate_question=False,
+                    use_sentence_level_filter=False,
+                )
+                compressed = str(result["compressed_prompt"])
+            except Exception as exc:
+                compressed, note = "", f"llmlingua failed: {type(exc).__name__}: {exc}"
+            seconds = time.perf_counter() - start
+            compressed_ids = list(self.tokenizer(compressed, add_special_tokens=False)["input_ids"])
+            matched = align_subsequence(context_ids, compressed_ids)
+            kept_mask = prepared.protected.copy()
+            kept_mask[[context_idx[j] for j in matched]] = True
+            kept = np.flatnonzero(kept_mask).astype(np.int64)
+            out.append(Selection(self.name, rate, kept, seconds, note))
+        return out
+
+
+def build_method(name: str, **resources: Any) -> Method:
+    """Construct a method by name from shared resources (``speculator``, ``embed``, ``model_dir``, ``seed``)."""
+    if name == "full":
+        return FullPrompt()
+    if name.startswith("specprefill-lah"):
+        return SpecPrefillMethod(resources["speculator"], int(name.removeprefix("specprefill-lah")))
+    if name == "random":
+        return RandomChunks(int(resources.get("seed", 0)))
+    if name == "head-tail":
+        return HeadTail()
+    if name == "rag":
+        return EmbeddingRetrieval(resources["embed"])
+    if name == "longllmlingua":
+        return LongLLMLinguaMethod(str(resources["model_dir"]), resources["speculator"].tokenizer)
+    raise ConfigurationError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
