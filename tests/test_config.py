@@ -122,3 +122,42 @@ def test_every_field_documented() -> None:
         assert len(info.description) > 15, name
     assert SpecPrefillConfig.__doc__
     assert SpecPrefillConfig.with_overrides.__doc__
+
+
+# --- query-aware scoring fields and the paper preset ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("observation_window", -1),
+        ("observation_window", 4097),
+        ("query_reduction", "median"),
+        ("query_mix", -0.1),
+        ("query_mix", 1.5),
+        ("query_mix", math.nan),
+    ],
+)
+def test_query_fields_out_of_bounds_name_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        SpecPrefillConfig(**{field: value})
+
+
+def test_observation_window_must_fit_the_windowed_query_tail() -> None:
+    with pytest.raises(ConfigurationError, match=r"observation_window .*window_query_tokens"):
+        SpecPrefillConfig(observation_window=64, window_query_tokens=32)
+    assert SpecPrefillConfig(observation_window=32, window_query_tokens=32).observation_window == 32
+
+
+def test_paper_preset_is_the_full_lah_algorithm() -> None:
+    paper = SpecPrefillConfig.paper()
+    assert (paper.chunk_size, paper.lookahead, paper.pool_kernel) == (32, 8, 13)
+    assert (paper.observation_window, paper.query_reduction) == (0, "mean")
+    assert paper.keep_rate == SpecPrefillConfig().keep_rate
+
+
+def test_paper_preset_takes_overrides_and_validates_them() -> None:
+    cfg = SpecPrefillConfig.paper(keep_rate=0.1, observation_window=32)
+    assert (cfg.keep_rate, cfg.observation_window, cfg.lookahead) == (0.1, 32, 8)
+    with pytest.raises(ConfigurationError, match="lookahead"):
+        SpecPrefillConfig.paper(lookahead=0)
+    with pytest.raises(ConfigurationError, match="not_a_field"):
+        SpecPrefillConfig.paper(not_a_field=1)

@@ -3,7 +3,9 @@
 The reference runs the whole prompt plus the look-ahead tokens through an *eager* copy of the model with
 ``output_attentions=True``, takes the probability rows of the scoring queries over the prompt keys,
 renormalises them over the prompt (softmax restricted to a subset equals the renormalised full softmax),
-and reduces them with the pure NumPy functions in ``specprefill.scoring``.
+and reduces them with the pure NumPy functions in ``specprefill.scoring``. With an observation window the
+reference also takes the rows of the last W prompt tokens (eager attention is causal, and the NumPy
+reference applies its own causal mask on top).
 """
 
 from __future__ import annotations
@@ -35,11 +37,20 @@ def long_text(n_paragraphs: int) -> str:
 
 
 def reference_importance(
-    eager_model: Any, ids: list[int], lookahead: list[int], kernel: int, skip_layers: set[int] = frozenset()
+    eager_model: Any,
+    ids: list[int],
+    lookahead: list[int],
+    kernel: int,
+    skip_layers: set[int] = frozenset(),
+    *,
+    window: int = 0,
+    reduction: str = "mean",
+    mix: float = 0.5,
 ) -> np.ndarray:
     import torch
 
     n, q = len(ids), len(lookahead) + 1
+    first = n - max(window, 1)  # the last prompt token is both a window query and the first look-ahead query
     with torch.no_grad():
         out = eager_model(torch.tensor([ids + lookahead]), output_attentions=True)
     # the look-ahead tokens must be the model's own greedy continuation
@@ -49,9 +60,11 @@ def reference_importance(
     for layer, att in enumerate(out.attentions):
         if layer in skip_layers:
             continue
-        probs = att[0, :, n - 1 : n - 1 + q, :n].double()
+        probs = att[0, :, first : n - 1 + q, :n].double()
         rows.append((probs / probs.sum(-1, keepdim=True)).float())
-    return importance_from_attention(torch.stack(rows).numpy(), kernel)
+    return importance_from_attention(
+        torch.stack(rows).numpy(), kernel, window_queries=window, query_reduction=reduction, query_mix=mix
+    )
 
 
 @needs_model
@@ -61,7 +74,7 @@ def test_embedded_model_matches_eager_reference(speculator_fp32: Any) -> None:
 
     ids, _ = speculator_fp32.encode_with_specials(long_text(36))
     assert len(ids) >= 1000
-    cfg = SpecPrefillConfig(min_prompt_tokens=0)
+    cfg = SpecPrefillConfig.paper(min_prompt_tokens=0)
     scored = speculator_fp32.score(ids, cfg)
     assert scored.importance.dtype == np.float32 and scored.importance.shape == (len(ids),)
     assert 1 <= scored.queries <= cfg.lookahead
@@ -73,6 +86,35 @@ def test_embedded_model_matches_eager_reference(speculator_fp32: Any) -> None:
     # the reference is not trivially close: other look-ahead depths change the scores
     one = speculator_fp32.score(ids, cfg.with_overrides(lookahead=1)).importance
     assert float(np.abs(one - ref).max()) > 10 * max(err, 1e-7)
+
+
+@needs_model
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("window", "lookahead", "reduction"), [(32, 8, "max"), (16, 1, "mix")], ids=["w32-la8-max", "w16-la1-mix"]
+)
+def test_observation_window_matches_eager_reference(
+    speculator_fp32: Any, window: int, lookahead: int, reduction: str
+) -> None:
+    from specprefill.models import load_causal_lm
+
+    ids, _ = speculator_fp32.encode_with_specials(long_text(36))
+    cfg = SpecPrefillConfig.paper(
+        min_prompt_tokens=0, observation_window=window, lookahead=lookahead, query_reduction=reduction
+    )
+    scored = speculator_fp32.score(ids, cfg)
+    # the last prompt token is counted once: W window queries plus the decoded look-ahead tokens
+    assert scored.queries == window + len(scored.lookahead_token_ids)
+    assert len(scored.lookahead_token_ids) <= lookahead - 1
+    eager, _ = load_causal_lm("smollm2-135m", dtype="float32", attn_implementation="eager")
+    ref = reference_importance(
+        eager, ids, scored.lookahead_token_ids, cfg.pool_kernel, window=window, reduction=reduction
+    )
+    err = float(np.abs(scored.importance - ref).max())
+    assert err < 1e-4 and err / float(ref.max()) < 1e-3, f"max abs error {err}"
+    # not trivially close: the paper setting scores differently
+    paper = speculator_fp32.score(ids, SpecPrefillConfig.paper(min_prompt_tokens=0)).importance
+    assert float(np.abs(paper - ref).max()) > 10 * max(err, 1e-7)
 
 
 def _tiny_model(kind: str) -> tuple[Any, Any]:

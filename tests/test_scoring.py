@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from specprefill import ConfigurationError, avg_pool1d, chunk_scores, importance_from_attention, select_chunks
-from specprefill.scoring import budget_chunks, chunk_bounds, protected_mask
+from specprefill.scoring import budget_chunks, chunk_bounds, protected_mask, reduce_queries
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -98,6 +98,85 @@ def test_importance_pools_before_max() -> None:
 def test_importance_rejects_wrong_rank() -> None:
     with pytest.raises(ValueError, match="layers, heads, queries, N"):
         importance_from_attention(np.zeros((2, 3, 4)))
+
+
+def _two_query_probs() -> np.ndarray:
+    # [L=1, H=2, Q=2, N=3], kernel 1: max over heads gives q0 -> [0.6, 0.3, 0.4], q1 -> [0.2, 0.7, 0.6]
+    return np.array([[[[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]], [[0.3, 0.3, 0.4], [0.1, 0.7, 0.2]]]])
+
+
+@pytest.mark.parametrize(
+    ("reduction", "mix", "expected"),
+    [
+        ("mean", 0.5, [0.4, 0.5, 0.5]),
+        ("max", 0.5, [0.6, 0.7, 0.6]),
+        ("mix", 0.5, [0.5, 0.6, 0.55]),
+        ("mix", 0.25, [0.45, 0.55, 0.525]),
+        ("mix", 0.0, [0.4, 0.5, 0.5]),
+        ("mix", 1.0, [0.6, 0.7, 0.6]),
+    ],
+)
+def test_importance_query_reductions(reduction: str, mix: float, expected: list[float]) -> None:
+    out = importance_from_attention(_two_query_probs(), 1, query_reduction=reduction, query_mix=mix)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert out.dtype == np.float32
+
+
+def test_reduce_queries_rejects_unknown_reduction_and_bad_mix() -> None:
+    with pytest.raises(ConfigurationError, match="'mean', 'max' or 'mix'"):
+        reduce_queries(np.ones((2, 3)), "median")
+    with pytest.raises(ConfigurationError, match="query_mix"):
+        reduce_queries(np.ones((2, 3)), "mix", 1.5)
+    with pytest.raises(ValueError, match="queries, N"):
+        reduce_queries(np.ones(3))
+
+
+def test_window_queries_are_causally_masked_and_renormalised() -> None:
+    # N=4 keys, Q=3 queries: two window queries (prompt positions 2 and 3) and one look-ahead query.
+    # All rows uniform: the query at position 2 may not see key 3, so its row becomes [1/3, 1/3, 1/3, 0];
+    # the last prompt token (position 3) and the look-ahead query see every key.
+    probs = np.full((1, 1, 3, 4), 0.25)
+    out = importance_from_attention(probs, 1, window_queries=2, query_reduction="mean")
+    np.testing.assert_allclose(out, [(1 / 3 + 0.5) / 3] * 3 + [0.5 / 3], rtol=1e-6)
+    unmasked = importance_from_attention(probs, 1, window_queries=0)
+    np.testing.assert_allclose(unmasked, [0.25] * 4, rtol=1e-6)
+    # mass on a future key is dropped, not moved: a row that puts everything before p is unchanged
+    causal = np.array([[[[0.5, 0.5, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]]]])
+    np.testing.assert_allclose(
+        importance_from_attention(causal, 1, window_queries=2, query_reduction="max"), [0.5, 0.5, 0.3, 0.4]
+    )
+
+
+def test_window_queries_out_of_range() -> None:
+    with pytest.raises(ValueError, match="window_queries"):
+        importance_from_attention(np.full((1, 1, 2, 4), 0.25), 1, window_queries=3)
+    with pytest.raises(ValueError, match="window_queries"):
+        importance_from_attention(np.full((1, 1, 5, 4), 0.25), 1, window_queries=5)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+@pytest.mark.parametrize("window", [0, 1, 3, 6])
+def test_torch_layer_scores_match_reference_mask(window: int) -> None:
+    # hf's per-layer path masks logits before the softmax; the reference masks and renormalises
+    # unmasked probabilities. They must agree, and with window > 1 the mask must change the result.
+    import torch
+
+    from specprefill.hf import _layer_query_scores, _Recorder
+
+    rng = np.random.default_rng(window)
+    heads, kv_heads, n_queries, n, dim = 4, 2, 8, 10, 8
+    q = torch.from_numpy(rng.normal(size=(heads, n_queries, dim)).astype(np.float32))
+    k = torch.from_numpy(rng.normal(size=(kv_heads, n, dim)).astype(np.float32))
+    recorder = _Recorder(total_length=n)
+    recorder.scaling[0], recorder.softcap[0] = dim**-0.5, None
+    got = _layer_query_scores(q, k, recorder, 0, 3, window).numpy()
+    k_full = k.repeat_interleave(heads // kv_heads, dim=0)
+    probs = torch.softmax(q @ k_full.transpose(1, 2) * dim**-0.5, dim=-1).numpy()[None]
+    for reduction in ("mean", "max"):
+        ref = importance_from_attention(probs, 3, window_queries=window, query_reduction=reduction)
+        np.testing.assert_allclose(reduce_queries(got, reduction), ref, rtol=1e-5, atol=1e-7)
+    unmasked = avg_pool1d(probs, 3).max(axis=(0, 1))
+    assert np.allclose(got, unmasked, atol=1e-6) == (window <= 1)
 
 
 # --- chunks ---------------------------------------------------------------------------------------------

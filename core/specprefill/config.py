@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Self
@@ -33,6 +33,19 @@ class SpecPrefillConfig(BaseModel):
 
     pool_kernel: int = Field(default=13, ge=1, le=1025)
     """Odd kernel of the 1-D average pooling that smooths each attention row (1 disables smoothing)."""
+
+    observation_window: int = Field(default=0, ge=0, le=4096)
+    """Also score with the queries of the last W prompt tokens, captured in the same prefill (0: none).
+
+    Each window query attends only to prompt keys at or before its own position (causal mask). The last
+    prompt token counts once; with ``lookahead=1`` only the window queries are used.
+    """
+
+    query_reduction: Literal["mean", "max", "mix"] = "mean"
+    """How the queries' scores combine after the max over layers x heads: mean, max, or ``query_mix`` blend."""
+
+    query_mix: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Weight of the max in ``query_reduction="mix"``: ``query_mix * max + (1 - query_mix) * mean``."""
 
     max_kept_tokens: int | None = Field(default=None, ge=1)
     """Absolute cap on kept (unprotected) tokens, applied together with ``keep_rate``."""
@@ -107,6 +120,31 @@ class SpecPrefillConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_observation_window(self) -> Self:
+        if self.observation_window > self.window_query_tokens:
+            raise ValueError(
+                f"observation_window ({self.observation_window}) must not exceed window_query_tokens "
+                f"({self.window_query_tokens}): in windowed scoring every window must hold the same query tail"
+            )
+        return self
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> Self:
+        """The paper's exact "Full LAH" algorithm: chunks of 32, look-ahead 8, kernel 13, mean over queries.
+
+        No observation window. Fields outside the algorithm (``keep_rate``, protection, budgets) keep
+        their defaults unless overridden.
+
+        Args:
+            **overrides: Fields to change on top of the preset, e.g. ``keep_rate=0.1``.
+
+        Returns:
+            A new validated config.
+
+        """
+        return cls(**{**_PAPER_PRESET, **overrides})
+
     def with_overrides(self, **overrides: Any) -> SpecPrefillConfig:
         """Return a validated copy with some fields changed (``None`` values are ignored).
 
@@ -126,6 +164,16 @@ class SpecPrefillConfig(BaseModel):
                 f"unknown SpecPrefillConfig field(s) {unknown}; valid fields: {sorted(type(self).model_fields)}"
             )
         return SpecPrefillConfig(**{**self.model_dump(), **changes})
+
+
+_PAPER_PRESET: dict[str, Any] = {
+    "chunk_size": 32,
+    "lookahead": 8,
+    "pool_kernel": 13,
+    "observation_window": 0,
+    "query_reduction": "mean",
+}
+"""The algorithm fields of the paper's "Full LAH" preset (see :meth:`SpecPrefillConfig.paper`)."""
 
 
 def _reraise(exc: ValidationError) -> NoReturn:

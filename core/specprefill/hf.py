@@ -1,10 +1,11 @@
 """Hugging Face transformers speculator: sdpa prefill with captured post-RoPE queries and keys.
 
 Scoring never builds attention matrices over the prompt: a registered attention function records, for
-every layer, the query of the newest position (the last prompt token during prefill, then each fed-back
-look-ahead token) and the newest key tensor. After look-ahead, each layer's queries are scored against its
-prompt keys, softmaxed in float32, pooled, and folded into a running max, so memory stays
-O(heads x queries x N).
+every layer, the queries of the newest positions (during prefill the last ``max(1, observation_window)``
+prompt tokens, then each fed-back look-ahead token) and the newest key tensor. After look-ahead, each
+layer's queries are scored against its prompt keys (observation-window queries causally masked), softmaxed
+in float32, pooled, reduced over heads and folded into a running ``[queries, N]`` max over layers, so memory
+stays O(heads x queries x N) with queries = observation window + look-ahead.
 
 Sliding-window layers (e.g. 5 of 6 Gemma-3 layers) whose window is shorter than the scored sequence are
 **excluded** from the max: their queries cannot see most of the prompt, and their window would force the
@@ -22,12 +23,14 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from specprefill._deps import require
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
 from specprefill.prompts import plain_chat
 from specprefill.result import Message
+from specprefill.scoring import reduce_queries
 from specprefill.spans import Span
 from specprefill.speculator import ImportanceResult, Speculator
 
@@ -51,8 +54,10 @@ _registered = False
 class _Recorder:
     """Per-call store of the newest query of each layer and its newest keys."""
 
-    def __init__(self, total_length: int) -> None:
+    def __init__(self, total_length: int, query_tail: int = 1) -> None:
         self.total_length = total_length
+        self.query_tail = query_tail
+        """How many of the newest query positions the next forward pass records (then 1 for look-ahead)."""
         self.queries: dict[int, list[torch.Tensor]] = {}
         self.keys: dict[int, torch.Tensor] = {}
         self.scaling: dict[int, float] = {}
@@ -65,7 +70,7 @@ class _Recorder:
         if window is not None and int(window) < self.total_length:
             self.excluded.add(layer)
             return
-        self.queries.setdefault(layer, []).append(query[:, :, -1:, :].detach().clone())
+        self.queries.setdefault(layer, []).append(query[:, :, -self.query_tail :, :].detach().clone())
         self.keys[layer] = key.detach()
         scaling = kwargs.get("scaling") or getattr(module, "scaling", None)
         self.scaling[layer] = float(scaling) if scaling else query.shape[-1] ** -0.5
@@ -113,40 +118,58 @@ def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(found)
 
 
-def prompt_importance(recorder: _Recorder, n_prompt: int, pool_kernel: int) -> torch.Tensor:
+def prompt_importance(
+    recorder: _Recorder, n_prompt: int, config: SpecPrefillConfig, window_queries: int = 0
+) -> npt.NDArray[np.float32]:
     """Steps 3-5 from recorded queries and keys: ``[N]`` float32 importance.
 
-    For each layer: logits of every query head against the prompt keys (GQA groups share a KV head),
-    float32 softmax over the N prompt keys, average pooling of every row, max over heads folded into a
-    running max over layers; finally the mean over queries.
+    For each layer: logits of every query head against the prompt keys (GQA groups share a KV head), the
+    first ``window_queries`` queries (the prompt's last tokens, in order) causally masked so that a query at
+    prompt position p sees only keys <= p, float32 softmax over the N prompt keys, average pooling of every
+    row, max over heads folded into a running ``[Q, N]`` max over layers; finally the query reduction of
+    ``config`` (mean, max or mix).
     """
     import torch
-    import torch.nn.functional as F  # noqa: N812
 
     running: torch.Tensor | None = None
     for layer in sorted(recorder.queries):
         q = torch.cat(recorder.queries[layer], dim=2)[0].float()  # [H, Q, D]
         k = recorder.keys[layer][0, :, :n_prompt, :].float()  # [KVH, N, D]
-        heads, n_queries, dim = q.shape
-        kv_heads = k.shape[0]
-        if heads % kv_heads:
-            raise SpeculatorError(f"layer {layer}: {heads} query heads do not divide into {kv_heads} KV heads")
-        grouped = q.reshape(kv_heads, (heads // kv_heads) * n_queries, dim)
-        logits = torch.matmul(grouped, k.transpose(1, 2)) * recorder.scaling[layer]
-        cap = recorder.softcap[layer]
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        probs = torch.softmax(logits, dim=-1).reshape(heads * n_queries, 1, n_prompt)
-        if pool_kernel > 1:
-            probs = F.avg_pool1d(probs, pool_kernel, stride=1, padding=pool_kernel // 2)
-        layer_max = probs.reshape(heads, n_queries, n_prompt).amax(dim=0)
+        layer_max = _layer_query_scores(q, k, recorder, layer, config.pool_kernel, window_queries)
         running = layer_max if running is None else torch.maximum(running, layer_max)
     if running is None:
         raise SpeculatorError(
             "no attention layer could see the whole prompt (all are sliding-window layers shorter than it); "
             "set SpecPrefillConfig.max_speculator_tokens to the window size so the prompt is scored in windows"
         )
-    return running.mean(dim=0)
+    return reduce_queries(running.cpu().numpy(), config.query_reduction, config.query_mix)
+
+
+def _layer_query_scores(
+    q: torch.Tensor, k: torch.Tensor, recorder: _Recorder, layer: int, pool_kernel: int, window_queries: int
+) -> torch.Tensor:
+    """One layer's ``[Q, N]`` pooled probabilities, max over heads."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    heads, n_queries, dim = q.shape
+    kv_heads, n_prompt = k.shape[0], k.shape[1]
+    if heads % kv_heads:
+        raise SpeculatorError(f"layer {layer}: {heads} query heads do not divide into {kv_heads} KV heads")
+    group = heads // kv_heads
+    logits = torch.matmul(q.reshape(kv_heads, group * n_queries, dim), k.transpose(1, 2)) * recorder.scaling[layer]
+    cap = recorder.softcap[layer]
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    if window_queries > 1:  # a lone window query is the last prompt token: it sees every prompt key
+        positions = torch.full((n_queries,), n_prompt, device=q.device)
+        positions[:window_queries] = torch.arange(n_prompt - window_queries, n_prompt, device=q.device)
+        future = torch.arange(n_prompt, device=q.device)[None, :] > positions[:, None]  # [Q, N]
+        logits = logits.reshape(kv_heads, group, n_queries, n_prompt).masked_fill(future, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).reshape(heads * n_queries, 1, n_prompt)
+    if pool_kernel > 1:
+        probs = F.avg_pool1d(probs, pool_kernel, stride=1, padding=pool_kernel // 2)
+    return probs.reshape(heads, n_queries, n_prompt).amax(dim=0)
 
 
 class HFSpeculator(Speculator):
@@ -266,12 +289,14 @@ class HFSpeculator(Speculator):
         import torch
 
         n = len(ids)
-        recorder = _Recorder(total_length=n + config.lookahead - 1)
+        window = min(config.observation_window, n)
+        recorder = _Recorder(total_length=n + config.lookahead - 1, query_tail=max(window, 1))
         device = self.model.device
         decoded: list[int] = []
         with self._lock, torch.inference_mode(), _recording(recorder):
             out = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
+            recorder.query_tail = 1
             for _ in range(config.lookahead - 1):
                 nxt = int(out.logits[0, -1].argmax())
                 if nxt in self.eos_ids:
@@ -283,10 +308,8 @@ class HFSpeculator(Speculator):
                     use_cache=True,
                     logits_to_keep=1,
                 )
-            importance = prompt_importance(recorder, n, config.pool_kernel)
-        return ImportanceResult(
-            importance.cpu().numpy().astype(np.float32), decoded, queries=len(decoded) + 1, windows=1
-        )
+            importance = prompt_importance(recorder, n, config, window_queries=window)
+        return ImportanceResult(importance, decoded, queries=max(window, 1) + len(decoded), windows=1)
 
     def plain_prefill(self, input_ids: Sequence[int]) -> None:
         """One ordinary prefill forward pass without capture or look-ahead (for overhead benchmarks)."""

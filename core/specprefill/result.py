@@ -33,7 +33,7 @@ class PruneStats:
     protected_tokens: int = 0
     """Tokens that were protected from dropping."""
     lookahead_queries: int = 0
-    """Queries that scored the prompt (last prompt token plus look-ahead tokens before any EOS)."""
+    """Queries that scored the prompt (last prompt token or observation window, plus look-ahead tokens)."""
     windows: int = 0
     """Speculator passes: 1 normally, more when a long prompt was scored in windows."""
     speculator_seconds: float = 0.0

@@ -23,6 +23,7 @@ __all__ = [
     "chunk_scores",
     "importance_from_attention",
     "protected_mask",
+    "reduce_queries",
     "select_chunks",
 ]
 
@@ -56,23 +57,68 @@ def avg_pool1d(rows: npt.ArrayLike, kernel: int) -> FloatArray:
     return (window / kernel).astype(np.float32)
 
 
-def importance_from_attention(probs: npt.ArrayLike, pool_kernel: int = 13) -> FloatArray:
+def importance_from_attention(
+    probs: npt.ArrayLike,
+    pool_kernel: int = 13,
+    *,
+    window_queries: int = 0,
+    query_reduction: str = "mean",
+    query_mix: float = 0.5,
+) -> FloatArray:
     """Token importance from attention probabilities (steps 4-5).
+
+    The first ``window_queries`` query rows are observation-window queries: the queries of the last
+    ``window_queries`` prompt tokens, in order, so row ``i`` sits at prompt position
+    ``N - window_queries + i``. Causality: such a query may only attend keys at or before its position, so
+    later keys are masked out and the row is renormalised over the rest (exactly a softmax with ``-inf``
+    at the masked keys). The remaining rows (look-ahead queries) see all N prompt keys.
 
     Args:
         probs: ``[layers, heads, queries, N]`` attention probabilities of each query over the N prompt keys.
         pool_kernel: Kernel of the smoothing applied to every row before reducing.
+        window_queries: How many leading query rows are observation-window queries (0: none).
+        query_reduction: ``"mean"``, ``"max"`` or ``"mix"`` over the queries.
+        query_mix: Weight of the max in ``"mix"``: ``query_mix * max + (1 - query_mix) * mean``.
 
     Returns:
-        ``[N]`` float32: max over layers and heads of the pooled rows, then mean over queries.
+        ``[N]`` float32: max over layers and heads of the pooled rows, then the query reduction.
 
     """
     p = np.asarray(probs, dtype=np.float32)
     if p.ndim != 4:
         raise ValueError(f"expected [layers, heads, queries, N] probabilities, got shape {p.shape}")
-    pooled = avg_pool1d(p, pool_kernel)
-    importance: FloatArray = pooled.max(axis=(0, 1)).mean(axis=0).astype(np.float32)
-    return importance
+    n_queries, n = p.shape[2], p.shape[3]
+    if not 0 <= window_queries <= min(n_queries, n):
+        raise ValueError(f"window_queries must be in [0, {min(n_queries, n)}], got {window_queries}")
+    if window_queries:
+        positions = np.full(n_queries, n, dtype=np.int64)
+        positions[:window_queries] = np.arange(n - window_queries, n)
+        masked = np.where(np.arange(n)[None, :] > positions[:, None], np.float32(0), p).astype(np.float64)
+        p = (masked / masked.sum(axis=-1, keepdims=True)).astype(np.float32)
+    per_query = avg_pool1d(p, pool_kernel).max(axis=(0, 1))
+    return reduce_queries(per_query, query_reduction, query_mix)
+
+
+def reduce_queries(per_query: npt.ArrayLike, reduction: str = "mean", mix: float = 0.5) -> FloatArray:
+    """Combine ``[queries, N]`` per-query importance into ``[N]`` (``"mean"``, ``"max"`` or ``"mix"``).
+
+    ``"mix"`` is ``mix * max + (1 - mix) * mean``. Shared by the reference and the speculator's torch path
+    (which passes the final ``[Q, N]`` running max as NumPy).
+    """
+    rows = np.asarray(per_query, dtype=np.float32)
+    if rows.ndim != 2:
+        raise ValueError(f"expected [queries, N] importance, got shape {rows.shape}")
+    if reduction == "mean":
+        out = rows.mean(axis=0)
+    elif reduction == "max":
+        out = rows.max(axis=0)
+    elif reduction == "mix":
+        if not 0.0 <= mix <= 1.0:
+            raise ConfigurationError(f"query_mix must be in [0, 1], got {mix}")
+        out = mix * rows.max(axis=0) + (1.0 - mix) * rows.mean(axis=0)
+    else:
+        raise ConfigurationError(f"query_reduction must be 'mean', 'max' or 'mix', got {reduction!r}")
+    return np.asarray(out, dtype=np.float32)
 
 
 def chunk_bounds(n_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
