@@ -155,14 +155,16 @@ def test_window_queries_out_of_range() -> None:
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
-@pytest.mark.parametrize("window", [0, 1, 3, 6])
-def test_torch_layer_scores_match_reference_mask(window: int) -> None:
+@pytest.mark.parametrize(("window", "block"), [(0, 1 << 26), (1, 1 << 26), (3, 1 << 26), (6, 1 << 26), (6, 1)])
+def test_torch_layer_scores_match_reference_mask(window: int, block: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # hf's per-layer path masks logits before the softmax; the reference masks and renormalises
     # unmasked probabilities. They must agree, and with window > 1 the mask must change the result.
     import torch
 
+    import specprefill.hf as hf
     from specprefill.hf import _layer_query_scores, _Recorder
 
+    monkeypatch.setattr(hf, "_BLOCK_ELEMENTS", block)  # 1: every KV-head group in its own block
     rng = np.random.default_rng(window)
     heads, kv_heads, n_queries, n, dim = 4, 2, 8, 10, 8
     q = torch.from_numpy(rng.normal(size=(heads, n_queries, dim)).astype(np.float32))

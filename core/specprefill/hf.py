@@ -48,6 +48,8 @@ _SINK_TOKENS = 4
 """Leading prompt tokens repeated at the start of every later scoring window (attention-sink anchor)."""
 _OVERLAP_TOKENS = 64
 """Tokens before a later window's segment that it also reads (and whose scores it discards)."""
+_BLOCK_ELEMENTS = 1 << 26
+"""Most logits (64 Mi floats, 256 MiB) scored at once per layer; more KV-head groups go in several blocks."""
 _registered = False
 
 
@@ -148,28 +150,56 @@ def prompt_importance(
 def _layer_query_scores(
     q: torch.Tensor, k: torch.Tensor, recorder: _Recorder, layer: int, pool_kernel: int, window_queries: int
 ) -> torch.Tensor:
-    """One layer's ``[Q, N]`` pooled probabilities, max over heads."""
+    """One layer's ``[Q, N]`` pooled probabilities, max over heads.
+
+    KV-head groups are processed in blocks of at most ``_BLOCK_ELEMENTS`` logits, so a long prompt with
+    many queries (observation window) stays within a fixed working set per block.
+    """
     import torch
-    import torch.nn.functional as F  # noqa: N812
 
     heads, n_queries, dim = q.shape
     kv_heads, n_prompt = k.shape[0], k.shape[1]
     if heads % kv_heads:
         raise SpeculatorError(f"layer {layer}: {heads} query heads do not divide into {kv_heads} KV heads")
     group = heads // kv_heads
-    logits = torch.matmul(q.reshape(kv_heads, group * n_queries, dim), k.transpose(1, 2)) * recorder.scaling[layer]
-    cap = recorder.softcap[layer]
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    if window_queries > 1:  # a lone window query is the last prompt token: it sees every prompt key
-        positions = torch.full((n_queries,), n_prompt, device=q.device)
-        positions[:window_queries] = torch.arange(n_prompt - window_queries, n_prompt, device=q.device)
-        future = torch.arange(n_prompt, device=q.device)[None, :] > positions[:, None]  # [Q, N]
-        logits = logits.reshape(kv_heads, group, n_queries, n_prompt).masked_fill(future, float("-inf"))
-    probs = torch.softmax(logits, dim=-1).reshape(heads * n_queries, 1, n_prompt)
+    grouped = q.reshape(kv_heads, group * n_queries, dim)
+    future = _future_mask(n_queries, n_prompt, window_queries, q.device)
+    step = max(1, _BLOCK_ELEMENTS // (group * n_queries * n_prompt))
+    maxima = []
+    for first in range(0, kv_heads, step):
+        logits = torch.matmul(grouped[first : first + step], k[first : first + step].transpose(1, 2))
+        block = _pooled_probs(logits * recorder.scaling[layer], recorder.softcap[layer], future, pool_kernel)
+        maxima.append(block.reshape(-1, n_queries, n_prompt).amax(dim=0))
+    return maxima[0] if len(maxima) == 1 else torch.stack(maxima).amax(dim=0)
+
+
+def _future_mask(n_queries: int, n_prompt: int, window_queries: int, device: Any) -> torch.Tensor | None:
+    """``[Q, N]`` True where a window query (the first ``window_queries``) would see a later prompt key."""
+    import torch
+
+    if window_queries <= 1:  # a lone window query is the last prompt token: it sees every prompt key
+        return None
+    positions = torch.full((n_queries,), n_prompt, device=device)
+    positions[:window_queries] = torch.arange(n_prompt - window_queries, n_prompt, device=device)
+    return torch.arange(n_prompt, device=device)[None, :] > positions[:, None]
+
+
+def _pooled_probs(
+    logits: torch.Tensor, softcap: float | None, future: torch.Tensor | None, pool_kernel: int
+) -> torch.Tensor:
+    """``[KV, G*Q, N]`` logits to pooled float32 probabilities over the prompt keys (causal mask applied)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    kv, rows, n_prompt = logits.shape
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    if future is not None:
+        logits = logits.reshape(kv, -1, future.shape[0], n_prompt).masked_fill(future, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).reshape(kv * rows, 1, n_prompt)
     if pool_kernel > 1:
         probs = F.avg_pool1d(probs, pool_kernel, stride=1, padding=pool_kernel // 2)
-    return probs.reshape(heads, n_queries, n_prompt).amax(dim=0)
+    return probs
 
 
 class HFSpeculator(Speculator):
