@@ -11,6 +11,7 @@ __all__ = [
     "Span",
     "char_spans_to_token_mask",
     "cut_spans",
+    "index_runs",
     "join_spans",
     "kept_char_spans",
     "merge_spans",
@@ -72,6 +73,18 @@ def kept_char_spans(offsets: Sequence[Span], kept_indices: Iterable[int]) -> lis
     if run is not None:
         spans.append(run)
     return merge_spans(spans)
+
+
+def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Half-open ranges of consecutive values in a sorted index array."""
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        i = int(i)
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
 
 
 def join_spans(text: str, spans: Sequence[Span], marker: str) -> str:
