@@ -23,6 +23,7 @@ __all__ = [
     "budget_chunks",
     "chunk_bounds",
     "chunk_scores",
+    "fill_chunks",
     "importance_from_attention",
     "protected_mask",
     "segment_edges",
@@ -238,25 +239,60 @@ def _select_segmented(
     else:
         budget = budget_chunks(rate, imp.shape[0] - n_protected)
         cap = max_kept_tokens
-    left = budget if cap is None else min(budget, cap)
-    candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
-    scores = [_free_mean(imp[s:e], keep[s:e]) for s, e in candidates]
-    for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], i)):
-        if left <= 0:
-            break
-        s, e = candidates[i]
-        free = np.flatnonzero(~keep[s:e]) + s
-        if len(free) > left:
-            free = best_run(imp, free, left)
-        keep[free] = True
-        left -= len(free)
+    fill_chunks(imp, keep, bounds, budget if cap is None else min(budget, cap))
     return np.flatnonzero(keep).astype(np.int64)
 
 
+def fill_chunks(
+    importance: npt.ArrayLike,
+    keep: npt.NDArray[np.bool_],
+    bounds: Sequence[tuple[int, int]],
+    budget: int,
+    *,
+    protected: npt.NDArray[np.bool_] | None = None,
+) -> int:
+    """Add the best chunks' not yet kept tokens to ``keep`` (in place) until ``budget`` tokens are added.
+
+    Chunks rank by the mean importance of their unprotected tokens (``protected`` defaults to ``keep`` as
+    it is on entry; NaN ranks lowest; ties go to the earlier chunk). A chunk whose new tokens exceed what is
+    left of the budget adds only its best contiguous run of that size (:func:`best_run`), and filling stops.
+
+    Args:
+        importance: ``[N]`` token importance.
+        keep: ``[N]`` mask of kept tokens, changed in place.
+        bounds: Half-open chunk ranges to choose from (e.g. :func:`chunk_bounds` with segments).
+        budget: Tokens to add (nothing when <= 0).
+        protected: ``[N]`` mask of tokens left out of the chunk scores.
+
+    Returns:
+        Tokens added: ``min(budget, not yet kept tokens in bounds)``.
+
+    """
+    imp = np.asarray(importance, dtype=np.float32)
+    imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
+    excluded = keep.copy() if protected is None else protected
+    candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
+    scores = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
+    added = 0
+    for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], i)):
+        if added >= budget:
+            break
+        s, e = candidates[i]
+        free = np.flatnonzero(~keep[s:e]) + s
+        if len(free) > budget - added:
+            free = best_run(imp, free, budget - added)
+        keep[free] = True
+        added += len(free)
+    return added
+
+
 def _free_mean(values: FloatArray, protected: npt.NDArray[np.bool_]) -> float:
-    """Mean of the unprotected entries; -inf when it is undefined (NaN from +inf and -inf)."""
+    """Mean of the unprotected entries; -inf when there are none or it is undefined (NaN from +inf and -inf)."""
+    free = values[~protected]
+    if not free.size:
+        return -math.inf
     with np.errstate(invalid="ignore"):
-        mean = float(values[~protected].astype(np.float64).mean())
+        mean = float(free.astype(np.float64).mean())
     return -math.inf if math.isnan(mean) else mean
 
 

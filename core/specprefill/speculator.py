@@ -7,7 +7,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from specprefill.prompts import (
 from specprefill.result import Message, PruneResult, PruneStats
 from specprefill.scoring import chunk_bounds, protected_mask, select_chunks
 from specprefill.segments import check_segments, segment_starts
-from specprefill.spans import Span, char_spans_to_token_mask, index_runs, join_spans, kept_char_spans
+from specprefill.spans import Span, char_spans_to_token_mask, index_runs, join_runs, join_spans, kept_char_spans
 
 __all__ = ["ImportanceResult", "Speculator"]
 
@@ -133,7 +133,7 @@ class Speculator(ABC):
 
     def score_prompt(
         self,
-        prompt: Prompt,
+        prompt: Prompt | PreparedPrompt,
         config: SpecPrefillConfig | None = None,
         *,
         protected_spans: Iterable[Span] = (),
@@ -143,7 +143,8 @@ class Speculator(ABC):
         """Tokenise, protect and score a prompt, without selecting anything (steps 1-5).
 
         Args:
-            prompt: Text, token ids, or chat messages, as for :meth:`prune`.
+            prompt: Text, token ids, or chat messages, as for :meth:`prune`; or a prompt :meth:`prepare` already
+                tokenised (then ``protected_spans`` add to its protection).
             config: Scoring settings (defaults if omitted; a plain mapping of fields is accepted too).
             protected_spans: Extra ``(start, end)`` character spans of the text (or rendered chat) to keep.
             segments: Caller passages: character offsets where a passage starts, or ``(start, end)`` spans, in
@@ -163,7 +164,11 @@ class Speculator(ABC):
         """
         cfg = _as_config(config).with_overrides(**overrides)
         start = time.perf_counter()
-        prepared = self.prepare(prompt, protected_spans, config=cfg)
+        if isinstance(prompt, PreparedPrompt):
+            extra = char_spans_to_token_mask(prompt.offsets or [], check_spans(protected_spans))
+            prepared = replace(prompt, protected=prompt.protected | extra) if extra.any() else prompt
+        else:
+            prepared = self.prepare(prompt, protected_spans, config=cfg)
         starts = segment_starts(
             prepared.offsets,
             prepared.text,
@@ -222,7 +227,7 @@ class Speculator(ABC):
                 protected_count_toward_budget=cfg.protected_count_toward_budget,
                 segments=scored.segments,
             )
-        return self._build(scored, kept, cfg, time.perf_counter() - start)
+        return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start)
 
     def prune(
         self,
@@ -306,9 +311,20 @@ class Speculator(ABC):
         logger.warning("speculator %s failed (%s); using the full prompt", self.name, reason)
         return reason
 
-    def _build(
-        self, scored: ScoredPrompt, kept: npt.NDArray[np.int64], cfg: SpecPrefillConfig, seconds: float
+    def build_result(
+        self,
+        scored: ScoredPrompt,
+        kept: npt.NDArray[np.int64],
+        config: SpecPrefillConfig | None = None,
+        *,
+        seconds: float = 0.0,
     ) -> PruneResult:
+        """The :class:`PruneResult` of keeping ``kept`` (sorted token indices) of a scored prompt.
+
+        For callers that select tokens themselves (e.g. :mod:`specprefill.passages`); ``seconds`` (the time
+        their selection took) is added to ``scored.speculator_seconds`` in the stats.
+        """
+        cfg = _as_config(config)
         ids = scored.input_ids
         n = len(ids)
         spans: list[Span] = []
@@ -319,7 +335,8 @@ class Speculator(ABC):
             if scored.messages is not None and scored.content_spans is not None:
                 messages = cut_messages(scored.messages, scored.content_spans, spans, scored.text, cfg.gap_marker)
         else:
-            text = self._decode_runs(ids, kept, cfg.gap_marker)
+            whole = [(0, n)] if len(kept) == n else index_runs(kept)
+            text = join_runs(n, whole, lambda s, e: self.decode(ids[s:e]), cfg.gap_marker)
         bounds = chunk_bounds(n, cfg.chunk_size, scored.segments)
         kept_mask = protected_mask(n, kept)
         stats = PruneStats(
@@ -353,24 +370,6 @@ class Speculator(ABC):
             messages=messages,
             lookahead_token_ids=scored.lookahead_token_ids,
         )
-
-    def _decode_runs(self, ids: Sequence[int], kept: npt.NDArray[np.int64], marker: str) -> str:
-        if len(kept) == len(ids):
-            return self.decode(ids)
-        pieces: list[str] = []
-        cursor = 0
-        for run_start, run_end in index_runs(kept):
-            if run_start > cursor:
-                pieces.append(marker)
-            pieces.append(self.decode(ids[run_start:run_end]))
-            cursor = run_end
-        if cursor < len(ids):
-            pieces.append(marker)
-        if pieces and pieces[0] == marker:
-            pieces[0] = marker.lstrip()
-        if pieces and pieces[-1] == marker:
-            pieces[-1] = marker.rstrip()
-        return "".join(pieces)
 
 
 def _thread_kwargs(
