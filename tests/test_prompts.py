@@ -11,11 +11,13 @@ import pytest
 
 from specprefill import EmptyPromptError, PromptError, SpecPrefillConfig, Speculator
 from specprefill.prompts import (
+    ScoredPrompt,
     check_spans,
     locate_contents,
     locate_contents_by_template,
     message_text,
     plain_chat,
+    prompt_kind,
     protection_for_messages,
     scrub_surrogates,
     validate_messages,
@@ -348,3 +350,83 @@ def test_fake_prune_stats_for_passthrough_and_fallback(caplog: pytest.LogCapture
     r = spec.prune("X" * 50, **FAST)
     assert r.stats.fallback and r.stats.fallback_reason == "MemoryError: simulated"
     assert r.stats.tokens_kept == r.original_length == 51
+
+
+# --- score_prompt, select and segments -------------------------------------------------------------------
+def test_prompt_kind_is_decided_once() -> None:
+    assert prompt_kind("hi") == ("text", "hi")
+    assert prompt_kind(iter([1, 2])) == ("token_ids", [1, 2])
+    assert prompt_kind([{"role": "user", "content": "x"}])[0] == "messages"
+    for bad, error in [(b"x", PromptError), ({"role": "user"}, PromptError), (3, PromptError), ([], EmptyPromptError)]:
+        with pytest.raises(error):
+            prompt_kind(bad)
+
+
+def test_score_prompt_scores_without_selecting_and_select_equals_prune() -> None:
+    spec = CharSpeculator()
+    prompt = "abcdefghXYZWijklmnop"
+    scored = spec.score_prompt(prompt, **FAST)
+    assert isinstance(scored, ScoredPrompt) and scored.kind == "text" and scored.text == prompt
+    assert scored.n_tokens == 21 and scored.importance is not None and len(scored.importance) == 21
+    assert scored.offsets is not None and scored.offsets[0] == (0, 0) and not scored.protected.any()
+    assert scored.segments is None and not scored.fallback and scored.speculator == "char-fake"
+    assert scored.queries == 1 and scored.windows == 1 and scored.speculator_seconds > 0
+    selected = spec.select(scored, keep_rate=0.1, **FAST)
+    pruned = spec.prune(prompt, keep_rate=0.1, **FAST)
+    assert selected.kept_indices.tolist() == pruned.kept_indices.tolist() == [8, 9, 10, 11]
+    assert selected.text == pruned.text and selected.position_ids == pruned.position_ids
+    strip = {"speculator_seconds"}
+    assert {k: v for k, v in selected.stats.to_dict().items() if k not in strip} == {
+        k: v for k, v in pruned.stats.to_dict().items() if k not in strip
+    }
+
+
+def test_score_prompt_short_and_failing_prompts_are_not_scored() -> None:
+    spec = CharSpeculator()
+    short = spec.score_prompt("short prompt")
+    assert short.importance is None and not short.fallback and short.windows == 0
+
+    def boom(input_ids: Sequence[int], config: SpecPrefillConfig) -> ImportanceResult:
+        raise MemoryError("simulated")
+
+    spec.score = boom  # type: ignore[method-assign]
+    failed = spec.score_prompt("X" * 50, **FAST)
+    assert failed.importance is None and failed.fallback and failed.fallback_reason == "MemoryError: simulated"
+    assert spec.select(failed).kept_indices.tolist() == list(range(51))
+
+
+def test_caller_segments_restart_the_grid() -> None:
+    spec = CharSpeculator()
+    prompt = "abcXYZdefghijklm"  # BOS + 16 characters; character i is token i + 1
+    paper = spec.prune(prompt, keep_rate=0.1, **FAST)
+    assert paper.text == "… XYZd …"  # the paper's chunk (4, 8) straddles the passage end
+    scored = spec.score_prompt(prompt, segments=[(3, 6)], **FAST)
+    assert scored.segments == [4, 7]
+    r = spec.select(scored, keep_rate=0.17, **FAST)  # ceil(0.17 * 17) = 3 tokens
+    assert r.text == "… XYZ …" and r.kept_indices.tolist() == [4, 5, 6]
+    assert r.stats.chunks_total == 5 and r.stats.chunks_kept == 1  # (0,4) (4,7) (7,11) (11,15) (15,17)
+    assert spec.prune(prompt, keep_rate=0.17, segments=[3, 6], **FAST).text == r.text  # offsets work too
+    with pytest.raises(PromptError, match="need a text"):
+        spec.prune(spec.encode(prompt)[0], segments=[(3, 6)], **FAST)
+
+
+def test_segment_by_levels_from_config() -> None:
+    spec = CharSpeculator()
+    text = "ab. XY cd.\n\nef"
+    assert spec.score_prompt(text, segment_by="paragraphs", **FAST).segments == [13]
+    assert spec.score_prompt(text, segment_by="sentences", **FAST).segments == [4, 13]
+    assert spec.score_prompt(text, segment_by="messages", **FAST).segments == []  # text has no messages
+    assert spec.score_prompt(spec.encode(text)[0], segment_by="sentences", **FAST).segments == []
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello there"}]
+    scored = spec.score_prompt(messages, segment_by="messages", **FAST)
+    spans = scored.content_spans
+    assert scored.kind == "messages" and spans is not None
+    assert scored.segments == [p for span in spans for p in span]  # one character per token, no BOS for chats
+
+
+async def test_ascore_prompt_matches_score_prompt() -> None:
+    spec = CharSpeculator()
+    a = await spec.ascore_prompt("abcXYZdefghijklm", segments=[(3, 6)], **FAST)
+    b = spec.score_prompt("abcXYZdefghijklm", segments=[(3, 6)], **FAST)
+    assert a.segments == b.segments and a.importance is not None and b.importance is not None
+    np.testing.assert_array_equal(a.importance, b.importance)

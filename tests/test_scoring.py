@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from specprefill import ConfigurationError, avg_pool1d, chunk_scores, importance_from_attention, select_chunks
-from specprefill.scoring import budget_chunks, chunk_bounds, protected_mask, reduce_queries
+from specprefill.scoring import budget_chunks, chunk_bounds, protected_mask, reduce_queries, segment_edges
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -400,3 +400,124 @@ def test_select_invariants_random() -> None:
             assert unprotected_kept <= token_cap
             whole = sum(e - s - int(pmask[s:e].sum()) for i, (s, e) in enumerate(bounds) if i in candidates)
             assert unprotected_kept == min(token_cap, whole) or len(chosen) == budget
+
+
+# --- select_chunks with segments (the segment grid) ------------------------------------------------------
+def _seg(importance: list[float], segments: list[int], **kwargs: object) -> list[int]:
+    kwargs.setdefault("keep_rate", 1.0)
+    kwargs.setdefault("chunk_size", 2)
+    return select_chunks(np.asarray(importance, dtype=np.float32), segments=segments, **kwargs).tolist()  # type: ignore[arg-type]
+
+
+def test_segment_grid_restarts_at_every_segment_start() -> None:
+    assert chunk_bounds(7, 3, [2]) == [(0, 2), (2, 5), (5, 7)]
+    assert chunk_bounds(7, 3, [2, 2, 0, 7]) == [(0, 2), (2, 5), (5, 7)]  # repeats and edges add nothing
+    assert chunk_bounds(5, 2, []) == chunk_bounds(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert chunk_bounds(0, 2, []) == []
+    assert segment_edges(6, [4, 1, 4]) == [0, 1, 4, 6]
+    for bad in ([7], [-1], [1.5], [True]):
+        with pytest.raises(ConfigurationError, match="segment"):
+            chunk_bounds(6, 2, bad)  # type: ignore[arg-type]
+
+
+def test_segments_none_is_the_paper_grid_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    for n in (1, 5, 33, 100):
+        imp = rng.random(n, dtype=np.float32)
+        prot = rng.random(n) < 0.2
+        for rate in (0.1, 0.3, 1.0):
+            a = select_chunks(imp, keep_rate=rate, chunk_size=4, protected=prot, max_kept_tokens=17)
+            b = select_chunks(imp, keep_rate=rate, chunk_size=4, protected=prot, max_kept_tokens=17, segments=None)
+            np.testing.assert_array_equal(a, b)
+
+
+def test_segment_chunks_never_cross_a_boundary() -> None:
+    # paper grid with chunk 2: chunk (2, 4) would join token 2 (segment A) with token 3 (segment B)
+    imp = [0, 0, 9, 1, 0, 0]
+    assert select_chunks(imp, keep_rate=0.1, chunk_size=2).tolist() == [2, 3]
+    assert _seg(imp, [3], keep_rate=0.1) == [2]  # budget ceil(0.1 * 6) = 1 token: chunk (2, 3) alone
+    # budget 2: chunk (2, 3), then (3, 5) (mean 0.5) has 2 tokens for 1 left: its best run of 1 is token 3
+    assert _seg(imp, [3], keep_rate=0.2) == [2, 3]
+
+
+def test_segment_budget_counts_unprotected_tokens_and_last_chunk_is_cut_to_its_best_run() -> None:
+    imp = [5, 5, 5, 1, 3, 3, 3, 0, 0, 0]
+    # U = 10, budget ceil(0.5 * 10) = 5; chunk (0, 3) = 5.0 takes 3, chunk (3, 6) mean 2.33 has 3 > 2 left:
+    # its best contiguous run of 2 is (4, 6) (3 + 3 > 1 + 3)
+    assert _seg(imp, [3, 6], keep_rate=0.5, chunk_size=3) == [0, 1, 2, 4, 5]
+    protected = [False] * 10
+    protected[9] = True
+    assert _seg(imp, [3, 6], keep_rate=0.5, chunk_size=3, protected=np.array(protected)) == [0, 1, 2, 4, 5, 9]
+
+
+def test_segment_score_ignores_protected_tokens() -> None:
+    imp = [100, 0, 2, 2]
+    assert _seg(imp, [], keep_rate=0.5, protected=[0]) == [0, 2, 3]  # U = 3 -> 2 tokens; chunk (0, 2) scores 0
+
+
+def test_segment_max_kept_tokens_is_exact_and_keeps_a_run() -> None:
+    imp = [0, 3, 4, 5, 0, 1]
+    for cap, expected in [(1, [3]), (2, [2, 3]), (3, [1, 2, 3]), (4, [0, 1, 2, 3]), (5, [0, 1, 2, 3, 5])]:
+        assert _seg(imp, [], chunk_size=4, max_kept_tokens=cap) == expected
+    assert _seg(imp, [], chunk_size=4, max_kept_tokens=0, protected=[4]) == [4]
+
+
+def test_segment_protected_count_toward_budget() -> None:
+    imp = [0, 0, 1, 1, 2, 2, 3, 3]
+    # N = 8, keep 0.5 -> 4 tokens, 2 of them protected: 2 left for the best chunk (6, 8)
+    assert _seg(imp, [4], keep_rate=0.5, protected=[0, 1], protected_count_toward_budget=True) == [0, 1, 6, 7]
+    # not counted: 6 unprotected -> 3 tokens: chunk (6, 8), then the best run of 1 of chunk (4, 6)
+    assert _seg(imp, [4], keep_rate=0.5, protected=[0, 1]) == [0, 1, 4, 6, 7]
+    # the cap includes the protected tokens: 3 - 2 = 1 token, the earlier of the tied pair (6, 7)
+    assert _seg(imp, [4], max_kept_tokens=3, protected=[0, 1], protected_count_toward_budget=True) == [0, 1, 6]
+    # more protected tokens than budget: only the protected stay
+    assert _seg(imp, [4], keep_rate=0.25, protected=[0, 1, 2], protected_count_toward_budget=True) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("imp", "segments", "kwargs", "expected"),
+    [
+        ([1, 2, 3], [0, 0, 3, 3], {"keep_rate": 0.3}, [2]),  # empty segments: one real segment; 1 token
+        ([1, 2, 3, 9], [1, 2, 3], {"keep_rate": 0.25}, [3]),  # segments shorter than a chunk: one token each
+        ([1, 2, 3, 4], [2], {"keep_rate": 1.0}, [0, 1, 2, 3]),  # keep_rate 1 keeps everything
+        ([1, 2, 3, 4], [2], {"keep_rate": 0.1, "protected": [0, 1, 2, 3]}, [0, 1, 2, 3]),  # all protected
+        ([], [], {"keep_rate": 0.5}, []),  # empty prompt
+        ([7], [1], {"keep_rate": 0.01}, [0]),  # one token: at least one is kept
+    ],
+)
+def test_segment_boundary_cases(imp: list[float], segments: list[int], kwargs: dict[str, object],
+                                expected: list[int]) -> None:
+    assert _seg(imp, segments, **kwargs) == expected
+
+
+def test_segment_nan_ranks_last_and_mixed_infinities_do_not_break_ranking() -> None:
+    imp = [np.nan, np.nan, 1, 1, 0.5, 0.5]
+    assert _seg(imp, [2, 4], keep_rate=0.3) == [2, 3]
+    imp2 = [np.inf, -np.inf, 0.1, 0.1]
+    assert _seg(imp2, [], keep_rate=0.5) == [2, 3]  # (inf + -inf) / 2 is NaN: that chunk ranks last
+
+
+def test_segment_ties_go_to_the_earlier_chunk() -> None:
+    assert _seg([1, 1, 1, 1, 1, 1], [3], keep_rate=0.5, chunk_size=3) == [0, 1, 2]
+
+
+def test_segment_invariants_random() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(0, 60))
+        imp = rng.random(n, dtype=np.float32)
+        prot = rng.random(n) < 0.3
+        segs = sorted(rng.integers(0, n + 1, size=int(rng.integers(0, 6))).tolist())
+        rate = float(rng.choice([0.05, 0.2, 0.5, 1.0]))
+        cap = None if rng.random() < 0.5 else int(rng.integers(0, 30))
+        kept = select_chunks(imp, keep_rate=rate, chunk_size=int(rng.integers(1, 9)), protected=prot,
+                             max_kept_tokens=cap, segments=segs)
+        mask = np.zeros(n, dtype=bool)
+        mask[kept] = True
+        assert np.all(np.diff(kept) > 0) and kept.dtype == np.int64
+        assert mask[prot].all()
+        free = int((~prot).sum())
+        target = budget_chunks(rate, free)
+        if cap is not None:
+            target = min(target, cap)
+        assert int((mask & ~prot).sum()) == min(target, free)

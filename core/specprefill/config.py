@@ -53,6 +53,13 @@ class SpecPrefillConfig(BaseModel):
     min_prompt_tokens: int = Field(default=256, ge=0)
     """Prompts shorter than this many speculator tokens are passed through unpruned."""
 
+    segment_by: Literal["none", "messages", "paragraphs", "sentences"] = "none"
+    """Where the chunk grid restarts ("none": the paper's grid from token 0). "messages": at every message
+    content's start and end; "paragraphs": also after blank lines; "sentences": also after ``.``/``!``/``?``
+    before white space, CJK ``。！？`` and line breaks. With any segments (these, or passages given to
+    ``prune(segments=...)``) no chunk crosses a boundary and the budget counts tokens, not chunks (see
+    :func:`specprefill.scoring.select_chunks`)."""
+
     protect_template: bool = True
     """For chat messages: never drop chat-template tokens (role markers, separators)."""
 

@@ -7,8 +7,9 @@ functions are the reference it is checked against.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -18,12 +19,15 @@ from specprefill.errors import ConfigurationError
 
 __all__ = [
     "avg_pool1d",
+    "best_run",
     "budget_chunks",
     "chunk_bounds",
     "chunk_scores",
+    "fill_chunks",
     "importance_from_attention",
     "protected_mask",
     "reduce_queries",
+    "segment_edges",
     "select_chunks",
 ]
 
@@ -121,11 +125,36 @@ def reduce_queries(per_query: npt.ArrayLike, reduction: str = "mean", mix: float
     return np.asarray(out, dtype=np.float32)
 
 
-def chunk_bounds(n_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Half-open ``(start, end)`` token ranges of contiguous chunks from token 0; the last may be shorter."""
+def chunk_bounds(n_tokens: int, chunk_size: int, segments: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` token ranges of contiguous chunks.
+
+    Without ``segments`` the grid starts at token 0 (the paper's grid); the last chunk may be shorter. With
+    ``segments`` (token indices where segments start) the grid restarts at every segment start, so no chunk
+    crosses a segment boundary and the last chunk of every segment may be shorter.
+    """
     if chunk_size < 1:
         raise ConfigurationError(f"chunk_size must be >= 1, got {chunk_size}")
-    return [(s, min(s + chunk_size, n_tokens)) for s in range(0, n_tokens, chunk_size)]
+    if segments is None:
+        return [(s, min(s + chunk_size, n_tokens)) for s in range(0, n_tokens, chunk_size)]
+    edges = segment_edges(n_tokens, segments)
+    return [(s, min(s + chunk_size, hi)) for lo, hi in itertools.pairwise(edges) for s in range(lo, hi, chunk_size)]
+
+
+def segment_edges(n_tokens: int, segments: Sequence[int]) -> list[int]:
+    """Sorted distinct segment edges ``[0, ..., n_tokens]`` from the token indices where segments start.
+
+    Repeated starts (empty segments) collapse; starts at 0 or ``n_tokens`` add nothing.
+
+    Raises:
+        ConfigurationError: A start is not an integer in ``[0, n_tokens]``.
+
+    """
+    starts: set[int] = set()
+    for value in segments:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= n_tokens:
+            raise ConfigurationError(f"segment starts must be token indices in [0, {n_tokens}], got {value!r:.40}")
+        starts.add(int(value))
+    return sorted(starts | {0, n_tokens}) if n_tokens else [0]
 
 
 def chunk_scores(importance: npt.ArrayLike, chunk_size: int) -> FloatArray:
@@ -161,36 +190,50 @@ def select_chunks(
     protected: npt.ArrayLike | Iterable[int] = (),
     max_kept_tokens: int | None = None,
     protected_count_toward_budget: bool = False,
+    segments: Sequence[int] | None = None,
 ) -> IndexArray:
     """Pick the most important chunks (step 6) and return the kept token indices, sorted ascending.
 
-    The budget is ``ceil(keep_rate * n)`` chunks, where ``n`` counts the chunks that hold at least one
-    unprotected token. Protected tokens are always kept; by default they do not use the budget. With
-    ``protected_count_toward_budget`` the budget is ``ceil(keep_rate * all chunks)`` minus the chunks that
-    are wholly protected, and ``max_kept_tokens`` includes the protected tokens. ``max_kept_tokens`` caps
-    the unprotected tokens taken from chosen chunks; when the next chunk does not fit, its most important
-    tokens fill what is left, so the cap is met exactly. Ties go to the earlier chunk.
+    **Paper grid** (``segments=None``): chunks of ``chunk_size`` from token 0. The budget is
+    ``ceil(keep_rate * n)`` chunks, where ``n`` counts the chunks that hold at least one unprotected token;
+    a chunk scores the mean importance of all its tokens. Protected tokens are always kept; by default they
+    do not use the budget. With ``protected_count_toward_budget`` the budget is ``ceil(keep_rate * all
+    chunks)`` minus the chunks that are wholly protected, and ``max_kept_tokens`` includes the protected
+    tokens. ``max_kept_tokens`` caps the unprotected tokens taken from chosen chunks; when the next chunk
+    does not fit, its most important tokens fill what is left, so the cap is met exactly.
+
+    **Segment grid** (``segments`` given, even an empty list):
+
+    1. The grid restarts at every segment start (:func:`chunk_bounds`); a segment's last chunk may be short.
+    2. Candidates are the chunks holding at least one unprotected token; each scores the mean importance of
+       its **unprotected** tokens (protected neighbours such as headers or the question neither lift nor
+       sink it). Wholly protected chunks are kept and are not candidates.
+    3. The budget is ``B = ceil(keep_rate * U)`` **tokens**, ``U`` the unprotected tokens (at least one when
+       ``U > 0``), lowered to ``max_kept_tokens`` when that is smaller. With
+       ``protected_count_toward_budget`` it is ``ceil(keep_rate * N)`` minus the protected tokens, and the
+       cap is ``max_kept_tokens`` minus the protected tokens.
+    4. Chunks are taken best first and all their unprotected tokens kept while they fit. The **last,
+       partial chunk** (the first whose unprotected tokens exceed what is left of ``B``) keeps only its
+       most important *contiguous run* of exactly the remaining size (:func:`best_run` over its
+       unprotected tokens in order), and selection stops. So exactly ``min(B, U)`` unprotected tokens are
+       kept, and ``max_kept_tokens`` is met exactly.
+
+    Ties go to the earlier chunk in both grids; NaN importance ranks lowest.
 
     Args:
         importance: ``[N]`` token importance.
-        keep_rate: Fraction of chunks to keep, in (0, 1].
+        keep_rate: Fraction of chunks (paper grid) or unprotected tokens (segment grid) to keep, in (0, 1].
         chunk_size: Tokens per chunk.
         protected: Token indices (or a boolean mask) that are always kept.
         max_kept_tokens: Optional absolute cap on kept tokens.
         protected_count_toward_budget: Whether protected tokens use up the budget.
+        segments: Token indices where segments start (None: the paper's grid from token 0).
 
     Returns:
         int64 array of kept token indices, strictly increasing.
 
     """
-    try:
-        rate = float(keep_rate)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"keep_rate must be a number in (0, 1], got {keep_rate!r}") from None
-    if not 0.0 < rate <= 1.0:  # also rejects NaN
-        raise ConfigurationError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
-    if max_kept_tokens is not None and max_kept_tokens < 0:
-        raise ConfigurationError(f"max_kept_tokens must be >= 0, got {max_kept_tokens}")
+    rate = _check_budget(keep_rate, max_kept_tokens)
     imp = np.asarray(importance, dtype=np.float32)
     if imp.ndim != 1:
         raise ValueError(f"importance must be 1-D, got shape {imp.shape}")
@@ -198,6 +241,10 @@ def select_chunks(
     imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
     n = imp.shape[0]
     keep = protected_mask(n, protected)
+    if segments is not None:
+        return _select_segmented(
+            imp, keep, chunk_bounds(n, chunk_size, segments), rate, max_kept_tokens, protected_count_toward_budget
+        )
     bounds = chunk_bounds(n, chunk_size)
     candidates = [i for i, (s, e) in enumerate(bounds) if not keep[s:e].all()]
     if protected_count_toward_budget:
@@ -221,6 +268,103 @@ def select_chunks(
         if token_budget is not None:
             token_budget -= len(free)
     return np.flatnonzero(keep).astype(np.int64)
+
+
+def _select_segmented(
+    imp: FloatArray,
+    keep: npt.NDArray[np.bool_],
+    bounds: list[tuple[int, int]],
+    rate: float,
+    max_kept_tokens: int | None,
+    protected_count_toward_budget: bool,
+) -> IndexArray:
+    n_protected = int(keep.sum())
+    if protected_count_toward_budget:
+        budget = budget_chunks(rate, imp.shape[0]) - n_protected
+        cap = None if max_kept_tokens is None else max_kept_tokens - n_protected
+    else:
+        budget = budget_chunks(rate, imp.shape[0] - n_protected)
+        cap = max_kept_tokens
+    fill_chunks(imp, keep, bounds, budget if cap is None else min(budget, cap))
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def fill_chunks(
+    importance: npt.ArrayLike,
+    keep: npt.NDArray[np.bool_],
+    bounds: Sequence[tuple[int, int]],
+    budget: int,
+    *,
+    protected: npt.NDArray[np.bool_] | None = None,
+) -> int:
+    """Add the best chunks' not yet kept tokens to ``keep`` (in place) until ``budget`` tokens are added.
+
+    Chunks rank by the mean importance of their unprotected tokens (``protected`` defaults to ``keep`` as
+    it is on entry; NaN ranks lowest; ties go to the earlier chunk). A chunk whose new tokens exceed what is
+    left of the budget adds only its best contiguous run of that size (:func:`best_run`), and filling stops.
+
+    Args:
+        importance: ``[N]`` token importance.
+        keep: ``[N]`` mask of kept tokens, changed in place.
+        bounds: Half-open chunk ranges to choose from (e.g. :func:`chunk_bounds` with segments).
+        budget: Tokens to add (nothing when <= 0).
+        protected: ``[N]`` mask of tokens left out of the chunk scores.
+
+    Returns:
+        Tokens added: ``min(budget, not yet kept tokens in bounds)``.
+
+    """
+    imp = np.asarray(importance, dtype=np.float32)
+    imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
+    excluded = keep.copy() if protected is None else protected
+    candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
+    scores = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
+    added = 0
+    for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], i)):
+        if added >= budget:
+            break
+        s, e = candidates[i]
+        free = np.flatnonzero(~keep[s:e]) + s
+        if len(free) > budget - added:
+            free = best_run(imp, free, budget - added)
+        keep[free] = True
+        added += len(free)
+    return added
+
+
+def _free_mean(values: FloatArray, protected: npt.NDArray[np.bool_]) -> float:
+    """Mean of the unprotected entries; -inf when there are none or it is undefined (NaN from +inf and -inf)."""
+    free = values[~protected]
+    if not free.size:
+        return -math.inf
+    with np.errstate(invalid="ignore"):
+        mean = float(free.astype(np.float64).mean())
+    return -math.inf if math.isnan(mean) else mean
+
+
+def best_run(imp: FloatArray, free: npt.NDArray[np.intp], length: int) -> npt.NDArray[np.intp]:
+    """The ``length`` consecutive entries of ``free`` with the highest total importance (earliest on ties).
+
+    ``-inf`` (a NaN score) counts as a very low finite value so that every window keeps a comparable sum.
+    """
+    if length >= len(free):
+        return free
+    values = np.maximum(imp[free].astype(np.float64), -1e30)
+    sums = np.convolve(values, np.ones(length), mode="valid")
+    start = int(np.argmax(sums))
+    return free[start : start + length]
+
+
+def _check_budget(keep_rate: object, max_kept_tokens: int | None) -> float:
+    try:
+        rate = float(keep_rate)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"keep_rate must be a number in (0, 1], got {keep_rate!r}") from None
+    if not 0.0 < rate <= 1.0:  # also rejects NaN
+        raise ConfigurationError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
+    if max_kept_tokens is not None and max_kept_tokens < 0:
+        raise ConfigurationError(f"max_kept_tokens must be >= 0, got {max_kept_tokens}")
+    return rate
 
 
 def budget_chunks(keep_rate: float, n_chunks: int) -> int:

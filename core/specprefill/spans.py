@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -11,6 +11,8 @@ __all__ = [
     "Span",
     "char_spans_to_token_mask",
     "cut_spans",
+    "index_runs",
+    "join_runs",
     "join_spans",
     "kept_char_spans",
     "merge_spans",
@@ -74,21 +76,41 @@ def kept_char_spans(offsets: Sequence[Span], kept_indices: Iterable[int]) -> lis
     return merge_spans(spans)
 
 
+def index_runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Half-open ranges of consecutive values in a sorted index array."""
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        i = int(i)
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
 def join_spans(text: str, spans: Sequence[Span], marker: str) -> str:
     """Concatenate ``text[s:e]`` for each merged span, with ``marker`` where text between them was dropped.
 
     A marker also stands at the start or end when text was dropped there.
     """
-    if not spans:
+    return join_runs(len(text), spans, lambda s, e: text[s:e], marker)
+
+
+def join_runs(length: int, runs: Sequence[Span], piece: Callable[[int, int], str], marker: str) -> str:
+    """Concatenate ``piece(s, e)`` for each sorted, disjoint run of ``[0, length)``, with ``marker`` in the gaps.
+
+    A gap at the start or end gets the marker without its outer padding; no runs give ``""``.
+    """
+    if not runs:
         return ""
     pieces: list[str] = []
     cursor = 0
-    for s, e in spans:
+    for s, e in runs:
         if s > cursor:
             pieces.append(marker)
-        pieces.append(text[s:e])
+        pieces.append(piece(s, e))
         cursor = e
-    if cursor < len(text):
+    if cursor < length:
         pieces.append(marker)
     return _trim_edges(pieces, marker) if marker else "".join(pieces)
 

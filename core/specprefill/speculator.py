@@ -7,8 +7,8 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,15 +18,19 @@ from specprefill.errors import ConfigurationError, EmptyPromptError, PromptError
 from specprefill.prompts import (
     PreparedPrompt,
     Prompt,
+    ScoredPrompt,
     check_spans,
+    cut_messages,
     locate_contents_by_template,
+    prompt_kind,
     protection_for_messages,
     scrub_surrogates,
     validate_messages,
 )
 from specprefill.result import Message, PruneResult, PruneStats
 from specprefill.scoring import chunk_bounds, protected_mask, select_chunks
-from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
+from specprefill.segments import check_segments, segment_starts
+from specprefill.spans import Span, char_spans_to_token_mask, index_runs, join_runs, join_spans, kept_char_spans
 
 __all__ = ["ImportanceResult", "Speculator"]
 
@@ -104,39 +108,126 @@ class Speculator(ABC):
         """Tokenise a prompt and mark its protected tokens (step 1 plus protection)."""
         cfg = _as_config(config)
         extra = check_spans(protected_spans)
-        if isinstance(prompt, str):
-            if not prompt.strip():
+        kind, value = prompt_kind(prompt)
+        if isinstance(value, str):
+            if not value.strip():
                 raise EmptyPromptError("the prompt is empty or only white space; nothing to prune or answer")
-            prompt = scrub_surrogates(prompt)
-            ids, offsets = self.encode_with_specials(prompt)
+            text = scrub_surrogates(value)
+            ids, offsets = self.encode_with_specials(text)
             protected = char_spans_to_token_mask(offsets, extra)
-            return PreparedPrompt(ids, protected, text=prompt, offsets=offsets)
-        if isinstance(prompt, (bytes, bytearray)):
-            raise PromptError("the prompt is bytes; decode it first, e.g. data.decode('utf-8', errors='replace')")
-        if isinstance(prompt, dict):
-            raise PromptError("got a single message dict; pass a list of messages: [{'role': ..., 'content': ...}]")
-        if not isinstance(prompt, Iterable):
-            raise PromptError(
-                f"the prompt must be text, a list of token ids or a list of messages, got {type(prompt).__name__}"
-            )
-        try:
-            items = list(prompt)
-        except TypeError as exc:
-            raise PromptError(f"the prompt cannot be read as a sequence: {exc}") from exc
-        if not items:
-            raise EmptyPromptError("the prompt is empty; pass text, token ids or messages")
-        if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in items):
+            return PreparedPrompt(ids, protected, text=text, offsets=offsets, kind=kind)
+        if kind == "token_ids":
             if extra:
                 raise PromptError("protected_spans are character spans and need a text or message prompt")
-            ids = self._check_ids(cast(list[int], items))
-            return PreparedPrompt(ids, np.zeros(len(ids), dtype=np.bool_))
-        messages = validate_messages(items)
+            ids = self._check_ids(value)
+            return PreparedPrompt(ids, np.zeros(len(ids), dtype=np.bool_), kind=kind)
+        messages = validate_messages(value)
         rendered = scrub_surrogates(self.render_chat(messages))
         ids, offsets = self.encode(rendered)
         spans = locate_contents_by_template(rendered, messages, self.render_chat)
         protected = protection_for_messages(offsets, len(rendered), messages, spans, cfg)
         protected |= char_spans_to_token_mask(offsets, extra)
-        return PreparedPrompt(ids, protected, text=rendered, offsets=offsets, messages=messages, content_spans=spans)
+        return PreparedPrompt(
+            ids, protected, text=rendered, offsets=offsets, messages=messages, content_spans=spans, kind=kind
+        )
+
+    def score_prompt(
+        self,
+        prompt: Prompt | PreparedPrompt,
+        config: SpecPrefillConfig | None = None,
+        *,
+        protected_spans: Iterable[Span] = (),
+        segments: Iterable[int | Span] = (),
+        **overrides: Any,
+    ) -> ScoredPrompt:
+        """Tokenise, protect and score a prompt, without selecting anything (steps 1-5).
+
+        Args:
+            prompt: Text, token ids, or chat messages, as for :meth:`prune`; or a prompt :meth:`prepare` already
+                tokenised (then ``protected_spans`` add to its protection).
+            config: Scoring settings (defaults if omitted; a plain mapping of fields is accepted too).
+            protected_spans: Extra ``(start, end)`` character spans of the text (or rendered chat) to keep.
+            segments: Caller passages: character offsets where a passage starts, or ``(start, end)`` spans, in
+                the text (or rendered chat). The chunk grid always restarts there (see
+                :func:`~specprefill.scoring.select_chunks`), together with ``config.segment_by``.
+            **overrides: Per-call config changes.
+
+        Returns:
+            A :class:`~specprefill.prompts.ScoredPrompt`. ``importance`` is None when the prompt is shorter than
+            ``min_prompt_tokens`` or scoring failed with ``fallback_on_error`` (then ``fallback_reason`` says why).
+
+        Raises:
+            EmptyPromptError: The prompt is empty.
+            PromptError: The prompt cannot be tokenised, or has token ids outside the vocabulary.
+            SpeculatorError: Scoring failed and fallback is off.
+
+        """
+        cfg = _as_config(config).with_overrides(**overrides)
+        start = time.perf_counter()
+        if isinstance(prompt, PreparedPrompt):
+            extra = char_spans_to_token_mask(prompt.offsets or [], check_spans(protected_spans))
+            prepared = replace(prompt, protected=prompt.protected | extra) if extra.any() else prompt
+        else:
+            prepared = self.prepare(prompt, protected_spans, config=cfg)
+        starts = segment_starts(
+            prepared.offsets,
+            prepared.text,
+            cfg.segment_by,
+            content_spans=prepared.content_spans or (),
+            extra=check_segments(segments),
+        )
+        result: ImportanceResult | None = None
+        reason: str | None = None
+        if len(prepared.input_ids) >= max(cfg.min_prompt_tokens, 1):
+            try:
+                result = self.score(prepared.input_ids, cfg)
+            except SpecPrefillError as exc:
+                if not cfg.fallback_on_error or isinstance(exc, PromptError):
+                    raise
+                reason = self._fallback_reason(exc)
+            except Exception as exc:  # any failure of the model falls back to the full prompt
+                if not cfg.fallback_on_error:
+                    raise SpeculatorError(f"speculator {self.name!r} failed: {exc}") from exc
+                reason = self._fallback_reason(exc)
+        return ScoredPrompt(
+            **{f.name: getattr(prepared, f.name) for f in fields(prepared)},
+            segments=starts,
+            importance=result.importance if result else None,
+            speculator_seconds=time.perf_counter() - start,
+            queries=result.queries if result else 0,
+            windows=result.windows if result else 0,
+            lookahead_token_ids=list(result.lookahead_token_ids) if result else [],
+            fallback_reason=reason,
+            speculator=self.name,
+        )
+
+    def select(self, scored: ScoredPrompt, config: SpecPrefillConfig | None = None, **overrides: Any) -> PruneResult:
+        """Step 6 on a scored prompt: keep its most important chunks and build the result.
+
+        Args:
+            scored: What :meth:`score_prompt` returned.
+            config: Budget settings (``keep_rate``, ``max_kept_tokens``, ``chunk_size``, ``gap_marker``, ...).
+            **overrides: Per-call config changes.
+
+        Returns:
+            A :class:`PruneResult`; everything is kept when ``scored.importance`` is None.
+
+        """
+        cfg = _as_config(config).with_overrides(**overrides)
+        start = time.perf_counter()
+        if scored.importance is None:
+            kept = np.arange(scored.n_tokens, dtype=np.int64)
+        else:
+            kept = select_chunks(
+                scored.importance,
+                keep_rate=cfg.keep_rate,
+                chunk_size=cfg.chunk_size,
+                protected=scored.protected,
+                max_kept_tokens=cfg.max_kept_tokens,
+                protected_count_toward_budget=cfg.protected_count_toward_budget,
+                segments=scored.segments,
+            )
+        return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start)
 
     def prune(
         self,
@@ -144,9 +235,10 @@ class Speculator(ABC):
         config: SpecPrefillConfig | None = None,
         *,
         protected_spans: Iterable[Span] = (),
+        segments: Iterable[int | Span] = (),
         **overrides: Any,
     ) -> PruneResult:
-        """Score a prompt and keep its most important chunks.
+        """Score a prompt and keep its most important chunks (:meth:`score_prompt` then :meth:`select`).
 
         Args:
             prompt: Text, token ids, or chat messages (``[{"role": ..., "content": ...}]``). Messages are
@@ -155,6 +247,8 @@ class Speculator(ABC):
                 can encode) are replaced by U+FFFD, keeping character offsets.
             config: Pruning settings (defaults if omitted; a plain mapping of fields is accepted too).
             protected_spans: Extra ``(start, end)`` character spans of the text (or rendered chat) to keep.
+            segments: Caller passages (character offsets or ``(start, end)`` spans) where the chunk grid
+                restarts; see :meth:`score_prompt`.
             **overrides: Per-call config changes, e.g. ``keep_rate=0.1``.
 
         Returns:
@@ -168,30 +262,8 @@ class Speculator(ABC):
 
         """
         cfg = _as_config(config).with_overrides(**overrides)
-        start = time.perf_counter()
-        prepared = self.prepare(prompt, protected_spans, config=cfg)
-        n = len(prepared.input_ids)
-        if n < max(cfg.min_prompt_tokens, 1):
-            return self._build(prepared, np.arange(n, dtype=np.int64), None, cfg, start)
-        try:
-            scored = self.score(prepared.input_ids, cfg)
-        except SpecPrefillError as exc:
-            if not cfg.fallback_on_error or isinstance(exc, PromptError):
-                raise
-            return self._fallback(prepared, cfg, start, exc)
-        except Exception as exc:  # any failure of the model falls back to the full prompt
-            if not cfg.fallback_on_error:
-                raise SpeculatorError(f"speculator {self.name!r} failed: {exc}") from exc
-            return self._fallback(prepared, cfg, start, exc)
-        kept = select_chunks(
-            scored.importance,
-            keep_rate=cfg.keep_rate,
-            chunk_size=cfg.chunk_size,
-            protected=prepared.protected,
-            max_kept_tokens=cfg.max_kept_tokens,
-            protected_count_toward_budget=cfg.protected_count_toward_budget,
-        )
-        return self._build(prepared, kept, scored, cfg, start)
+        scored = self.score_prompt(prompt, cfg, protected_spans=protected_spans, segments=segments)
+        return self.select(scored, cfg)
 
     async def aprune(
         self,
@@ -199,11 +271,26 @@ class Speculator(ABC):
         config: SpecPrefillConfig | None = None,
         *,
         protected_spans: Iterable[Span] = (),
+        segments: Iterable[int | Span] = (),
         **overrides: Any,
     ) -> PruneResult:
         """Async :meth:`prune`: scoring runs in a worker thread so the event loop stays free."""
         return await asyncio.to_thread(
-            self.prune, prompt, config, protected_spans=check_spans(protected_spans), **overrides
+            self.prune, prompt, config, **_thread_kwargs(protected_spans, segments, overrides)
+        )
+
+    async def ascore_prompt(
+        self,
+        prompt: Prompt,
+        config: SpecPrefillConfig | None = None,
+        *,
+        protected_spans: Iterable[Span] = (),
+        segments: Iterable[int | Span] = (),
+        **overrides: Any,
+    ) -> ScoredPrompt:
+        """Async :meth:`score_prompt`: scoring runs in a worker thread so the event loop stays free."""
+        return await asyncio.to_thread(
+            self.score_prompt, prompt, config, **_thread_kwargs(protected_spans, segments, overrides)
         )
 
     # --- helpers --------------------------------------------------------------------------------
@@ -219,39 +306,38 @@ class Speculator(ABC):
             )
         return ids
 
-    def _fallback(
-        self, prepared: PreparedPrompt, cfg: SpecPrefillConfig, start: float, exc: BaseException
-    ) -> PruneResult:
+    def _fallback_reason(self, exc: BaseException) -> str:
         reason = f"{type(exc).__name__}: {exc}"
         logger.warning("speculator %s failed (%s); using the full prompt", self.name, reason)
-        n = len(prepared.input_ids)
-        return self._build(prepared, np.arange(n, dtype=np.int64), None, cfg, start, fallback_reason=reason)
+        return reason
 
-    def _build(
+    def build_result(
         self,
-        prepared: PreparedPrompt,
+        scored: ScoredPrompt,
         kept: npt.NDArray[np.int64],
-        scored: ImportanceResult | None,
-        cfg: SpecPrefillConfig,
-        start: float,
+        config: SpecPrefillConfig | None = None,
         *,
-        fallback_reason: str | None = None,
+        seconds: float = 0.0,
     ) -> PruneResult:
-        ids = prepared.input_ids
+        """The :class:`PruneResult` of keeping ``kept`` (sorted token indices) of a scored prompt.
+
+        For callers that select tokens themselves (e.g. :mod:`specprefill.passages`); ``seconds`` (the time
+        their selection took) is added to ``scored.speculator_seconds`` in the stats.
+        """
+        cfg = _as_config(config)
+        ids = scored.input_ids
         n = len(ids)
-        kept_ids = [ids[i] for i in kept]
         spans: list[Span] = []
         messages: list[Message] | None = None
-        if prepared.text is not None and prepared.offsets is not None:
-            spans = kept_char_spans(prepared.offsets, kept)
-            text = join_spans(prepared.text, spans, cfg.gap_marker) if len(kept) < n else prepared.text
-            if prepared.messages is not None and prepared.content_spans is not None:
-                messages = _cut_messages(
-                    prepared.messages, prepared.content_spans, spans, prepared.text, cfg.gap_marker
-                )
+        if scored.text is not None and scored.offsets is not None:
+            spans = kept_char_spans(scored.offsets, kept)
+            text = join_spans(scored.text, spans, cfg.gap_marker) if len(kept) < n else scored.text
+            if scored.messages is not None and scored.content_spans is not None:
+                messages = cut_messages(scored.messages, scored.content_spans, spans, scored.text, cfg.gap_marker)
         else:
-            text = self._decode_runs(ids, kept, cfg.gap_marker)
-        bounds = chunk_bounds(n, cfg.chunk_size)
+            whole = [(0, n)] if len(kept) == n else index_runs(kept)
+            text = join_runs(n, whole, lambda s, e: self.decode(ids[s:e]), cfg.gap_marker)
+        bounds = chunk_bounds(n, cfg.chunk_size, scored.segments)
         kept_mask = protected_mask(n, kept)
         stats = PruneStats(
             tokens_in=n,
@@ -260,48 +346,37 @@ class Speculator(ABC):
             keep_rate=cfg.keep_rate,
             chunks_total=len(bounds),
             chunks_kept=sum(bool(kept_mask[s:e].any()) for s, e in bounds),
-            protected_tokens=int(prepared.protected.sum()),
-            lookahead_queries=scored.queries if scored else 0,
-            windows=scored.windows if scored else 0,
-            speculator_seconds=time.perf_counter() - start,
-            pruned=scored is not None and len(kept) < n,
-            fallback=fallback_reason is not None,
-            fallback_reason=fallback_reason,
+            protected_tokens=int(scored.protected.sum()),
+            lookahead_queries=scored.queries,
+            windows=scored.windows,
+            speculator_seconds=scored.speculator_seconds + seconds,
+            pruned=scored.importance is not None and len(kept) < n,
+            fallback=scored.fallback,
+            fallback_reason=scored.fallback_reason,
             speculator=self.name,
         )
         return PruneResult(
             original_length=n,
             input_ids=list(ids),
             kept_indices=kept,
-            kept_token_ids=kept_ids,
+            kept_token_ids=[ids[i] for i in kept],
             position_ids=[int(i) for i in kept],
             text=text,
             stats=stats,
-            importance=scored.importance if scored else None,
-            source_text=prepared.text,
-            offsets=prepared.offsets,
+            importance=scored.importance,
+            source_text=scored.text,
+            offsets=scored.offsets,
             kept_spans=spans,
             messages=messages,
-            lookahead_token_ids=scored.lookahead_token_ids if scored else [],
+            lookahead_token_ids=scored.lookahead_token_ids,
         )
 
-    def _decode_runs(self, ids: Sequence[int], kept: npt.NDArray[np.int64], marker: str) -> str:
-        if len(kept) == len(ids):
-            return self.decode(ids)
-        pieces: list[str] = []
-        cursor = 0
-        for run_start, run_end in _runs(kept):
-            if run_start > cursor:
-                pieces.append(marker)
-            pieces.append(self.decode(ids[run_start:run_end]))
-            cursor = run_end
-        if cursor < len(ids):
-            pieces.append(marker)
-        if pieces and pieces[0] == marker:
-            pieces[0] = marker.lstrip()
-        if pieces and pieces[-1] == marker:
-            pieces[-1] = marker.rstrip()
-        return "".join(pieces)
+
+def _thread_kwargs(
+    protected_spans: Iterable[Span], segments: Iterable[int | Span], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Keyword arguments for a call in a worker thread: iterables read (and checked) here, before the thread."""
+    return {"protected_spans": check_spans(protected_spans), "segments": check_segments(segments), **overrides}
 
 
 def _as_config(config: object) -> SpecPrefillConfig:
@@ -315,31 +390,3 @@ def _as_config(config: object) -> SpecPrefillConfig:
     raise ConfigurationError(
         f"config must be a SpecPrefillConfig or a mapping of its fields, got {type(config).__name__}"
     )
-
-
-def _runs(indices: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
-    """Half-open ranges of consecutive values in a sorted index array."""
-    out: list[tuple[int, int]] = []
-    for i in indices:
-        i = int(i)
-        if out and out[-1][1] == i:
-            out[-1] = (out[-1][0], i + 1)
-        else:
-            out.append((i, i + 1))
-    return out
-
-
-def _cut_messages(
-    messages: list[Message], content_spans: list[Span], kept: list[Span], text: str, marker: str
-) -> list[Message]:
-    out: list[Message] = []
-    for m, window in zip(messages, content_spans, strict=True):
-        if window[0] == window[1]:
-            # not found in the rendering (the template rewrote or dropped it): pass it on unpruned
-            out.append(dict(m))
-            continue
-        content = text[window[0] : window[1]]
-        local = cut_spans(kept, window)
-        new = content if local == [(0, len(content))] else join_spans(content, local, marker)
-        out.append({**m, "content": new})
-    return out

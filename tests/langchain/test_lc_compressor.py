@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 from langchain_core.documents import BaseDocumentCompressor, Document
 from lc_fakes import LetterSpeculator
@@ -12,7 +11,6 @@ from lc_support import DOCUMENTS
 
 from conftest import needs_model
 from langchain_specprefill import SpecPrefillDocumentCompressor
-from langchain_specprefill.document_compressors import _ensure_minimum
 from specprefill import SpecPrefillConfig
 
 CONFIG = SpecPrefillConfig(chunk_size=8, lookahead=1, min_prompt_tokens=0)
@@ -97,16 +95,6 @@ async def test_async_matches_sync() -> None:
     assert [{k: v for k, v in d.metadata["specprefill"].items() if k not in strip} for d in got] == [
         {k: v for k, v in d.metadata["specprefill"].items() if k not in strip} for d in sync
     ]
-
-
-def test_ensure_minimum_adds_best_chunks_of_the_document() -> None:
-    kept = np.zeros(20, dtype=np.bool_)
-    importance = np.arange(20, dtype=np.float32)[::-1].copy()  # earlier tokens matter more
-    tokens = np.arange(4, 16)
-    _ensure_minimum(kept, tokens, importance, 5, 4)
-    assert np.flatnonzero(kept).tolist() == [4, 5, 6, 7, 8, 9, 10, 11]  # two whole chunks, best first
-    _ensure_minimum(kept, tokens, importance, 5, 4)  # already satisfied: unchanged
-    assert int(kept.sum()) == 8
 
 
 # --- the real speculator -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ PUBLIC = {
         "SpecPrefillPruneEndEvent",
         "SpecPrefillPruneStartEvent",
     ],
-    "llama_index.postprocessor.specprefill.selection": ["passage_chunks", "select_passage_chunks"],
+    "llama_index.postprocessor.specprefill.stats": ["NodePruneStats", "PostprocessStats"],
     "llama_index.llms.specprefill": ["STATS_KEY", "SpecPrefillLLM"],
     "llama_index.embeddings.specprefill": ["PackagedEmbedding"],
 }

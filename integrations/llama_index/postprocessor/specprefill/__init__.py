@@ -12,11 +12,10 @@ from llama_index.postprocessor.specprefill.base import (
     DEFAULT_INSTRUCTION,
     DEFAULT_LOOKAHEAD,
     METADATA_KEY,
-    NodePruneStats,
-    PostprocessStats,
     SpecPrefillNodePostprocessor,
 )
 from llama_index.postprocessor.specprefill.events import SpecPrefillPruneEndEvent, SpecPrefillPruneStartEvent
+from llama_index.postprocessor.specprefill.stats import NodePruneStats, PostprocessStats
 
 __all__ = [
     "DEFAULT_INSTRUCTION",

@@ -1,0 +1,309 @@
+"""Query-aware pruning of several passages (retrieved documents, nodes) scored together as one prompt.
+
+The passages and the question form one chat prompt: the instruction as system message, then a user
+message holding ``Passages:``, every passage under a numbered header (``[1] <header>``), and
+``Question: <question>``. The speculator scores it once; then
+
+- every passage starts its own chunk grid (``segments``), so no chunk straddles two passages or a passage
+  and its header, and chunks score the mean importance of their unprotected tokens only;
+- everything outside the passages (instruction, headers, question, chat template) is protected and does
+  not use the budget, which counts the passages' tokens (``keep_rate`` of them, ``max_kept_tokens`` at
+  most; see :func:`specprefill.scoring.select_chunks` with segments);
+- ``min_tokens_per_passage`` then tops every passage up to that many kept tokens, best chunks first;
+- the kept character spans are written back passage by passage.
+
+Adapters (the LangChain document compressor, the LlamaIndex node postprocessor) only move their documents
+in and out of :class:`Passage` and :class:`PassageOutcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from specprefill.config import SpecPrefillConfig
+from specprefill.errors import ConfigurationError, PromptError
+from specprefill.prompts import ScoredPrompt, scrub_surrogates, validate_messages
+from specprefill.result import Message, PruneResult
+from specprefill.scoring import chunk_bounds, fill_chunks, select_chunks
+from specprefill.segments import token_starts
+from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
+from specprefill.speculator import Speculator
+
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "Passage",
+    "PassageLayout",
+    "PassageOutcome",
+    "PrunedPassages",
+    "aprune_passages",
+    "layout_passages",
+    "prune_passages",
+    "score_passages",
+    "select_passages",
+]
+
+DEFAULT_INSTRUCTION = "Answer the question using the numbered passages below."
+"""System message of the scored prompt (protected, never part of the output)."""
+
+PASSAGES_HEADER = "Passages:"
+QUESTION_HEADER = "Question:"
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One passage to prune."""
+
+    text: str
+    """The text that is pruned and written back."""
+    header: str = ""
+    """Shown to the speculator after the passage number (e.g. metadata); protected, never output."""
+    protected: tuple[Span, ...] = ()
+    """``(start, end)`` character spans of ``text`` that are never dropped."""
+
+
+@dataclass(frozen=True)
+class PassageLayout:
+    """The joint prompt and where each passage sits in its user message."""
+
+    messages: list[Message]
+    """System instruction and the user message (passages and question)."""
+    indices: list[int]
+    """Index (into the input list) of each laid-out passage: passages without text are left out."""
+    windows: list[Span]
+    """Character span of each laid-out passage in the user message."""
+    protected: list[Span]
+    """Caller-protected spans of the passages, in user-message characters."""
+
+    @property
+    def content(self) -> str:
+        """The user message."""
+        return str(self.messages[1]["content"])
+
+
+@dataclass(frozen=True)
+class PassageOutcome:
+    """What pruning did to one passage (token counts are speculator tokens of its text)."""
+
+    text: str
+    """The kept text (the kept spans joined with the gap marker; the input text when nothing was dropped)."""
+    tokens_in: int = 0
+    """Tokens of the passage."""
+    tokens_kept: int = 0
+    """Tokens kept (protected ones included)."""
+    protected_tokens: int = 0
+    """Tokens kept because they overlap a protected span."""
+    minimum_tokens_added: int = 0
+    """Tokens added on top of the budget to reach ``min_tokens_per_passage``."""
+    pruned: bool = False
+    """True when some of the text was dropped."""
+    dropped: bool = False
+    """True when no visible text survived."""
+
+    @property
+    def keep_ratio(self) -> float:
+        """``tokens_kept / tokens_in`` (1.0 for an empty passage)."""
+        return self.tokens_kept / self.tokens_in if self.tokens_in else 1.0
+
+
+@dataclass(frozen=True)
+class PrunedPassages:
+    """The outcome for every input passage plus the result for the whole scored prompt."""
+
+    passages: list[PassageOutcome]
+    """One per input passage, in input order."""
+    result: PruneResult
+    """The whole prompt (instruction, passages, question): kept tokens and statistics."""
+
+
+def layout_passages(
+    passages: Sequence[Passage], question: str | None, instruction: str = DEFAULT_INSTRUCTION
+) -> PassageLayout:
+    """Lay the passages and the question out as one chat prompt (see the module docstring).
+
+    Passages whose text is empty or white space are left out (they come back unchanged).
+    """
+    parts = [PASSAGES_HEADER]
+    cursor = len(PASSAGES_HEADER)
+    indices: list[int] = []
+    windows: list[Span] = []
+    protected: list[Span] = []
+    for i, passage in enumerate(passages):
+        if not passage.text.strip():
+            continue
+        head = scrub_surrogates(" ".join(passage.header.split()))
+        header = f"\n\n[{len(indices) + 1}]" + (f" {head}\n" if head else "\n")
+        start = cursor + len(header)
+        parts += [header, scrub_surrogates(passage.text)]
+        cursor = start + len(passage.text)
+        indices.append(i)
+        windows.append((start, cursor))
+        protected += [(start + max(s, 0), start + min(e, len(passage.text))) for s, e in passage.protected]
+    if question is not None and question.strip():
+        parts.append(f"\n\n{QUESTION_HEADER} {scrub_surrogates(question.strip())}")
+    messages = validate_messages(
+        [{"role": "system", "content": instruction}, {"role": "user", "content": "".join(parts)}]
+    )
+    return PassageLayout(messages=messages, indices=indices, windows=windows, protected=protected)
+
+
+def score_passages(speculator: Speculator, layout: PassageLayout, config: SpecPrefillConfig) -> ScoredPrompt:
+    """Render and score the joint prompt once; everything outside the passages and their protected spans is protected.
+
+    Raises:
+        PromptError: The speculator's chat template changes the passages' text (kept spans could not be
+            mapped back).
+        SpeculatorError: Scoring failed and ``config.fallback_on_error`` is off.
+
+    """
+    prepared = speculator.prepare(layout.messages, config=config)
+    spans = prepared.content_spans or []
+    offset = spans[1][0] if len(spans) > 1 else -1
+    text, offsets = prepared.text or "", prepared.offsets or []
+    if offset < 0 or text[offset : offset + len(layout.content)] != layout.content:
+        raise PromptError(
+            f"the chat template of speculator {speculator.name!r} changes the passages text, so kept spans "
+            "cannot be mapped back; use a speculator whose template keeps message contents verbatim"
+        )
+    windows = [(s + offset, e + offset) for s, e in layout.windows]
+    inside = np.zeros(len(offsets), dtype=np.bool_)
+    for lo, hi in _token_ranges(offsets, windows):
+        inside[lo:hi] = True
+    extra = char_spans_to_token_mask(offsets, [(s + offset, e + offset) for s, e in layout.protected])
+    protected = ~inside | extra
+    return speculator.score_prompt(replace(prepared, protected=protected), config, segments=windows)
+
+
+def select_passages(
+    speculator: Speculator,
+    scored: ScoredPrompt,
+    layout: PassageLayout,
+    passages: Sequence[Passage],
+    config: SpecPrefillConfig,
+    *,
+    min_tokens_per_passage: int = 0,
+) -> PrunedPassages:
+    """Keep the best passage chunks, top passages up to the minimum, and cut every passage to its kept spans.
+
+    Args:
+        speculator: The speculator that scored (it builds the :class:`PruneResult`).
+        scored: What :func:`score_passages` returned.
+        layout: The layout that was scored.
+        passages: The input passages, as given to :func:`layout_passages`.
+        config: Budget settings (``keep_rate``, ``max_kept_tokens``, ``chunk_size``, ``gap_marker``).
+        min_tokens_per_passage: Every passage keeps at least this many tokens (all of a shorter one).
+
+    Returns:
+        One :class:`PassageOutcome` per input passage, and the whole prompt's result.
+
+    """
+    start = time.perf_counter()
+    n = scored.n_tokens
+    offset = (scored.content_spans or [(0, 0), (0, 0)])[1][0]
+    windows = [(s + offset, e + offset) for s, e in layout.windows]
+    ranges = _token_ranges(scored.offsets or [], windows)
+    added = [0] * len(ranges)
+    if scored.importance is None:
+        keep = np.ones(n, dtype=np.bool_)
+    else:
+        keep = np.zeros(n, dtype=np.bool_)
+        keep[
+            select_chunks(
+                scored.importance,
+                keep_rate=config.keep_rate,
+                chunk_size=config.chunk_size,
+                protected=scored.protected,
+                max_kept_tokens=config.max_kept_tokens,
+                segments=scored.segments,
+            )
+        ] = True
+        if min_tokens_per_passage > 0:
+            bounds = chunk_bounds(n, config.chunk_size, scored.segments)
+            added = [
+                fill_chunks(
+                    scored.importance,
+                    keep,
+                    [(s, e) for s, e in bounds if lo <= s < hi],
+                    min(min_tokens_per_passage, hi - lo) - int(keep[lo:hi].sum()),
+                    protected=scored.protected,
+                )
+                for lo, hi in ranges
+            ]
+    result = speculator.build_result(
+        scored, np.flatnonzero(keep).astype(np.int64), config, seconds=time.perf_counter() - start
+    )
+    outcomes = [PassageOutcome(text=p.text) for p in passages]
+    spans = kept_char_spans(scored.offsets or [], result.kept_indices)
+    extra = char_spans_to_token_mask(scored.offsets or [], [(s + offset, e + offset) for s, e in layout.protected])
+    for j, index in enumerate(layout.indices):
+        text, (lo, hi) = passages[index].text, ranges[j]
+        local = cut_spans(spans, windows[j])
+        whole = local == [(0, len(text))]
+        outcomes[index] = PassageOutcome(
+            text=text if whole else join_spans(text, local, config.gap_marker),
+            tokens_in=hi - lo,
+            tokens_kept=int(keep[lo:hi].sum()),
+            protected_tokens=int(extra[lo:hi].sum()),
+            minimum_tokens_added=added[j],
+            pruned=not whole,
+            dropped=not any(text[s:e].strip() for s, e in local),
+        )
+    return PrunedPassages(passages=outcomes, result=result)
+
+
+def prune_passages(
+    speculator: Speculator,
+    passages: Sequence[Passage],
+    question: str | None,
+    config: SpecPrefillConfig,
+    *,
+    instruction: str = DEFAULT_INSTRUCTION,
+    min_tokens_per_passage: int = 0,
+) -> PrunedPassages:
+    """Lay out, score and prune passages for a question: layout, :func:`score_passages`, :func:`select_passages`.
+
+    Raises:
+        ConfigurationError: ``protected_count_toward_budget`` is set (headers and the question never use
+            the budget here).
+        PromptError: The speculator's chat template changes the passages' text.
+        SpeculatorError: Scoring failed and ``config.fallback_on_error`` is off.
+
+    """
+    layout = _checked_layout(passages, question, instruction, config)
+    scored = score_passages(speculator, layout, config)
+    return select_passages(speculator, scored, layout, passages, config, min_tokens_per_passage=min_tokens_per_passage)
+
+
+async def aprune_passages(
+    speculator: Speculator,
+    passages: Sequence[Passage],
+    question: str | None,
+    config: SpecPrefillConfig,
+    *,
+    instruction: str = DEFAULT_INSTRUCTION,
+    min_tokens_per_passage: int = 0,
+) -> PrunedPassages:
+    """Async :func:`prune_passages`: scoring runs in a worker thread so the event loop stays free."""
+    layout = _checked_layout(passages, question, instruction, config)
+    scored = await asyncio.to_thread(score_passages, speculator, layout, config)
+    return select_passages(speculator, scored, layout, passages, config, min_tokens_per_passage=min_tokens_per_passage)
+
+
+def _checked_layout(
+    passages: Sequence[Passage], question: str | None, instruction: str, config: SpecPrefillConfig
+) -> PassageLayout:
+    if config.protected_count_toward_budget:
+        raise ConfigurationError(
+            "passage pruning does not support protected_count_toward_budget: headers, the instruction and the "
+            "question never use the budget; lower max_kept_tokens instead"
+        )
+    return layout_passages(passages, question, instruction)
+
+
+def _token_ranges(offsets: Sequence[Span], windows: Sequence[Span]) -> list[tuple[int, int]]:
+    """Token range of each character window: the tokens that start inside it (as the segment grid cuts)."""
+    return [(token_starts(offsets, [s])[0], token_starts(offsets, [e])[0]) for s, e in windows]

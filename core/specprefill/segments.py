@@ -1,0 +1,137 @@
+"""Where the chunk grid restarts: segment boundaries from messages, paragraphs, sentences or caller passages.
+
+Boundaries are found as character positions in the prompt text and mapped to the token indices where
+segments start, for :func:`specprefill.scoring.select_chunks` (``segments=``). All functions are pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import numpy as np
+
+from specprefill.errors import PromptError
+from specprefill.spans import Span
+
+__all__ = [
+    "SegmentBy",
+    "boundary_chars",
+    "check_segments",
+    "segment_starts",
+    "token_starts",
+]
+
+SegmentBy = Literal["none", "messages", "paragraphs", "sentences"]
+"""Levels of ``SpecPrefillConfig.segment_by``; each level includes the coarser ones."""
+
+_PARAGRAPH = re.compile(r"\n[^\S\n]*\n\s*")
+"""A blank line (possibly holding spaces) and the white space after it: a paragraph starts at its end."""
+
+_SENTENCE = re.compile(r"(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+)\n*|\n+")
+"""A sentence end: ``.``/``!``/``?`` (plus closing quotes or brackets) before white space, or CJK ``。！？``
+(no space needed), with the line breaks right after it; or a run of line breaks. The next sentence starts
+where the match ends, so a line break stays with the sentence it ends."""
+
+
+def boundary_chars(text: str, level: SegmentBy, content_spans: Sequence[Span] = ()) -> list[int]:
+    """Character positions in ``text`` where a new segment starts, for one ``segment_by`` level.
+
+    - ``"none"``: none.
+    - ``"messages"``: the start and end of every message content (``content_spans``; empty for text).
+    - ``"paragraphs"``: also the first character after every blank line.
+    - ``"sentences"``: also the character after every sentence end (see the module's ``_SENTENCE``).
+
+    Args:
+        text: The prompt text (for chat prompts: the template rendering).
+        level: How finely to segment.
+        content_spans: Character span of each message content in ``text``.
+
+    Returns:
+        Sorted distinct positions in ``(0, len(text))``.
+
+    """
+    if level == "none":
+        return []
+    found = {p for span in content_spans for p in span}
+    if level in ("paragraphs", "sentences"):
+        found.update(m.end() for m in _PARAGRAPH.finditer(text))
+    if level == "sentences":
+        found.update(m.end() for m in _SENTENCE.finditer(text))
+    return sorted(p for p in found if 0 < p < len(text))
+
+
+def token_starts(offsets: Sequence[Span], positions: Iterable[int]) -> list[int]:
+    r"""Map character positions to the token indices where segments start.
+
+    A position maps to the first token that starts at or after it, so a token straddling the position
+    (e.g. ``".\\n"``) stays in the earlier segment. Positions after the last token map to ``len(offsets)``.
+
+    Args:
+        offsets: ``(start, end)`` character span of every token, in token order.
+        positions: Character positions.
+
+    Returns:
+        Sorted distinct token indices in ``[0, len(offsets)]``.
+
+    """
+    starts = np.maximum.accumulate(np.array([s for s, _ in offsets], dtype=np.int64)) if offsets else np.zeros(0)
+    return sorted({int(np.searchsorted(starts, p, side="left")) for p in positions})
+
+
+def check_segments(segments: Iterable[object]) -> list[int]:
+    """Caller passages as character positions: each item is a position or a ``(start, end)`` span.
+
+    A span contributes both its ends, so the passage gets its own chunk grid.
+
+    Raises:
+        PromptError: An item is neither an integer nor a pair of integers.
+
+    """
+    try:
+        items = list(segments)
+    except TypeError:
+        raise PromptError(
+            f"segments must be a list of character offsets or (start, end) spans, got {segments!r:.80}"
+        ) from None
+    out: list[int] = []
+    for item in items:
+        values = item if isinstance(item, (tuple, list)) and len(item) == 2 else (item,)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise PromptError(f"each segment must be a character offset >= 0 or a (start, end) pair, got {item!r:.80}")
+        out.extend(int(v) for v in values)  # type: ignore[arg-type]
+    return sorted(set(out))
+
+
+def segment_starts(
+    offsets: Sequence[Span] | None,
+    text: str | None,
+    level: SegmentBy,
+    *,
+    content_spans: Sequence[Span] = (),
+    extra: Sequence[int] = (),
+) -> list[int] | None:
+    """Token indices where segments start, or None for the paper's grid (no level and no caller passages).
+
+    Args:
+        offsets: Token offsets into ``text`` (None for a token-id prompt: no boundaries can be found).
+        text: The prompt text.
+        level: ``SpecPrefillConfig.segment_by``.
+        content_spans: Character span of each message content (chat prompts).
+        extra: Caller-given boundary positions (:func:`check_segments`).
+
+    Returns:
+        Sorted token indices (possibly empty), or None.
+
+    Raises:
+        PromptError: Caller passages were given for a prompt without text.
+
+    """
+    if level == "none" and not extra:
+        return None
+    if offsets is None or text is None:
+        if extra:
+            raise PromptError("segments are character offsets and need a text or message prompt")
+        return []
+    return token_starts(offsets, [*boundary_chars(text, level, content_spans), *extra])
