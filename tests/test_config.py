@@ -151,6 +151,8 @@ def test_paper_preset_is_the_full_lah_algorithm() -> None:
     paper = SpecPrefillConfig.paper()
     assert (paper.chunk_size, paper.lookahead, paper.pool_kernel) == (32, 8, 13)
     assert (paper.observation_window, paper.query_reduction) == (0, "mean")
+    assert paper.segment_by == "none"
+    assert SpecPrefillConfig(segment_by="sentences").paper().segment_by == "none"
     assert paper.keep_rate == SpecPrefillConfig().keep_rate
 
 

@@ -140,7 +140,7 @@ class SpecPrefillConfig(BaseModel):
     def paper(cls, **overrides: Any) -> Self:
         """The paper's exact "Full LAH" algorithm: chunks of 32, look-ahead 8, kernel 13, mean over queries.
 
-        No observation window. Fields outside the algorithm (``keep_rate``, protection, budgets) keep
+        No observation window, and the chunk grid runs from token 0 (no segments). Fields outside the algorithm (``keep_rate``, protection, budgets) keep
         their defaults unless overridden.
 
         Args:
@@ -179,6 +179,7 @@ _PAPER_PRESET: dict[str, Any] = {
     "pool_kernel": 13,
     "observation_window": 0,
     "query_reduction": "mean",
+    "segment_by": "none",
 }
 """The algorithm fields of the paper's "Full LAH" preset (see :meth:`SpecPrefillConfig.paper`)."""
 
