@@ -67,7 +67,7 @@ test-vllm: venv-vllm
 		$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm_tests $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check core integrations tests examples
+	$(BIN)/ruff check core integrations tests examples benchmarks
 	$(BIN)/mypy
 
 clean-venv:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from conftest import needs_model
-from specprefill import cli
+from specprefill import cli, documents
+from specprefill.cli import ask, bench, errors, info, options
 
 SCRIPT = Path(sys.executable).with_name("specprefill")
 
@@ -40,14 +41,31 @@ def _run(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subpro
 @pytest.fixture
 def use_fixture_speculator(monkeypatch: pytest.MonkeyPatch, speculator: Any) -> Any:
     """Make in-process ``prune`` reuse the session speculator instead of loading its own."""
-    monkeypatch.setattr(cli, "_load_speculator", lambda name, verbose: speculator)
+    monkeypatch.setattr(options, "load_speculator", lambda name, verbose: speculator)
     return speculator
 
 
 # --- no model ----------------------------------------------------------------------------------------
 def test_all_is_explicit() -> None:
-    assert set(cli.__all__) <= set(dir(cli))
-    assert "main" in cli.__all__
+    from specprefill.cli import app, output, prune
+
+    for module in (cli, app, ask, bench, errors, info, options, output, prune, documents):
+        assert set(module.__all__) <= set(dir(module)), module.__name__
+    assert cli.__all__ == ["build_parser", "main"]
+
+
+def test_every_subcommand_is_registered_explicitly() -> None:
+    from specprefill.cli import app
+
+    assert [m.__name__.rsplit(".", 1)[1] for m in app.COMMANDS] == ["prune", "ask", "bench", "info"]
+    assert list(bench.BENCHMARKS) == ["overhead"]
+    assert bench.BENCHMARKS["overhead"].module == "specprefill.bench.overhead"
+
+
+def test_cli_modules_stay_small() -> None:
+    folder = Path(cli.__file__).parent
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
+    assert sizes and max(sizes.values()) <= 400, sizes
 
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,7 +141,8 @@ def test_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
 def test_bench_dispatch(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "no-such-benchmark"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown benchmark") and "overhead" in err
+    assert err.startswith("error: unknown benchmark") and "overhead" in err and "python -m benchmarks" in err
+    assert cli.main(["bench", "quality"]) == 2  # the evaluation harness is not part of the library
     assert cli.main(["bench", "overhead", "--help"]) == 0  # the benchmark's own help; nothing is loaded
     assert "overhead" in capsys.readouterr().out
 
@@ -146,8 +165,8 @@ def test_cli_import_is_light() -> None:
 
 
 def test_decode_bytes_never_raises() -> None:
-    assert cli.decode_bytes(b"caf\xc3\xa9 \xff\xfe ok") == "café \ufffd\ufffd ok"
-    assert cli.decode_bytes(b"\xef\xbb\xbfhello") == "hello"
+    assert documents.decode_bytes(b"caf\xc3\xa9 \xff\xfe ok") == "café \ufffd\ufffd ok"
+    assert documents.decode_bytes(b"\xef\xbb\xbfhello") == "hello"
 
 
 def test_load_documents_sorted_with_skips(tmp_path: Path) -> None:
@@ -158,10 +177,10 @@ def test_load_documents_sorted_with_skips(tmp_path: Path) -> None:
     (tmp_path / ".hidden.txt").write_text("secret")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.md").write_text("nested")
-    docs = cli.load_documents(tmp_path)
+    docs = documents.load_documents(tmp_path)
     assert [d.name for d in docs] == ["a.txt", "b.txt", "sub/c.md"]
     assert docs[1].text == "second \ufffd file"
-    assert [d.name for d in cli.load_documents(tmp_path, "*.txt")] == ["a.txt", "b.txt"]
+    assert [d.name for d in documents.load_documents(tmp_path, "*.txt")] == ["a.txt", "b.txt"]
 
 
 def test_stream_answer_trims_white_space(capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,19 +195,162 @@ def test_stream_answer_trims_white_space(capsys: pytest.CaptureFixture[str]) -> 
             for i, text in enumerate(pieces):
                 yield SimpleNamespace(text=text, result=final if i == len(pieces) - 1 else None)
 
-    assert cli._stream_answer(_Engine(), [], {"max_new_tokens": 4}) is final  # type: ignore[arg-type]
+    assert ask.stream_answer(_Engine(), [], {"max_new_tokens": 4}) is final  # type: ignore[arg-type]
     assert capsys.readouterr().out == "Hello world\n"
 
 
 def test_ask_messages_layout() -> None:
-    docs = [cli.Document("a.txt", "Alpha text.\n"), cli.Document("b.txt", "Beta text.")]
-    messages = cli.ask_messages(docs, " Who? ")
+    docs = [documents.Document("a.txt", "Alpha text.\n"), documents.Document("b.txt", "Beta text.")]
+    messages = documents.ask_messages(docs, " Who? ")
     assert [m["role"] for m in messages] == ["system", "user"]
-    assert messages[0]["content"] == cli.ASK_SYSTEM_PROMPT
+    assert messages[0]["content"] == documents.ASK_SYSTEM_PROMPT
     user = messages[1]["content"]
     assert user.index("[source: a.txt]\nAlpha text.") < user.index("[source: b.txt]\nBeta text.")
     assert user.endswith("\n\nQuestion: Who?")
-    assert cli.question_messages("Doc.\n\n", "Why?") == [{"role": "user", "content": "Doc.\n\nQuestion: Why?"}]
+    assert documents.question_messages("Doc.\n\n", "Why?") == [{"role": "user", "content": "Doc.\n\nQuestion: Why?"}]
+
+
+# --- robustness: size guard, binary input, unexpected failures ---------------------------------------
+def test_size_estimate_counts_windows_and_time() -> None:
+    from specprefill.config import SpecPrefillConfig
+
+    config = SpecPrefillConfig()
+    assert options.size_estimate(4000, config) == (1000, 1, 4.0)
+    tokens, windows, seconds = options.size_estimate(5 * 2**20, config)
+    assert tokens == 1_310_720 and windows == -(-tokens // (8192 - 512 - 8)) and seconds == pytest.approx(5243, 1)
+
+
+def test_large_input_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = tmp_path / "big.txt"
+    big.write_text("word " * (options.SIZE_LIMIT_TOKENS * options.CHARS_PER_TOKEN // 5 + 100))
+    assert cli.main(["prune", str(big)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "tokens" in err and "window" in err
+    assert "pass --force" in err and "CPU time" in err
+    (tmp_path / "docs").mkdir()
+    big.rename(tmp_path / "docs" / "big.txt")
+    assert cli.main(["ask", str(tmp_path / "docs"), "what?"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+
+
+def test_force_warns_with_the_estimate(caplog: pytest.LogCaptureFixture) -> None:
+    from specprefill.config import SpecPrefillConfig
+    from specprefill.errors import PromptTooLongError
+
+    n_chars = (options.SIZE_LIMIT_TOKENS + 1) * options.CHARS_PER_TOKEN
+    with pytest.raises(PromptTooLongError, match="--force"):
+        options.check_size(n_chars, SpecPrefillConfig(), force=False, source="x.txt")
+    with caplog.at_level("WARNING", logger="specprefill"):
+        options.check_size(n_chars, SpecPrefillConfig(), force=True, source="x.txt")
+    assert "x.txt is about 50,001 tokens" in caplog.text and "running anyway" in caplog.text
+    options.check_size(n_chars - options.CHARS_PER_TOKEN, SpecPrefillConfig(), force=False, source="x.txt")
+
+
+def test_endless_or_huge_input_stops_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"a" * (options.read_limit(argparse_namespace(force=False)) + 1))
+    assert cli.main(["prune", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "MiB (stopped reading there)" in err and "--force" in err
+
+
+def argparse_namespace(**values: Any) -> Any:
+    import argparse
+
+    return argparse.Namespace(**values)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_binary_input_is_reported_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blob = tmp_path / "image.png"
+    blob.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    for path in (str(blob), "/dev/zero"):
+        assert cli.main(["prune", path]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "is a binary file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_binary_files_in_a_folder_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "b.bin").write_bytes(b"\x00\x01")
+    with caplog.at_level("WARNING", logger="specprefill"):
+        docs = documents.load_documents(tmp_path)
+    assert [d.name for d in docs] == ["a.txt"] and "skipping binary file" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (MemoryError(), "error: out of memory; give a smaller input"),
+        (RuntimeError("boom: secret prompt text\nsecond line " + "x" * 300), "error: unexpected RuntimeError: boom"),
+    ],
+)
+def test_unexpected_failures_are_one_line_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    exc: BaseException,
+    expected: str,
+) -> None:
+    from specprefill.cli import prune
+
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    monkeypatch.setattr(prune, "read_text_input", explode)
+    assert cli.main(["prune", str(tmp_path / "a.txt")]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected) and "Traceback" not in err
+    assert "second line" not in err and len(lines[0]) < 260
+
+
+def test_short_reason_and_full_message_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    exc = ValueError("first line\nsecond line with the prompt")
+    assert errors.short_reason(exc) == "ValueError: first line"
+    assert errors.short_reason(KeyError()) == "KeyError"
+    assert errors.short_reason(ValueError("y" * 500)).endswith("…")
+    with caplog.at_level("DEBUG", logger="specprefill"):
+        assert errors.fail(exc, verbose=False) == 2
+    debug = [r for r in caplog.records if r.levelname == "DEBUG"]
+    assert debug and "second line with the prompt" in debug[0].getMessage()
+
+
+def test_info_finds_models_shipped_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from specprefill import models
+
+    for i, piece in enumerate((b"first half|", b"second half")):
+        package = tmp_path / f"fake_model_part{i + 1}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"fake.gguf.part{i:02d}").write_bytes(piece)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path / "cache"))
+    entry = models.EmbeddedModel(
+        name="fake-parts",
+        module="fake_model_not_a_module",
+        filename="fake.gguf",
+        pip_install="pip install fake-model",
+        description="a test model in two parts",
+        parts=tuple((f"fake_model_part{i + 1}", f"data/fake.gguf.part{i:02d}") for i in range(2)),
+    )
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "fake-parts", entry)
+    status = info.embedded_model_status("fake-parts")
+    assert status["installed"] is True and status["problem"] is None
+    assert Path(status["path"]).read_bytes() == b"first half|second half"
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "fake-parts", entry.__class__(**{**entry.__dict__, "parts": (
+        ("fake_model_missing_part", "data/x"),)}))
+    missing = info.embedded_model_status("fake-parts")
+    assert missing["installed"] is False and "pip install fake-model" in missing["problem"]
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    proc = subprocess.run([sys.executable, "-m", "specprefill.cli", "--version"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("specprefill ")
 
 
 # --- with the packaged model -------------------------------------------------------------------------
@@ -303,8 +465,10 @@ def test_ask_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "tokens in:",
         "tokens kept:",
         "keep ratio:",
+        "model load seconds:",
         "speculator seconds:",
         "base prefill seconds:",
+        "decode seconds:",
         "total seconds:",
         "documents: 2 (bakery.txt, garden.txt)",
     ):
@@ -338,4 +502,8 @@ def test_ask_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], use_fixtur
     assert stats["tokens_in"] > stats["tokens_kept"] > 0
     for key in ("speculator_seconds", "base_prefill_seconds", "total_seconds"):
         assert stats[key] >= 0
+    split = data["time_split"]
+    assert set(split) == {"model_load_seconds", "speculator_seconds", "base_prefill_seconds", "decode_seconds",
+                          "total_seconds"}
+    assert split["total_seconds"] >= split["model_load_seconds"] + split["speculator_seconds"]
     assert data["prune"]["messages"][-1]["content"].endswith("Question: Who planted the apple tree?")

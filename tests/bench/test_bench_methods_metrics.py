@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from specprefill.bench.methods import (
+from benchmarks.methods import (
     ChunkMethod,
     EmbeddingRetrieval,
     FullPrompt,
@@ -23,7 +23,7 @@ from specprefill.bench.methods import (
     prepare_sample,
     random_chunk_importance,
 )
-from specprefill.bench.metrics import (
+from benchmarks.metrics import (
     ModelShape,
     answer_score,
     context_keep_ratio,
@@ -35,7 +35,7 @@ from specprefill.bench.metrics import (
     speedup_ceiling,
     tokens_in_span,
 )
-from specprefill.bench.tasks import Sample
+from benchmarks.tasks import Sample
 from specprefill.errors import ConfigurationError
 
 Span = tuple[int, int]

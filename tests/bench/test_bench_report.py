@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from specprefill.bench import quality, report, ttft
+from benchmarks import quality, report, ttft
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
@@ -97,7 +97,7 @@ def test_render_report_mentions_what_could_not_run() -> None:
     assert "**Headline (SpecPrefill, look-ahead 8):** 2048 tokens @ 10%: 4.00×" in text
     assert "Random weights: timing only" in text
     assert "**llmlingua-2**" in text and "**longllmlingua**: not installed" in text
-    assert "specprefill bench quality --out examples/report" in text
+    assert "python -m benchmarks.quality --out examples/report" in text
     assert "_plots skipped_" in text
 
 
@@ -118,27 +118,40 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in files)
 
 
-def test_cli_hook_registers_both_benchmarks() -> None:
-    parser = argparse.ArgumentParser(prog="specprefill")
-    sub = parser.add_subparsers(dest="command")
-    bench = sub.add_parser("bench")
-    quality.add_bench_parsers(bench.add_subparsers(dest="bench_name"))
-    args = parser.parse_args(["bench", "quality", "--preset", "smoke", "--keep-rates", "0.2"])
-    assert args.handler is quality.run_from_args
-    opts = quality.options_from_args(args)
+def _parse(configure: Any, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return parser.parse_args(argv)
+
+
+def test_options_start_from_the_preset() -> None:
+    opts = quality.options_from_args(_parse(quality.configure_parser, ["--preset", "smoke", "--keep-rates", "0.2"]))
     assert opts.keep_rates == [0.2] and opts.lengths == quality.PRESETS["smoke"]["lengths"]
-    args = parser.parse_args(["bench", "ttft", "--preset", "smoke", "--repeats", "3"])
-    assert args.handler is ttft.run_from_args
-    topts = ttft.options_from_args(args)
+    topts = ttft.options_from_args(_parse(ttft.configure_parser, ["--preset", "smoke", "--repeats", "3"]))
     assert topts.base_shape == "tiny" and topts.repeats == 3
-    full = ttft.options_from_args(parser.parse_args(["bench", "ttft"]))
+    full = ttft.options_from_args(_parse(ttft.configure_parser, []))
     assert full.base_shape == "smollm2-1.7b" and full.lengths == [2048, 4096] and full.keep_rates == [0.1, 0.3]
 
 
-def test_module_exports_resolve() -> None:
-    from specprefill.bench import methods, metrics, tasks
+def test_report_reads_the_preset_from_the_saved_result() -> None:
+    result = _quality_result()
+    result["meta"]["preset_settings"] = {**result["meta"]["options"], "samples": 4}
+    text = report.render_report({"quality": result}, [], None)
+    assert "Settings changed from `--preset full` for this run: samples 1 (preset 4)." in text
+    result["meta"].pop("preset_settings")
+    assert "Settings changed" not in report.render_report({"quality": result}, [], None)
 
-    for module in (tasks, methods, metrics, quality, ttft, report):
+
+def test_saved_commands_are_shown_in_todays_spelling() -> None:
+    assert report.current_command("specprefill bench quality --out x") == "python -m benchmarks.quality --out x"
+    assert report.current_command("specprefill bench ttft --repeats 2") == "python -m benchmarks.ttft --repeats 2"
+    assert report.current_command("python -m benchmarks.quality") == "python -m benchmarks.quality"
+
+
+def test_module_exports_resolve() -> None:
+    from benchmarks import corpus, merge, methods, metrics, runinfo, tasks
+
+    for module in (corpus, tasks, methods, metrics, runinfo, quality, ttft, report, merge):
         assert module.__doc__
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

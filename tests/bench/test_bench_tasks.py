@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from specprefill.bench.tasks import (
-    NEEDLE_TASKS,
-    TASKS,
-    Corpus,
-    estimate_tokens,
-    find_documents_dir,
-    generate_sample,
-    generate_samples,
-    load_corpus,
-    render_prompt,
-)
+from benchmarks.corpus import DOCUMENTS_DIR, Corpus, estimate_tokens, load_corpus
+from benchmarks.tasks import NEEDLE_TASKS, RULER_TASKS, TASKS, generate_sample, generate_samples, render_prompt
 from specprefill.errors import ConfigurationError
 
 
@@ -28,7 +19,7 @@ def corpus() -> Corpus:
 
 def test_corpus_uses_project_documents_and_stdlib(corpus: Corpus) -> None:
     assert corpus.sources == ("documents", "stdlib")
-    assert find_documents_dir() is not None
+    assert DOCUMENTS_DIR.is_dir() and "documents/*.txt" in corpus.description
     assert corpus.total_tokens > 12_000  # enough for 8k-token haystacks without much repetition
     assert all(p.strip() == p and "\n" not in p for p in corpus.paragraphs)
     assert len(corpus.fingerprint) == 16
@@ -43,6 +34,20 @@ def test_corpus_sources_can_be_chosen(tmp_path: Path) -> None:
     assert only_stdlib.sources == ("stdlib",) and len(only_stdlib.paragraphs) > 100
     with pytest.raises(ConfigurationError, match="unknown haystack source"):
         load_corpus(["wikipedia"])
+    with pytest.raises(ConfigurationError, match=r"needs \.txt files"):
+        load_corpus(["documents"], documents_dir=tmp_path / "missing")
+
+
+def test_documents_source_does_not_depend_on_the_working_directory(
+    corpus: Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_corpus().fingerprint == corpus.fingerprint
+
+
+def test_task_families() -> None:
+    assert TASKS[: len(RULER_TASKS)] == RULER_TASKS and len(RULER_TASKS) == 6
+    assert set(NEEDLE_TASKS) < set(RULER_TASKS) and "niah_multianswer" in TASKS
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -78,6 +83,21 @@ def test_needles_are_unique_and_keys_match_question(corpus: Corpus) -> None:
     assert len(multi.answers) == 4 and len(set(multi.answers)) == 4
     query = generate_sample("niah_multiquery", 2048, 5, corpus)
     assert len(query.answers) == 2 and len(query.answer_spans) == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multianswer_asks_two_keys_one_with_two_values(corpus: Corpus, seed: int) -> None:
+    sample = generate_sample("niah_multianswer", 1024, seed, corpus)
+    needles = re.findall(r"special magic numbers for ([\w-]+) is: (\d{7})", sample.context)
+    assert len(needles) == 5
+    by_key: dict[str, list[str]] = {}
+    for key, value in needles:
+        by_key.setdefault(key, []).append(value)
+    assert sorted(len(v) for v in by_key.values()) == [1, 1, 1, 2]
+    asked = re.findall(r"([a-z]+-[a-z]+)", sample.question)
+    assert len(asked) == 2 and sorted(len(by_key[k]) for k in asked) == [1, 2]
+    assert sorted(sample.answers) == sorted(v for k in asked for v in by_key[k])
+    assert [sample.context[s:e] for s, e in sample.answer_spans] == list(sample.answers)
 
 
 def test_variable_tracking_chain_is_in_order(corpus: Corpus) -> None:

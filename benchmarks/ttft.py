@@ -9,9 +9,9 @@ For each prompt length the base prefills the full prompt, and for each keep rate
 selector and the base prefills only the kept tokens; runs are interleaved and medians reported.
 TTFT = selector seconds + base prefill seconds (to the first token). The ceiling is the paper's
 ``1 / (keep_rate + r)`` with ``r`` = speculator FLOPs / base FLOPs at that length (see
-:mod:`specprefill.bench.metrics` for the FLOP formulas).
+:mod:`benchmarks.metrics` for the FLOP formulas).
 
-Run: ``specprefill bench ttft`` or ``python -m specprefill.bench.ttft`` (``--help`` for options).
+Run: ``python -m benchmarks.ttft `` or ``python -m benchmarks.ttft`` (``--help`` for options).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specprefill.bench.metrics import ModelShape, prefill_flops, speculator_flops, speedup_ceiling
+from benchmarks.metrics import ModelShape, prefill_flops, speculator_flops, speedup_ceiling
 
 __all__ = [
     "BASE_SHAPES",
@@ -170,11 +170,12 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
     import torch
     from tqdm.auto import tqdm
 
+    from benchmarks.corpus import load_corpus
+    from benchmarks.methods import PreparedSample, build_method, prepare_sample
+    from benchmarks.runinfo import machine_info, set_threads, timestamp, versions
+    from benchmarks.tasks import generate_sample
     from specprefill.backends.base import BaseRequest, GenerationParams
     from specprefill.backends.transformers import TransformersBackend
-    from specprefill.bench.methods import PreparedSample, build_method, prepare_sample
-    from specprefill.bench.quality import _versions, machine_info, set_threads
-    from specprefill.bench.tasks import generate_sample, load_corpus
     from specprefill.models import load_speculator
 
     started = time.perf_counter()
@@ -277,11 +278,11 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
         "flop_formula": "prefill(n) = 2 n P + 2 L n^2 d_q + 2 d V; decode(c) = 2 P + 4 L c d_q + 2 d V; speculator = "
         "prefill(n) + sum_{j=1}^{lah-1} decode(n+j) + 2 L H lah n d_h; r = speculator / base prefill(n); "
         "ceiling = 1 / (keep_rate + r)",
-        "versions": _versions(),
+        "versions": versions(),
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
         "wall": {"build_base_seconds": build_seconds, "total_seconds": time.perf_counter() - started},
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "finished": timestamp(),
     }
     del model
     return {"meta": meta, "rows": [asdict(r) for r in rows]}
@@ -331,12 +332,12 @@ def options_from_args(args: argparse.Namespace) -> TTFTOptions:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run with parsed arguments: write JSON, report and plots; print the table."""
-    from specprefill.bench import report
-    from specprefill.bench.quality import command_line
+    from benchmarks import report
+    from benchmarks.runinfo import command_line
 
     opts = options_from_args(args)
     result = run_ttft(opts)
-    result["meta"]["command"] = command_line("specprefill bench ttft", opts, skip=("plots",))
+    result["meta"]["command"] = command_line("python -m benchmarks.ttft", opts, skip=("plots",))
     files = report.save_and_report(Path(opts.out), "ttft", result, plots=opts.plots)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -347,8 +348,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``specprefill bench ttft [--preset smoke] ...``."""
-    parser = argparse.ArgumentParser(prog="specprefill bench ttft", description=DESCRIPTION)
+    """Command-line entry: ``python -m benchmarks.ttft [--preset smoke] ...``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ttft", description=DESCRIPTION)
     configure_parser(parser)
     return run_from_args(parser.parse_args(argv))
 

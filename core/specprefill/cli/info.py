@@ -1,0 +1,127 @@
+"""``specprefill info``: version, installed extras, embedded models and the cache folder."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import sys
+from typing import Any
+
+from specprefill.cli import options
+from specprefill.cli.errors import EXIT_OK
+from specprefill.cli.output import write_json
+from specprefill.errors import ModelLoadError
+
+__all__ = ["EXTRAS", "add_parser", "collect", "embedded_model_status", "run", "version"]
+
+EXTRAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("hf", ("torch", "transformers", "accelerate", "gguf", "safetensors")),
+    ("openai", ("openai", "tiktoken")),
+    ("vllm", ("vllm",)),
+    ("langchain", ("langchain_core",)),
+    ("llama-index", ("llama_index.core",)),
+)
+"""Each optional extra and the modules that make it work."""
+
+_DISTRIBUTION = {"langchain_core": "langchain-core", "llama_index.core": "llama-index-core"}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``info`` under the top-level subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "info",
+        help="show version, installed extras, embedded models and cache folder",
+        description="Show the version, which optional extras are installed, the embedded "
+        "models and whether their packages are installed, and the cache folder.",
+    )
+    options.add_common(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def version() -> str:
+    """The installed specprefill version."""
+    from specprefill import __version__
+
+    return __version__
+
+
+def _installed_version(module: str) -> str | None:
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    dist = _DISTRIBUTION.get(module, module.split(".")[0])
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "installed"
+
+
+def embedded_model_status(name: str) -> dict[str, Any]:
+    """Whether an embedded model is installed and where its weights are, found as loading finds them.
+
+    Uses :func:`specprefill.models.embedded_gguf_path`, so models shipped in several packages are joined
+    (once, into the cache) and checked exactly as a load would.
+    """
+    from specprefill.models import EMBEDDED_MODELS, cache_dir, embedded_gguf_path
+
+    entry = EMBEDDED_MODELS[name]
+    try:
+        path: str | None = str(embedded_gguf_path(name))
+        problem = None
+    except ModelLoadError as exc:
+        path, problem = None, str(exc)
+    cached = sorted(str(p) for p in cache_dir().glob(f"{name}-*") if (p / "config.json").is_file())
+    return {
+        "description": entry.description,
+        "installed": path is not None,
+        "path": path,
+        "problem": problem,
+        "dense_copy": cached[0] if cached else None,
+        "install": entry.pip_install,
+    }
+
+
+def collect() -> dict[str, Any]:
+    """Everything ``info`` shows, as JSON-ready data."""
+    from specprefill.models import EMBEDDED_MODELS, cache_dir
+
+    extras = {extra: {m: _installed_version(m) for m in modules} for extra, modules in EXTRAS}
+    return {
+        "version": version(),
+        "python": sys.version.split()[0],
+        "extras": extras,
+        "embedded_models": {name: embedded_model_status(name) for name in EMBEDDED_MODELS},
+        "cache_dir": str(cache_dir()),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print what is installed (text, or one JSON object with ``--json``)."""
+    payload = collect()
+    if args.json:
+        write_json(payload)
+        return EXIT_OK
+    lines = [f"specprefill {payload['version']} (python {payload['python']})", "", "extras:"]
+    for extra, mods in payload["extras"].items():
+        found = [v for v in mods.values() if v]
+        state = "installed" if len(found) == len(mods) else ("partly installed" if found else "missing")
+        detail = ", ".join(f"{m} {v}" if v else f"{m} -" for m, v in mods.items())
+        lines.append(f"  {extra:<12} {state:<17} {detail}")
+        if state != "installed":
+            lines.append(f'  {"":<12} install: pip install "specprefill[{extra}]"')
+    lines += ["", "embedded models:"]
+    for name, m in payload["embedded_models"].items():
+        lines.append(f"  {name:<12} {'installed' if m['installed'] else 'not installed'}: {m['description']}")
+        if m["installed"]:
+            lines.append(f"  {'':<12} weights: {m['path']}")
+            lines.append(f"  {'':<12} dense copy: {m['dense_copy'] or '(made on first use, ~20 s)'}")
+        else:
+            lines.append(f"  {'':<12} {m['problem']}")
+    lines += ["", f"cache dir: {payload['cache_dir']}  (set SPECPREFILL_CACHE_DIR to move it)"]
+    print("\n".join(lines))
+    return EXIT_OK
