@@ -10,15 +10,25 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specprefill._deps import require
+from specprefill._precision import choose_dtype, device_facts
 from specprefill.errors import ModelLoadError
 
+if TYPE_CHECKING:
+    import torch
+
+    from specprefill.hf import HFSpeculator
+
 __all__ = [
+    "DEFAULT_SPECULATOR",
+    "DENSE_FORMAT",
     "EMBEDDED_MODELS",
     "EmbeddedModel",
     "cache_dir",
+    "default_dtype",
+    "dense_copy_dir",
     "embedded_gguf_path",
     "load_causal_lm",
     "load_speculator",
@@ -64,6 +74,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
+DEFAULT_SPECULATOR = "smollm2-135m"
+"""The packaged embedded speculator used when none is named (offline, from PyPI)."""
+
 _ALIASES = {
     "default": "smollm2-135m",
     "embedded": "smollm2-135m",
@@ -171,7 +184,7 @@ def load_causal_lm(
     Args:
         name_or_path: Embedded name, model directory, ``.gguf`` file, or hub id.
         device: torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
-        dtype: torch dtype or its name; default bfloat16.
+        dtype: torch dtype or its name; ``None`` picks :func:`default_dtype` for ``device``.
         attn_implementation: transformers attention implementation.
 
     Returns:
@@ -199,15 +212,16 @@ def load_causal_lm(
 
 
 def load_speculator(
-    name_or_path: str | os.PathLike[str] = "smollm2-135m", *, device: str = "cpu", dtype: Any = None
-) -> Any:
+    name_or_path: str | os.PathLike[str] = DEFAULT_SPECULATOR, *, device: str = "cpu", dtype: Any = None
+) -> HFSpeculator:
     """Load a speculator model.
 
     Args:
         name_or_path: ``"smollm2-135m"`` (the packaged default, offline), a transformers model folder,
             a ``.gguf`` file, or a hub id.
         device: torch device.
-        dtype: torch dtype or name (``"float32"``, ``"bfloat16"``); bfloat16 by default.
+        dtype: torch dtype or name (``"float32"``, ``"bfloat16"``); ``None`` picks :func:`default_dtype`
+            (bfloat16 where the device computes it natively, float32 otherwise).
 
     Returns:
         A :class:`specprefill.hf.HFSpeculator`.
@@ -225,22 +239,62 @@ def _canonical(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
+def default_dtype(device: str = "cpu") -> torch.dtype:
+    """The fastest exact-enough weight dtype for ``device`` (what ``dtype=None`` means everywhere).
+
+    bfloat16 on CUDA devices with native bf16 (compute capability 8.0+) and on CPUs with AVX512-BF16 / AMX
+    (or aarch64 bf16); float32 otherwise, because emulated bf16 matmuls run about 4x slower than float32.
+
+    Args:
+        device: torch device string, e.g. ``"cpu"`` or ``"cuda:0"``.
+
+    Returns:
+        ``torch.bfloat16`` or ``torch.float32``.
+
+    """
+    torch = require("torch")
+    facts = device_facts(torch, device)
+    name = choose_dtype(facts.pop("device_type"), **facts)
+    return getattr(torch, name)  # type: ignore[no-any-return]
+
+
 def _torch_dtype(torch: Any, dtype: Any, device: str) -> Any:
     if dtype is None:
-        return torch.bfloat16
+        return default_dtype(device)
     if isinstance(dtype, str):
         value = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(value, torch.dtype):
+        if not isinstance(value, torch.dtype) or not value.is_floating_point:
             raise ModelLoadError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
         return value
     return dtype
 
 
-def _dense_copy(gguf: Path, *, label: str) -> Path:
-    """De-quantise a GGUF file once into a transformers folder under :func:`cache_dir` and reuse it."""
+DENSE_FORMAT = "dense-v2"
+"""Cache sub-folder of the current de-quantised layout (bump when the stored values change)."""
+
+
+def dense_copy_dir(gguf: Path, *, label: str) -> Path:
+    """Where the de-quantised copy of ``gguf`` lives (or will live) under :func:`cache_dir`.
+
+    Layout of the cache folder (``$SPECPREFILL_CACHE_DIR``, default ``~/.cache/specprefill``)::
+
+        gguf/<file>.gguf                GGUF files assembled from multi-package models
+        dense-v2/<label>-<key>/         transformers folder: config.json, tokenizer files and
+                                        model.safetensors holding the exact de-quantised values
+                                        (float16 where that is lossless, float32 otherwise)
+        <label>-<key>/                  older layout (bfloat16-rounded weights); no longer read,
+                                        safe to delete
+
+    ``<key>`` hashes the GGUF's name and size, so a changed file gets a new folder.
+    """
     stat = gguf.stat()
     digest = hashlib.sha1(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:10]
-    target = cache_dir() / f"{label}-{digest}"
+    return cache_dir() / DENSE_FORMAT / f"{label}-{digest}"
+
+
+def _dense_copy(gguf: Path, *, label: str) -> Path:
+    """De-quantise a GGUF file once into a transformers folder under :func:`cache_dir` and reuse it."""
+    target = dense_copy_dir(gguf, label=label)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     torch = require("torch")
@@ -251,13 +305,16 @@ def _dense_copy(gguf: Path, *, label: str) -> Path:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
     except Exception as exc:
         raise ModelLoadError(f"could not read GGUF file {gguf}: {exc}") from exc
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = exact_storage(torch, param.data)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=target.parent))
     try:
@@ -271,3 +328,11 @@ def _dense_copy(gguf: Path, *, label: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def exact_storage(torch: Any, tensor: Any) -> Any:
+    """``tensor`` as float16 when that holds every value exactly, else unchanged (float32 de-quantised values)."""
+    if tensor.dtype != torch.float32:
+        return tensor
+    half = tensor.to(torch.float16)
+    return half if torch.equal(half.to(torch.float32), tensor) else tensor

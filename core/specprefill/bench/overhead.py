@@ -7,7 +7,10 @@ For each prompt length the same speculator runs (interleaved, after a warm-up):
   pooling and reduction (``Speculator.score``).
 
 It prints median seconds, their ratio (target <= 1.15 at 4k) and the peak resident-memory growth of
-each, sampled from /proc. Run: ``specprefill bench overhead`` or ``python -m specprefill.bench.overhead``.
+each, sampled from /proc. A second table times plain prefill with the speculator loaded in the device's
+default dtype (:func:`specprefill.models.default_dtype`), in float32 and in bfloat16, side by side, with
+each load time, and says what the default picked (bf16 is ~4x slower than float32 on CPUs without native
+bf16). Run: ``specprefill bench overhead`` or ``python -m specprefill.bench.overhead``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from specprefill.bench.memory import track_peak_rss
 from specprefill.config import SpecPrefillConfig
 
-__all__ = ["OverheadRow", "filler_text", "main", "measure_overhead"]
+__all__ = ["DtypeRow", "OverheadRow", "filler_text", "format_dtype_table", "main", "measure_dtypes", "measure_overhead"]
 
 _DESCRIPTION = "Scoring overhead: speculator plain prefill vs full SpecPrefill scoring, side by side."
 _WORDS = tuple(
@@ -49,6 +52,14 @@ class OverheadRow:
     plain_peak_mib: float
     specprefill_peak_mib: float
     queries: int
+
+
+@dataclass(frozen=True)
+class DtypeRow:
+    """Plain-prefill median seconds of one prompt length per loaded variant (``"default"``, dtype names)."""
+
+    tokens: int
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def filler_text(n_words: int, seed: int = 0) -> str:
@@ -139,6 +150,65 @@ def measure_overhead(
     return rows
 
 
+def _plain_runner(speculator: Any, ids: list[int]) -> Callable[[], None]:
+    def plain() -> None:
+        with _stock_attention(speculator.model):
+            speculator.plain_prefill(ids)
+
+    return plain
+
+
+def measure_dtypes(variants: Mapping[str, Any], lengths: Sequence[int], repeats: int = 3) -> list[DtypeRow]:
+    """Time plain prefill of the same prompt with each speculator variant, interleaved per repeat.
+
+    Args:
+        variants: Label -> speculator (e.g. ``{"default": ..., "float32": ..., "bfloat16": ...}``); all share
+            one tokenizer.
+        lengths: Prompt lengths in tokens.
+        repeats: Timed runs per variant and length after one warm-up (medians are reported).
+
+    Returns:
+        One :class:`DtypeRow` per length.
+
+    """
+    first = next(iter(variants.values()))
+    all_ids = first.encode(filler_text(max(lengths) + 64))[0]
+    rows = []
+    for n in lengths:
+        runners = {label: _plain_runner(spec, all_ids[:n]) for label, spec in variants.items()}
+        for run in runners.values():
+            run()
+        times: dict[str, list[float]] = {label: [] for label in runners}
+        for _ in range(repeats):
+            for label, run in runners.items():
+                times[label].append(_timed(run)[0])
+        rows.append(DtypeRow(tokens=n, seconds={label: statistics.median(t) for label, t in times.items()}))
+    return rows
+
+
+def format_dtype_table(rows: Sequence[DtypeRow], picked: str, load_seconds: Mapping[str, float]) -> str:
+    """Dtype rows as a fixed-width table; ``picked`` names the dtype the default resolved to.
+
+    The last line gives each variant's load seconds; ``bf16/fp32`` is the bfloat16 over float32 time.
+    """
+    labels = list(rows[0].seconds) if rows else list(load_seconds)
+    names = [f"default={picked}" if label == "default" else label for label in labels]
+    widths = [max(len(name) + 2, 12) for name in names]
+    ratio = "float32" in labels and "bfloat16" in labels
+
+    def line(first: str, cells: Sequence[str], last: str = "") -> str:
+        body = " ".join(f"{cell:>{w}}" for cell, w in zip(cells, widths, strict=True))
+        return f"{first:>7} {body}" + (f" {last:>10}" if ratio else "")
+
+    head = line("tokens", [f"{name} s" for name in names], "bf16/fp32")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        quotient = f"{r.seconds['bfloat16'] / r.seconds['float32']:.2f}" if ratio else ""
+        lines.append(line(str(r.tokens), [f"{r.seconds[label]:.3f}" for label in labels], quotient))
+    lines.append(line("load", [f"{load_seconds.get(label, float('nan')):.3f}" for label in labels]))
+    return "\n".join(lines)
+
+
 def format_table(rows: Sequence[OverheadRow]) -> str:
     """Rows as a fixed-width text table."""
     head = (
@@ -154,27 +224,51 @@ def format_table(rows: Sequence[OverheadRow]) -> str:
     return "\n".join(lines)
 
 
+def _load_variants(name: str, device: str, dtypes: Sequence[str]) -> tuple[dict[str, Any], dict[str, float]]:
+    from specprefill.models import load_speculator
+
+    variants: dict[str, Any] = {}
+    load_seconds: dict[str, float] = {}
+    for label in dtypes:
+        start = time.perf_counter()
+        variants[label] = load_speculator(name, device=device, dtype=None if label == "default" else label)
+        load_seconds[label] = time.perf_counter() - start
+    return variants, load_seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: ``specprefill bench overhead [--lengths 512 2048 4096] [--repeats 3] [--json]``."""
     parser = argparse.ArgumentParser(prog="specprefill bench overhead", description=_DESCRIPTION)
     parser.add_argument("--speculator", default="smollm2-135m")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="speculator dtype for the overhead table (default: the device's)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lookahead", type=int, default=8)
+    parser.add_argument("--no-dtypes", action="store_true", help="skip the default/float32/bfloat16 prefill table")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
     import torch
 
-    from specprefill.models import load_speculator
+    from specprefill.models import default_dtype
 
-    speculator = load_speculator(args.speculator, dtype=args.dtype)
+    picked = str(default_dtype(args.device)).removeprefix("torch.")
+    labels = ["default"] if args.no_dtypes else ["default", "float32", "bfloat16"]
+    if args.dtype and args.dtype not in labels:
+        labels.append(args.dtype)
+    variants, load_seconds = _load_variants(args.speculator, args.device, labels)
+    speculator = variants[args.dtype or "default"]
     cfg = SpecPrefillConfig(lookahead=args.lookahead)
     rows = measure_overhead(speculator, args.lengths, args.repeats, cfg)
+    compared: dict[str, Any] = {label: variants[label] for label in ("default", "float32", "bfloat16") if label in variants}
+    dtype_rows = [] if args.no_dtypes else measure_dtypes(compared, args.lengths, args.repeats)
     meta = {
         "speculator": args.speculator,
-        "dtype": args.dtype,
+        "device": args.device,
+        "dtype": args.dtype or picked,
+        "default_dtype": picked,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.platform(),
@@ -184,11 +278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pool_kernel": cfg.pool_kernel,
     }
     if args.json:
-        print(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
-    else:
-        print(f"SpecPrefill scoring overhead (median of {args.repeats} runs; memory = peak RSS growth)")
-        print(", ".join(f"{k}={v}" for k, v in meta.items()))
-        print(format_table(rows))
+        payload = {"meta": meta, "rows": [asdict(r) for r in rows], "load_seconds": load_seconds}
+        payload["dtype_rows"] = [asdict(r) for r in dtype_rows]
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(f"SpecPrefill scoring overhead (median of {args.repeats} runs; memory = peak RSS growth)")
+    print(", ".join(f"{k}={v}" for k, v in meta.items()))
+    print(format_table(rows))
+    if dtype_rows:
+        print(f"\nPlain prefill seconds by weight dtype (median of {args.repeats}; last line: load seconds);")
+        print(f"dtype=None picked {picked} for {args.device} (torch CPU capability {meta['cpu_capability']})")
+        print(format_dtype_table(dtype_rows, picked, {k: load_seconds[k] for k in compared}))
     return 0
 
 
