@@ -8,7 +8,9 @@ are identical: chunk methods score chunks of 32 tokens and take the best with :f
 method and do not use the budget. Methods:
 
 * ``full`` - the whole prompt (the reference).
-* ``specprefill-lah8`` / ``specprefill-lah1`` - Speculative Prefill scoring with look-ahead 8 / 1.
+* ``specprefill-lah8`` / ``specprefill-lah1`` - Speculative Prefill scoring with look-ahead 8 / 1, and any
+  other SpecPrefill variant of :mod:`benchmarks.variants` (config overrides; one speculator pass per sample
+  and scoring setting, shared through :class:`ImportanceCache`).
 * ``random`` - random chunks (seeded per sample).
 * ``head-tail`` - truncation: the chunks nearest the start and the end of the context, alternately.
 * ``rag`` - embedding retrieval: chunks ranked by cosine similarity of their MiniLM embedding to the question
@@ -31,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.tasks import RenderedPrompt, Sample, render_prompt
+from benchmarks.variants import VARIANTS, Variant, build_config, scoring_key, segment_starts, variant_for
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import BackendUnavailableError, ConfigurationError
 from specprefill.scoring import chunk_bounds, select_chunks
@@ -42,6 +45,7 @@ __all__ = [
     "EmbeddingRetrieval",
     "FullPrompt",
     "HeadTail",
+    "ImportanceCache",
     "LongLLMLinguaMethod",
     "Method",
     "PreparedSample",
@@ -161,11 +165,21 @@ class ChunkMethod(Method):
     def importance(self, prepared: PreparedSample) -> FloatArray:
         """One score per prompt token (higher = keep)."""
 
-    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
-        """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
+    def scored(self, prepared: PreparedSample) -> tuple[FloatArray, float]:
+        """The importance and the seconds it took."""
         start = time.perf_counter()
         scores = self.importance(prepared)
-        cost = time.perf_counter() - start
+        return scores, time.perf_counter() - start
+
+    def segments(self, prepared: PreparedSample) -> list[int] | None:
+        """Token indices where the chunk grid restarts (None: one grid from token 0)."""
+        return None
+
+    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
+        """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
+        scores, cost = self.scored(prepared)
+        segments = self.segments(prepared)
+        grid: dict[str, Any] = {} if segments is None else {"segments": segments}
         n_context = int((~prepared.protected).sum())
         out = []
         for rate in keep_rates:
@@ -176,9 +190,44 @@ class ChunkMethod(Method):
                 chunk_size=self.chunk_size,
                 protected=prepared.protected,
                 max_kept_tokens=context_budget(rate, n_context),
+                **grid,
             )
             out.append(Selection(self.name, rate, kept, cost + time.perf_counter() - t0))
         return out
+
+
+class ImportanceCache:
+    """Importance per sample and scoring settings, computed once and reused by every variant that shares them.
+
+    Keys are ``(sample id, scoring_key(config))``: variants that differ only in selection fields (keep rate,
+    chunk size, segment grid) share one speculator pass. Each hit reports the seconds of the pass that
+    computed it, so every variant's cost is its own full scoring cost.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, str], tuple[FloatArray, float]] = {}
+        self.computed = 0
+        self.reused = 0
+
+    def get(
+        self, prepared: PreparedSample, config: SpecPrefillConfig, compute: Callable[[], FloatArray]
+    ) -> tuple[FloatArray, float]:
+        """The cached ``(importance, seconds)``, computing it on the first request."""
+        key = (prepared.sample.sample_id, scoring_key(config))
+        hit = self._store.get(key)
+        if hit is None:
+            start = time.perf_counter()
+            scores = compute()
+            hit = (scores, time.perf_counter() - start)
+            self._store[key] = hit
+            self.computed += 1
+        else:
+            self.reused += 1
+        return hit
+
+    def clear(self) -> None:
+        """Forget every entry (call between samples to bound memory)."""
+        self._store.clear()
 
 
 def context_budget(keep_rate: float, n_context: int) -> int:
@@ -253,18 +302,42 @@ class HeadTail(ChunkMethod):
 
 
 class SpecPrefillMethod(ChunkMethod):
-    """Speculative Prefill: the speculator's attention-based token importance."""
+    """Speculative Prefill: the speculator's attention-based token importance, under one variant's config.
 
-    def __init__(self, speculator: Any, lookahead: int = 8, config: SpecPrefillConfig | None = None) -> None:
+    Args:
+        speculator: Scores prompts (``speculator.score(ids, config).importance``).
+        variant: Name and config overrides (see :mod:`benchmarks.variants`); validated here.
+        cache: Shared importance per sample and scoring settings (None: score on every call, as timing
+            runs need).
+
+    """
+
+    def __init__(self, speculator: Any, variant: Variant, cache: ImportanceCache | None = None) -> None:
         self.speculator = speculator
-        self.config = (config or SpecPrefillConfig()).with_overrides(lookahead=lookahead)
+        self.variant = variant
+        self.config = build_config(variant)
         self.chunk_size = self.config.chunk_size
-        self.name = f"specprefill-lah{lookahead}"
+        self.name = variant.name
+        self.cache = cache
+        self.segment_by = str(getattr(self.config, "segment_by", "none"))
 
     def importance(self, prepared: PreparedSample) -> FloatArray:
         """``Speculator.score`` over the whole prompt."""
         result = self.speculator.score(prepared.input_ids, self.config)
         return np.asarray(result.importance, dtype=np.float32)
+
+    def scored(self, prepared: PreparedSample) -> tuple[FloatArray, float]:
+        """Importance from the shared cache when there is one."""
+        if self.cache is None:
+            return super().scored(prepared)
+        return self.cache.get(prepared, self.config, lambda: self.importance(prepared))
+
+    def segments(self, prepared: PreparedSample) -> list[int] | None:
+        """Segment starts of the prompt at the variant's ``segment_by`` level (None without one)."""
+        if self.segment_by == "none":
+            return None
+        regions = sorted([*prepared.prompt.protected_spans, prepared.prompt.context_span])
+        return segment_starts(prepared.prompt.text, prepared.offsets, regions, self.segment_by)
 
 
 class EmbeddingRetrieval(ChunkMethod):
@@ -434,11 +507,20 @@ class LongLLMLinguaMethod(Method):
 
 
 def build_method(name: str, **resources: Any) -> Method:
-    """Construct a method by name from shared resources (``speculator``, ``embed``, ``model_dir``, ``seed``)."""
+    """Construct a method by name from shared resources.
+
+    Resources: ``speculator``, ``embed``, ``model_dir``, ``seed``, ``variants`` (custom SpecPrefill variants,
+    ``{name: overrides}``) and ``cache`` (an :class:`ImportanceCache` shared by the SpecPrefill variants).
+
+    Raises:
+        ConfigurationError: An unknown name, or a SpecPrefill variant the installed library cannot build.
+
+    """
     if name == "full":
         return FullPrompt()
-    if name.startswith("specprefill-lah"):
-        return SpecPrefillMethod(resources["speculator"], int(name.removeprefix("specprefill-lah")))
+    variant = variant_for(name, resources.get("variants"))
+    if variant is not None:
+        return SpecPrefillMethod(resources["speculator"], variant, resources.get("cache"))
     if name == "random":
         return RandomChunks(int(resources.get("seed", 0)))
     if name == "head-tail":
@@ -447,4 +529,7 @@ def build_method(name: str, **resources: Any) -> Method:
         return EmbeddingRetrieval(resources["embed"])
     if name == "longllmlingua":
         return LongLLMLinguaMethod(str(resources["model_dir"]), resources["speculator"].tokenizer)
-    raise ConfigurationError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
+    raise ConfigurationError(
+        f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}, a variant ({', '.join(VARIANTS)}) "
+        "or one defined with --variants NAME=JSON"
+    )
