@@ -247,12 +247,23 @@ def test_force_warns_with_the_estimate(caplog: pytest.LogCaptureFixture) -> None
     options.check_size(n_chars - options.CHARS_PER_TOKEN, SpecPrefillConfig(), force=False, source="x.txt")
 
 
-def test_endless_or_huge_input_stops_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_endless_or_huge_input_stops_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     huge = tmp_path / "huge.txt"
     huge.write_bytes(b"a" * (options.read_limit(argparse_namespace(force=False)) + 1))
-    assert cli.main(["prune", str(huge)]) == 2
+    assert cli.main(["prune", str(huge)]) == 2  # a file: estimated from its size, nothing read
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "MiB (stopped reading there)" in err and "--force" in err
+    assert err.startswith("error: ") and "window" in err and "--force" in err
+    import io
+
+    class _Stdin:  # a pipe: no size known, reading stops at the cap
+        buffer = io.BytesIO(huge.read_bytes())
+
+    monkeypatch.setattr(sys, "stdin", _Stdin())
+    assert cli.main(["prune", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: <stdin> is larger than") and "(stopped reading there)" in err and "--force" in err
 
 
 def argparse_namespace(**values: Any) -> Any:
