@@ -336,8 +336,8 @@ class SpecPrefillMethod(ChunkMethod):
         """Segment starts of the prompt at the variant's ``segment_by`` level (None without one)."""
         if self.segment_by == "none":
             return None
-        regions = sorted([*prepared.prompt.protected_spans, prepared.prompt.context_span])
-        return segment_starts(prepared.prompt.text, prepared.offsets, regions, self.segment_by)
+        prompt = prepared.prompt
+        return segment_starts(prompt.text, prepared.offsets, [prompt.context_span], self.segment_by)
 
 
 class EmbeddingRetrieval(ChunkMethod):

@@ -14,8 +14,8 @@ variant). Segment-aware variants (``segment_by``) pass segment starts from :func
 
 from __future__ import annotations
 
+import importlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +158,8 @@ def build_config(variant: Variant) -> SpecPrefillConfig:
     segment_by = str(overrides.get("segment_by", getattr(config, "segment_by", "none")))
     if segment_by not in SEGMENT_LEVELS:
         raise ConfigurationError(f"variant {variant.name!r}: segment_by must be one of {SEGMENT_LEVELS}")
+    if segment_by != "none":
+        _segmenter()  # fail now, not on the first sample
     return config
 
 
@@ -167,51 +169,36 @@ def scoring_key(config: SpecPrefillConfig) -> str:
     return json.dumps({k: v for k, v in sorted(dump.items()) if k not in SELECTION_FIELDS}, sort_keys=True)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
-_PARAGRAPH = re.compile(r"\n\s*\n(?=\S)")
-
-
-def _char_starts(text: str, region: Span, level: str) -> list[int]:
-    """Character offsets inside ``region`` where a new segment starts at ``level``."""
-    start, end = region
-    body = text[start:end]
-    starts = {start}
-    if level in ("paragraphs", "sentences"):
-        starts.update(start + m.end() for m in _PARAGRAPH.finditer(body))
-    if level == "sentences":
-        starts.update(start + m.end() for m in _SENTENCE_END.finditer(body))
-    return sorted(s for s in starts if s < end)
-
-
 def segment_starts(text: str, offsets: Sequence[Span], regions: Sequence[Span], level: str) -> list[int]:
     """Token indices where segments start, for ``select_chunks(..., segments=...)``.
+
+    They come from the library's own segmenter (``specprefill.segments.segment_starts``), so the harness
+    measures exactly what the library does.
 
     Args:
         text: The prompt text.
         offsets: Character span of each token.
-        regions: The prompt's parts in order (e.g. instruction, context, question), as character spans;
-            every part starts a segment ("messages" level).
-        level: One of :data:`SEGMENT_LEVELS`; paragraphs start at a blank line, sentences after ``.!?``
-            and white space. ``"none"`` gives no segments.
-
-    Returns:
-        Sorted, distinct token indices; a boundary inside a token starts at that token.
+        regions: Character spans of the prompt's message contents (the "messages" level restarts the grid
+            at their starts and ends); for the harness's plain-text prompts, the context.
+        level: One of :data:`SEGMENT_LEVELS`; ``"none"`` gives no segments.
 
     Raises:
-        ConfigurationError: An unknown level.
+        ConfigurationError: An unknown level, or a library without segment-aware selection.
 
     """
     if level not in SEGMENT_LEVELS:
         raise ConfigurationError(f"unknown segment level {level!r}; use one of {SEGMENT_LEVELS}")
     if level == "none":
         return []
-    chars = sorted({c for region in regions for c in _char_starts(text, region, level)})
-    token_starts: set[int] = set()
-    token = 0
-    for c in chars:
-        while token < len(offsets) and offsets[token][1] <= c:
-            token += 1
-        if token < len(offsets):
-            token_starts.add(token)
-    token_starts.discard(0)
-    return sorted(token_starts)
+    starts = _segmenter()(offsets, text, level, content_spans=list(regions))
+    return [int(i) for i in starts or []]
+
+
+def _segmenter() -> Any:
+    try:
+        module = importlib.import_module("specprefill.segments")
+    except ImportError as exc:
+        raise ConfigurationError(
+            "segment-aware variants need specprefill.segments (segment-aware selection); this specprefill has none"
+        ) from exc
+    return module.segment_starts

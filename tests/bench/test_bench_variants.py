@@ -79,18 +79,28 @@ def test_scoring_key_ignores_selection_fields_only() -> None:
     assert "keep_rate" in variants.SELECTION_FIELDS and "lookahead" not in variants.SELECTION_FIELDS
 
 
-def test_segment_starts_on_literal_text() -> None:
-    text = "Ask.\n\nOne. Two.\n\nThree.\nQ?"
-    offsets = [(i, i + 1) for i in range(len(text))]
-    regions = [(0, 4), (4, 24), (24, len(text))]
-    assert variants.segment_starts(text, offsets, regions, "none") == []
-    assert variants.segment_starts(text, offsets, regions, "messages") == [4, 24]
-    assert variants.segment_starts(text, offsets, regions, "paragraphs") == [4, 6, 17, 24]
-    assert variants.segment_starts(text, offsets, regions, "sentences") == [4, 6, 11, 17, 24]
-    words = [(0, 4), (4, 6), (6, 10), (10, 15), (15, 17), (17, 24), (24, 26)]  # "Ask." "\n\n" "One." ...
-    assert variants.segment_starts(text, words, regions, "paragraphs") == [1, 2, 5, 6]
+def test_segment_starts_come_from_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    seen: list[tuple[Any, ...]] = []
+
+    def fake_segment_starts(offsets: Any, text: str, level: str, *, content_spans: Any = ()) -> list[int] | None:
+        seen.append((len(offsets), text, level, content_spans))
+        return [3, 7]
+
+    module = types.ModuleType("specprefill.segments")
+    module.segment_starts = fake_segment_starts  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "specprefill.segments", module)
+    offsets = [(i, i + 1) for i in range(10)]
+    assert variants.segment_starts("0123456789", offsets, [(2, 8)], "sentences") == [3, 7]
+    assert seen == [(10, "0123456789", "sentences", [(2, 8)])]
+    assert variants.segment_starts("0123456789", offsets, [(2, 8)], "none") == []
     with pytest.raises(ConfigurationError, match="unknown segment level"):
-        variants.segment_starts(text, offsets, regions, "words")
+        variants.segment_starts("x", [(0, 1)], [], "words")
+    monkeypatch.setitem(sys.modules, "specprefill.segments", None)  # a library without segment-aware selection
+    with pytest.raises(ConfigurationError, match=r"need specprefill\.segments"):
+        variants.segment_starts("x", [(0, 1)], [], "paragraphs")
 
 
 # --- shared scoring -------------------------------------------------------------------------------------
