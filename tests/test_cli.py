@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import os
 import re
@@ -156,6 +157,13 @@ def test_info_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(data) >= {"version", "extras", "embedded_models", "cache_dir"}
     assert set(data["extras"]) == {"hf", "openai", "vllm", "langchain", "llama-index"}
     assert "installed" in data["embedded_models"]["smollm2-135m"]
+    from specprefill import models
+
+    chooser = getattr(models, "default_dtype", None)  # the loader's choice, where this specprefill has one
+    if chooser is None or importlib.util.find_spec("torch") is None:
+        assert data["default_dtype"] is None
+    else:
+        assert data["default_dtype"]["cpu"] == str(chooser("cpu")).removeprefix("torch.")
 
 
 def test_cli_import_is_light() -> None:
