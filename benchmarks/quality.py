@@ -27,17 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.catalog import ALL_METHODS, build_method
 from benchmarks.corpus import load_corpus
-from benchmarks.methods import (
-    ALL_METHODS,
-    ImportanceCache,
-    Method,
-    PreparedSample,
-    Selection,
-    SpecPrefillMethod,
-    build_method,
-    prepare_sample,
-)
+from benchmarks.methods import ImportanceCache, Method, PreparedSample, Selection, SpecPrefillMethod, prepare_sample
 from benchmarks.metrics import answer_score, context_keep_ratio, span_retention
 from benchmarks.plan import NamedBase, RunPlan, RunSubsets, calibrate, describe, plan_run
 from benchmarks.quality_options import PRESETS, QualityOptions, configure_parser, options_from_args, preset_settings

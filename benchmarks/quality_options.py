@@ -11,8 +11,8 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from benchmarks.catalog import ALL_METHODS
 from benchmarks.corpus import SOURCES
-from benchmarks.methods import ALL_METHODS
 from benchmarks.tasks import NEEDLE_TASKS, TASKS
 from benchmarks.variants import ABLATION_VARIANTS, VARIANTS, parse_variant
 

@@ -170,8 +170,9 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
     import torch
     from tqdm.auto import tqdm
 
+    from benchmarks.catalog import build_method
     from benchmarks.corpus import load_corpus
-    from benchmarks.methods import PreparedSample, build_method, prepare_sample
+    from benchmarks.methods import PreparedSample, prepare_sample
     from benchmarks.runinfo import machine_info, set_threads, timestamp, versions
     from benchmarks.tasks import generate_sample
     from specprefill.backends.base import BaseRequest, GenerationParams

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from benchmarks import ablation, plan, quality_options, runinfo, variants
-from benchmarks.methods import ImportanceCache, SpecPrefillMethod, build_method, prepare_sample
+from benchmarks.catalog import build_method
+from benchmarks.methods import ImportanceCache, SpecPrefillMethod, prepare_sample
 from benchmarks.metrics import ModelShape
 from benchmarks.tasks import Sample
 from specprefill.config import SpecPrefillConfig
