@@ -8,18 +8,21 @@ are identical: chunk methods score chunks of 32 tokens and take the best with :f
 method and do not use the budget. Methods:
 
 * ``full`` - the whole prompt (the reference).
-* ``specprefill-lah8`` / ``specprefill-lah1`` - Speculative Prefill scoring with look-ahead 8 / 1.
+* ``specprefill-lah8`` / ``specprefill-lah1`` - Speculative Prefill scoring with look-ahead 8 / 1, and any
+  other SpecPrefill variant of :mod:`benchmarks.variants` (config overrides; one speculator pass per sample
+  and scoring setting, shared through :class:`ImportanceCache`).
 * ``random`` - random chunks (seeded per sample).
 * ``head-tail`` - truncation: the chunks nearest the start and the end of the context, alternately.
 * ``rag`` - embedding retrieval: chunks ranked by cosine similarity of their MiniLM embedding to the question
   (the paper's RAG baseline, with the packaged all-MiniLM-L6-v2).
 * ``longllmlingua`` - LongLLMLingua (``llmlingua`` package) with the same small LM as the speculator; its
-  text output is aligned back to speculator tokens (see :func:`align_subsequence`).
+  text output is aligned back to speculator tokens (:mod:`benchmarks.llmlingua`).
+
+Methods are built by name in :mod:`benchmarks.catalog`.
 """
 
 from __future__ import annotations
 
-import difflib
 import random
 import time
 from abc import ABC, abstractmethod
@@ -31,26 +34,23 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.tasks import RenderedPrompt, Sample, render_prompt
+from benchmarks.variants import Variant, build_config, scoring_key, segment_starts
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import BackendUnavailableError, ConfigurationError
 from specprefill.scoring import chunk_bounds, select_chunks
 from specprefill.spans import char_spans_to_token_mask
 
 __all__ = [
-    "ALL_METHODS",
     "ChunkMethod",
     "EmbeddingRetrieval",
     "FullPrompt",
     "HeadTail",
-    "LongLLMLinguaMethod",
+    "ImportanceCache",
     "Method",
     "PreparedSample",
     "RandomChunks",
     "Selection",
     "SpecPrefillMethod",
-    "align_subsequence",
     "broadcast_chunk_scores",
-    "build_method",
     "context_budget",
     "head_tail_importance",
     "prepare_sample",
@@ -60,18 +60,6 @@ __all__ = [
 Span = tuple[int, int]
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
-
-ALL_METHODS: tuple[str, ...] = (
-    "full",
-    "specprefill-lah8",
-    "specprefill-lah1",
-    "random",
-    "head-tail",
-    "rag",
-    "longllmlingua",
-)
-"""Method names in report order."""
-
 
 @dataclass(frozen=True)
 class PreparedSample:
@@ -161,11 +149,21 @@ class ChunkMethod(Method):
     def importance(self, prepared: PreparedSample) -> FloatArray:
         """One score per prompt token (higher = keep)."""
 
-    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
-        """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
+    def scored(self, prepared: PreparedSample) -> tuple[FloatArray, float]:
+        """The importance and the seconds it took."""
         start = time.perf_counter()
         scores = self.importance(prepared)
-        cost = time.perf_counter() - start
+        return scores, time.perf_counter() - start
+
+    def segments(self, prepared: PreparedSample) -> list[int] | None:
+        """Token indices where the chunk grid restarts (None: one grid from token 0)."""
+        return None
+
+    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
+        """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
+        scores, cost = self.scored(prepared)
+        segments = self.segments(prepared)
+        grid: dict[str, Any] = {} if segments is None else {"segments": segments}
         n_context = int((~prepared.protected).sum())
         out = []
         for rate in keep_rates:
@@ -176,9 +174,44 @@ class ChunkMethod(Method):
                 chunk_size=self.chunk_size,
                 protected=prepared.protected,
                 max_kept_tokens=context_budget(rate, n_context),
+                **grid,
             )
             out.append(Selection(self.name, rate, kept, cost + time.perf_counter() - t0))
         return out
+
+
+class ImportanceCache:
+    """Importance per sample and scoring settings, computed once and reused by every variant that shares them.
+
+    Keys are ``(sample id, scoring_key(config))``: variants that differ only in selection fields (keep rate,
+    chunk size, segment grid) share one speculator pass. Each hit reports the seconds of the pass that
+    computed it, so every variant's cost is its own full scoring cost.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, str], tuple[FloatArray, float]] = {}
+        self.computed = 0
+        self.reused = 0
+
+    def get(
+        self, prepared: PreparedSample, config: SpecPrefillConfig, compute: Callable[[], FloatArray]
+    ) -> tuple[FloatArray, float]:
+        """The cached ``(importance, seconds)``, computing it on the first request."""
+        key = (prepared.sample.sample_id, scoring_key(config))
+        hit = self._store.get(key)
+        if hit is None:
+            start = time.perf_counter()
+            scores = compute()
+            hit = (scores, time.perf_counter() - start)
+            self._store[key] = hit
+            self.computed += 1
+        else:
+            self.reused += 1
+        return hit
+
+    def clear(self) -> None:
+        """Forget every entry (call between samples to bound memory)."""
+        self._store.clear()
 
 
 def context_budget(keep_rate: float, n_context: int) -> int:
@@ -253,18 +286,42 @@ class HeadTail(ChunkMethod):
 
 
 class SpecPrefillMethod(ChunkMethod):
-    """Speculative Prefill: the speculator's attention-based token importance."""
+    """Speculative Prefill: the speculator's attention-based token importance, under one variant's config.
 
-    def __init__(self, speculator: Any, lookahead: int = 8, config: SpecPrefillConfig | None = None) -> None:
+    Args:
+        speculator: Scores prompts (``speculator.score(ids, config).importance``).
+        variant: Name and config overrides (see :mod:`benchmarks.variants`); validated here.
+        cache: Shared importance per sample and scoring settings (None: score on every call, as timing
+            runs need).
+
+    """
+
+    def __init__(self, speculator: Any, variant: Variant, cache: ImportanceCache | None = None) -> None:
         self.speculator = speculator
-        self.config = (config or SpecPrefillConfig()).with_overrides(lookahead=lookahead)
+        self.variant = variant
+        self.config = build_config(variant)
         self.chunk_size = self.config.chunk_size
-        self.name = f"specprefill-lah{lookahead}"
+        self.name = variant.name
+        self.cache = cache
+        self.segment_by = str(getattr(self.config, "segment_by", "none"))
 
     def importance(self, prepared: PreparedSample) -> FloatArray:
         """``Speculator.score`` over the whole prompt."""
         result = self.speculator.score(prepared.input_ids, self.config)
         return np.asarray(result.importance, dtype=np.float32)
+
+    def scored(self, prepared: PreparedSample) -> tuple[FloatArray, float]:
+        """Importance from the shared cache when there is one."""
+        if self.cache is None:
+            return super().scored(prepared)
+        return self.cache.get(prepared, self.config, lambda: self.importance(prepared))
+
+    def segments(self, prepared: PreparedSample) -> list[int] | None:
+        """Segment starts of the prompt at the variant's ``segment_by`` level (None without one)."""
+        if self.segment_by == "none":
+            return None
+        prompt = prepared.prompt
+        return segment_starts(prompt.text, prepared.offsets, [prompt.context_span], self.segment_by)
 
 
 class EmbeddingRetrieval(ChunkMethod):
@@ -293,158 +350,3 @@ class EmbeddingRetrieval(ChunkMethod):
         return broadcast_chunk_scores([float(v) for v in sims], prepared.n_tokens, self.chunk_size)
 
 
-def align_subsequence(original: Sequence[int], compressed: Sequence[int]) -> list[int]:
-    """Positions of ``original`` that a compressed token sequence kept (longest matching blocks, in order).
-
-    Text-out compressors return text; re-tokenised with the same tokenizer it is (nearly) a subsequence of
-    the original ids. Blocks of matching ids found by :class:`difflib.SequenceMatcher` mark the kept positions.
-
-    Args:
-        original: Token ids of the original text.
-        compressed: Token ids of the compressed text (same tokenizer).
-
-    Returns:
-        Sorted original positions that were kept.
-
-    """
-    matcher = difflib.SequenceMatcher(None, list(original), list(compressed), autojunk=False)
-    kept: list[int] = []
-    for block in matcher.get_matching_blocks():
-        kept.extend(range(block.a, block.a + block.size))
-    return kept
-
-
-class _TokenizerShim:
-    """Stands in for tiktoken inside llmlingua so budgets count speculator tokens (no BPE download)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str, **_: Any) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids)))
-
-
-class _LegacyCacheModel:
-    """Lets llmlingua (written for tuple KV caches) drive a transformers 5 model (``DynamicCache``)."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def __call__(self, input_ids: Any, attention_mask: Any = None, past_key_values: Any = None,
-                 use_cache: bool = True, **kwargs: Any) -> Any:
-        from transformers import DynamicCache
-
-        cache = None
-        if past_key_values is not None:
-            cache = DynamicCache()
-            for layer, (k, v) in enumerate(past_key_values):
-                cache.update(k, v, layer)
-        out = self._model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-        legacy = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        return _LegacyOutput(out.logits, legacy)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-
-@dataclass
-class _LegacyOutput:
-    logits: Any
-    past_key_values: list[tuple[Any, Any]]
-
-
-class LongLLMLinguaMethod(Method):
-    """LongLLMLingua (question-aware coarse-to-fine compression) from the ``llmlingua`` package.
-
-    Runs offline with a local causal LM folder (we use the speculator's own SmolLM2 weights). Two shims make
-    it run here, neither changes its algorithm: its tiktoken ``gpt-3.5-turbo`` counter (a BPE download) is
-    replaced by the speculator tokenizer, so ``target_token`` means speculator tokens; and its tuple KV cache
-    is converted to transformers 5's ``DynamicCache``. Settings follow the LongLLMLingua recipe in
-    llmlingua's DOCUMENT.md (``rank_method="longllmlingua"``, ``condition_in_question="after_condition"``,
-    ``condition_compare=True``, ``dynamic_context_compression_ratio=0.3``, ``context_budget="+100"``) except
-    ``reorder_context="original"`` (our alignment needs the original order) and no sentence-level filter
-    (it needs NLTK's punkt data, a download).
-
-    Args:
-        model_dir: Local transformers folder of the small LM.
-        tokenizer: The speculator's tokenizer (for budgets and alignment; must match ``model_dir``'s).
-
-    """
-
-    name = "longllmlingua"
-
-    def __init__(self, model_dir: str, tokenizer: Any) -> None:
-        try:
-            import llmlingua.prompt_compressor as pc
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                'LongLLMLingua needs the llmlingua package: pip install "specprefill[bench]"'
-            ) from exc
-        self.tokenizer = tokenizer
-        shim = _TokenizerShim(tokenizer)
-        original = pc.tiktoken.encoding_for_model
-        pc.tiktoken.encoding_for_model = lambda _name: shim
-        try:
-            compressor = pc.PromptCompressor(
-                model_name=model_dir, device_map="cpu", model_config={"trust_remote_code": False}
-            )
-        finally:
-            pc.tiktoken.encoding_for_model = original
-        compressor.model = _LegacyCacheModel(compressor.model)
-        self.compressor = compressor
-
-    def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
-        """Compress the context at each keep rate and map the result back to speculator tokens."""
-        context_idx = prepared.context_tokens
-        context_ids = [prepared.input_ids[i] for i in context_idx]
-        documents = [d for d in prepared.sample.documents if d.strip()]
-        out = []
-        for rate in keep_rates:
-            target = context_budget(rate, len(context_ids))
-            start = time.perf_counter()
-            note = ""
-            try:
-                result = self.compressor.compress_prompt(
-                    documents,
-                    question=prepared.sample.question,
-                    target_token=target,
-                    rank_method="longllmlingua",
-                    condition_in_question="after_condition",
-                    condition_compare=True,
-                    reorder_context="original",
-                    dynamic_context_compression_ratio=0.3,
-                    context_budget="+100",
-                    concate_question=False,
-                    use_sentence_level_filter=False,
-                )
-                compressed = str(result["compressed_prompt"])
-            except Exception as exc:
-                compressed, note = "", f"llmlingua failed: {type(exc).__name__}: {exc}"
-            seconds = time.perf_counter() - start
-            compressed_ids = list(self.tokenizer(compressed, add_special_tokens=False)["input_ids"])
-            matched = align_subsequence(context_ids, compressed_ids)
-            kept_mask = prepared.protected.copy()
-            kept_mask[[context_idx[j] for j in matched]] = True
-            kept = np.flatnonzero(kept_mask).astype(np.int64)
-            out.append(Selection(self.name, rate, kept, seconds, note))
-        return out
-
-
-def build_method(name: str, **resources: Any) -> Method:
-    """Construct a method by name from shared resources (``speculator``, ``embed``, ``model_dir``, ``seed``)."""
-    if name == "full":
-        return FullPrompt()
-    if name.startswith("specprefill-lah"):
-        return SpecPrefillMethod(resources["speculator"], int(name.removeprefix("specprefill-lah")))
-    if name == "random":
-        return RandomChunks(int(resources.get("seed", 0)))
-    if name == "head-tail":
-        return HeadTail()
-    if name == "rag":
-        return EmbeddingRetrieval(resources["embed"])
-    if name == "longllmlingua":
-        return LongLLMLinguaMethod(str(resources["model_dir"]), resources["speculator"].tokenizer)
-    raise ConfigurationError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")

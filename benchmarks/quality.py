@@ -7,7 +7,11 @@ the kept prompt: the embedded SmolLM2-135M (same tokenizer: kept tokens at their
 the packaged Gemma-3-270M base (another tokenizer: the kept text is re-tokenised), giving accuracy, base
 prefill seconds and TTFT (method seconds + base prefill seconds).
 
-Run: ``python -m benchmarks.quality `` or ``python -m benchmarks.quality`` (``--help`` for options);
+SpecPrefill runs as named variants (config overrides, :mod:`benchmarks.variants`), validated when the run
+starts; each sample is scored once per distinct scoring setting and that importance serves every keep rate
+and every variant that differs only in selection. The plan and a CPU-time estimate are printed first.
+
+Run: ``python -m benchmarks.quality`` (``--help`` for options; settings in :mod:`benchmarks.quality_options`);
 results, a markdown report and plots go to ``results/`` by default.
 """
 
@@ -18,17 +22,21 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.catalog import ALL_METHODS, build_method
 from benchmarks.corpus import load_corpus
-from benchmarks.methods import ALL_METHODS, Method, PreparedSample, Selection, build_method, prepare_sample
+from benchmarks.methods import ImportanceCache, Method, PreparedSample, Selection, SpecPrefillMethod, prepare_sample
 from benchmarks.metrics import answer_score, context_keep_ratio, span_retention
+from benchmarks.plan import NamedBase, RunPlan, RunSubsets, calibrate, describe, plan_run
+from benchmarks.quality_options import PRESETS, QualityOptions, configure_parser, options_from_args, preset_settings
 from benchmarks.runinfo import command_line, machine_info, set_threads, timestamp, versions
-from benchmarks.tasks import NEEDLE_TASKS, TASKS, Sample, generate_samples
-from specprefill.errors import SpecPrefillError
+from benchmarks.tasks import NEEDLE_TASKS, RULER_TASKS, Sample, generate_samples
+from benchmarks.variants import scoring_key, variant_for
+from specprefill.errors import ConfigurationError, SpecPrefillError
 
 __all__ = [
     "PRESETS",
@@ -42,65 +50,12 @@ __all__ = [
     "preset_settings",
     "run_from_args",
     "run_quality",
-]
+]  # settings re-exported from benchmarks.quality_options
 
 _DESCRIPTION = (
-    "Answer-span retention and answer accuracy of SpecPrefill vs full prompt, random chunks, head+tail "
-    "truncation, embedding retrieval and LongLLMLingua, at the same keep rates, on RULER-style tasks."
+    "Answer-span retention and answer accuracy of SpecPrefill (and its variants) vs full prompt, random chunks, "
+    "head+tail truncation, embedding retrieval and LongLLMLingua, at the same keep rates, on RULER-style tasks."
 )
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "full": {
-        "lengths": [1024, 2048, 4096],
-        "samples": 4,
-        "keep_rates": [0.1, 0.2, 0.3, 0.5],
-        "accuracy_samples": 1,
-        "accuracy_lengths": [1024, 2048],
-        "llmlingua_samples": 1,
-        "llmlingua_lengths": [1024, 2048],
-    },
-    "smoke": {
-        "lengths": [384],
-        "samples": 1,
-        "keep_rates": [0.1, 0.5],
-        "accuracy_samples": 1,
-        "accuracy_lengths": [384],
-        "accuracy_tasks": ["niah_single"],
-        "bases": ["smollm2-135m"],
-        "methods": ["full", "specprefill-lah8", "specprefill-lah1", "random", "head-tail", "rag"],
-        "llmlingua_samples": 0,
-        "llmlingua_lengths": [384],
-    },
-}
-"""Named settings: ``full`` (about 25 minutes on an idle 2-core machine) and ``smoke`` (CI)."""
-
-
-@dataclass
-class QualityOptions:
-    """Settings of one quality run (see ``--help``)."""
-
-    out: str = "results"
-    speculator: str = "smollm2-135m"
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
-    samples: int = 4
-    keep_rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.5])
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
-    bases: list[str] = field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"])
-    accuracy_samples: int = 1
-    accuracy_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
-    accuracy_tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    accuracy_keep_rates: list[float] | None = None
-    """Keep rates answered by the base models (default: all of ``keep_rates``)."""
-    llmlingua_samples: int = 1
-    llmlingua_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
-    llmlingua_tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    sources: list[str] = field(default_factory=lambda: ["documents", "stdlib"])
-    seed: int = 0
-    preset: str = "full"
-    plots: bool = True
-    threads: int | None = None
-    """torch CPU threads (default: torch's choice); 1 is faster when other jobs oversubscribe the CPU."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +98,6 @@ class AccuracyRow:
     base_prefill_seconds: float
     ttft_seconds: float
     positions: str
-
-
-def preset_settings(preset: str) -> dict[str, Any]:
-    """Every option a preset implies (saved with each result, so the report needs no harness import)."""
-    return asdict(QualityOptions(**PRESETS[preset], preset=preset))
 
 
 def max_new_tokens_for(task: str) -> int:
@@ -206,8 +156,23 @@ def _load_bases(names: Sequence[str], speculator: Any, skipped: dict[str, str]) 
     return bases
 
 
-def _build_methods(opts: QualityOptions, speculator: Any, skipped: dict[str, str]) -> list[Method]:
-    resources: dict[str, Any] = {"speculator": speculator, "seed": opts.seed}
+def _build_methods(
+    opts: QualityOptions, speculator: Any, skipped: dict[str, str], cache: ImportanceCache
+) -> list[Method]:
+    """Build every method; SpecPrefill variants the installed library cannot build are skipped with its reason.
+
+    Raises:
+        ConfigurationError: A name that is neither a method nor a SpecPrefill variant.
+
+    """
+    unknown = [n for n in opts.methods if n not in ALL_METHODS and variant_for(n, opts.variants) is None]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown method(s) {unknown}; use {', '.join(ALL_METHODS)}, a variant of benchmarks.variants, "
+            "or define one with --variants NAME=JSON"
+        )
+    resources: dict[str, Any] = {"speculator": speculator, "seed": opts.seed, "variants": opts.variants,
+                                 "cache": cache}
     out: list[Method] = []
     for name in opts.methods:
         try:
@@ -226,8 +191,51 @@ def _build_methods(opts: QualityOptions, speculator: Any, skipped: dict[str, str
     return out
 
 
-def run_quality(opts: QualityOptions, *, progress: bool | None = None) -> dict[str, Any]:
-    """Run the quality benchmark and return a JSON-ready result (``meta``, ``rows``, ``accuracy``)."""
+def _variants_meta(methods: Sequence[Method]) -> dict[str, dict[str, Any]]:
+    """Each SpecPrefill variant's definition and full config, with its scoring group (shared passes)."""
+    groups: dict[str, int] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        if isinstance(m, SpecPrefillMethod):
+            group = groups.setdefault(scoring_key(m.config), len(groups))
+            out[m.name] = {"preset": m.variant.preset, "overrides": dict(m.variant.overrides),
+                           "label": m.variant.label, "describe": m.variant.describe(),
+                           "config": m.config.model_dump(), "scoring_group": group}
+    return out
+
+
+def _plan(opts: QualityOptions, samples: Sequence[Sample], methods: Sequence[Method], subsets: RunSubsets,
+          speculator: Any, corpus_text: str) -> RunPlan:
+    lookaheads = {scoring_key(m.config): m.config.lookahead for m in methods if isinstance(m, SpecPrefillMethod)}
+    return plan_run(
+        samples,
+        list(lookaheads.values()),
+        subsets.selections,
+        subsets.answers,
+        lambda s: len(opts.keep_rates) if "longllmlingua" in subsets.names and subsets.llmlingua(s) else 0,
+        calibration=calibrate(speculator, corpus_text),
+        answer_tokens=lambda s: max_new_tokens_for(s.task),
+    )
+
+
+def run_quality(
+    opts: QualityOptions, *, progress: bool | None = None, announce: Callable[[str], None] | None = None,
+    estimate_only: bool = False,
+) -> dict[str, Any]:
+    """Run the quality benchmark and return a JSON-ready result (``meta``, ``rows``, ``accuracy``).
+
+    Args:
+        opts: The settings.
+        progress: Show a progress bar (None: only on a terminal).
+        announce: Where the plan, the CPU-time estimate and skipped methods are reported before the run
+            (e.g. ``print`` to stderr); None: nowhere.
+        estimate_only: Stop after the plan (``rows`` and ``accuracy`` stay empty).
+
+    Returns:
+        The result; ``meta["plan"]`` holds the plan and estimate, ``meta["scoring"]`` the speculator passes
+        computed and reused.
+
+    """
     from tqdm.auto import tqdm
 
     from specprefill.models import load_speculator
@@ -241,37 +249,38 @@ def run_quality(opts: QualityOptions, *, progress: bool | None = None) -> dict[s
     count = speculator.count_tokens
     corpus = load_corpus(opts.sources, count_tokens=count)
     samples = generate_samples(opts.tasks, opts.lengths, opts.samples, corpus, seed=opts.seed, count_tokens=count)
-    methods = _build_methods(opts, speculator, skipped)
-    bases = _load_bases(opts.bases, speculator, skipped) if opts.accuracy_samples > 0 else []
+    cache = ImportanceCache()
+    methods = _build_methods(opts, speculator, skipped, cache)
+    bases = _load_bases(opts.bases, speculator, skipped) if opts.accuracy_samples > 0 and not estimate_only else []
+    subsets = RunSubsets(opts, methods, bases if not estimate_only else [NamedBase(b) for b in opts.bases])
+    plan = _plan(opts, samples, methods, subsets, speculator, " ".join(corpus.paragraphs[:40]))
+    if announce is not None:
+        announce(describe(plan))
+        for name, why in skipped.items():
+            announce(f"skipped {name}: {why}")
     wall["load_seconds"] = time.perf_counter() - t0
-
-    def in_subset(sample: Sample, k: int, lengths: Sequence[int], tasks: Sequence[str]) -> bool:
-        return sample.seed - opts.seed < k and sample.target_tokens in lengths and sample.task in tasks
 
     rows: list[RetentionRow] = []
     accuracy: list[AccuracyRow] = []
     phase = {"selection": 0.0, "accuracy": 0.0}
-    bar = tqdm(samples, desc="quality", unit="sample", disable=None if progress is None else not progress)
+    bar = tqdm([] if estimate_only else samples, desc="quality", unit="sample",
+               disable=None if progress is None else not progress)
     for sample in bar:
         t_sel = time.perf_counter()
+        cache.clear()
         prepared = prepare_sample(sample, speculator.encode_with_specials)
         selections: list[Selection] = []
         for method in methods:
-            if method.name == "longllmlingua" and not in_subset(
-                sample, opts.llmlingua_samples, opts.llmlingua_lengths, opts.llmlingua_tasks
-            ):
+            if not subsets.runs(method.name, sample):
                 continue
             bar.set_postfix_str(f"{sample.task} {sample.target_tokens} {method.name}")
-            rates = [1.0] if method.name == "full" else opts.keep_rates
-            for sel in method.select(prepared, rates):
+            for sel in method.select(prepared, subsets.rates(method.name)):
                 selections.append(sel)
                 rows.append(_retention_row(prepared, sel))
         phase["selection"] += time.perf_counter() - t_sel
-        if bases and in_subset(sample, opts.accuracy_samples, opts.accuracy_lengths, opts.accuracy_tasks):
+        if subsets.accuracy(sample):
             t_acc = time.perf_counter()
-            acc_rates = opts.accuracy_keep_rates or opts.keep_rates
-            answered = [s for s in selections
-                        if s.method == "full" or any(abs(s.keep_rate - r) < 1e-9 for r in acc_rates)]
+            answered = [s for s in selections if subsets.answered(s.method, s.keep_rate)]
             for base in bases:
                 for sel in answered:
                     bar.set_postfix_str(f"{sample.task} {sample.target_tokens} {base.name} {sel.method}")
@@ -288,11 +297,15 @@ def run_quality(opts: QualityOptions, *, progress: bool | None = None) -> dict[s
         "speculator": speculator.name,
         "bases": [b.name for b in bases],
         "methods": [m.name for m in methods],
+        "variants": _variants_meta(methods),
         "skipped": skipped,
         "corpus": {"description": corpus.description, "paragraphs": len(corpus.paragraphs),
                    "tokens": corpus.total_tokens, "fingerprint": corpus.fingerprint},
         "samples": len(samples),
         "needle_tasks": list(NEEDLE_TASKS),
+        "ruler_tasks": list(RULER_TASKS),
+        "plan": plan.to_dict(),
+        "scoring": {"computed": cache.computed, "reused": cache.reused},
         "versions": versions(),
         "machine": machine_info(),
         "wall": wall,
@@ -344,60 +357,16 @@ def _accuracy_row(prepared: PreparedSample, sel: Selection, base: _BaseModel) ->
 
 
 # --- command line ---------------------------------------------------------------------------------------
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the quality benchmark's options to a parser."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                        help="starting settings: 'full' (lengths 1k/2k/4k x 4 samples; about 25 min on an idle "
-                        "2-core machine) or 'smoke' (CI, about a minute); other options override it")
-    parser.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/)")
-    parser.add_argument("--speculator", default=None, metavar="NAME", help="speculator (default smollm2-135m)")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, metavar="TASK",
-                        help="tasks (default: all): " + ", ".join(TASKS))
-    parser.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N", help="prompt lengths in tokens")
-    parser.add_argument("--samples", type=int, default=None, metavar="K", help="samples per task x length")
-    parser.add_argument("--keep-rates", nargs="+", type=float, default=None, metavar="R")
-    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=None, metavar="METHOD",
-                        help="methods (default: all): " + ", ".join(ALL_METHODS))
-    parser.add_argument("--bases", nargs="*", default=None, metavar="NAME",
-                        help="base models for answer accuracy (default smollm2-135m gemma3-270m; none: skip)")
-    parser.add_argument("--accuracy-samples", type=int, default=None, metavar="K",
-                        help="samples per task x length answered by the base models")
-    parser.add_argument("--accuracy-lengths", nargs="+", type=int, default=None, metavar="N")
-    parser.add_argument("--accuracy-tasks", nargs="+", choices=TASKS, default=None, metavar="TASK")
-    parser.add_argument("--accuracy-keep-rates", nargs="+", type=float, default=None, metavar="R",
-                        help="keep rates answered by the base models (default: all --keep-rates)")
-    parser.add_argument("--llmlingua-samples", type=int, default=None, metavar="K",
-                        help="samples per task x length compressed by LongLLMLingua (it is slow on CPU)")
-    parser.add_argument("--llmlingua-lengths", nargs="+", type=int, default=None, metavar="N")
-    parser.add_argument("--llmlingua-tasks", nargs="+", choices=TASKS, default=None, metavar="TASK")
-    parser.add_argument("--sources", nargs="+", choices=["documents", "stdlib"], default=None,
-                        help="haystack text sources (default: both)")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
-
-
-def options_from_args(args: argparse.Namespace) -> QualityOptions:
-    """Preset values overridden by whatever was given on the command line."""
-    values: dict[str, Any] = dict(PRESETS[args.preset])
-    for key in ("out", "speculator", "tasks", "lengths", "samples", "keep_rates", "methods", "bases",
-                "accuracy_samples", "accuracy_lengths", "accuracy_tasks", "accuracy_keep_rates", "llmlingua_samples",
-                "llmlingua_lengths", "llmlingua_tasks", "sources", "seed", "threads"):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    values["preset"] = args.preset
-    values["plots"] = not args.no_plots
-    return QualityOptions(**values)
-
-
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run with parsed arguments: write JSON, report and plots; print the headline tables."""
+    """Run with parsed arguments: print the plan, then write JSON, report and plots; print the headline tables."""
     from benchmarks import report
 
     opts = options_from_args(args)
-    result = run_quality(opts)
+    estimate_only = bool(getattr(args, "estimate_only", False))
+    result = run_quality(opts, announce=lambda line: print(line, file=sys.stderr, flush=True),
+                         estimate_only=estimate_only)
+    if estimate_only:
+        return 0
     result["meta"]["command"] = command_line("python -m benchmarks.quality", opts)
     out = Path(opts.out)
     files = report.save_and_report(out, "quality", result, plots=opts.plots)

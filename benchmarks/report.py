@@ -12,10 +12,26 @@ import argparse
 import json
 import math
 import sys
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks.ablation import ablation_section
+from benchmarks.plots import write_plots
+from benchmarks.tables import (
+    LABELS,
+    METHOD_ORDER,
+    Row,
+    aggregate,
+    headline_rate,
+    keep_rates_of,
+    markdown_table,
+    method_order,
+    needle_filter,
+    num,
+    pct,
+)
+from benchmarks.variants import ABLATION_VARIANTS
 
 __all__ = [
     "NOT_RUNNABLE",
@@ -32,8 +48,6 @@ __all__ = [
     "write_plots",
 ]
 
-Row = Mapping[str, Any]
-
 NOT_RUNNABLE: dict[str, str] = {
     "llmlingua-2": (
         "LLMLingua-2 needs a token-classification checkpoint (microsoft/llmlingua-2-xlm-roberta-large-meetingbank "
@@ -45,64 +59,13 @@ NOT_RUNNABLE: dict[str, str] = {
 }
 """Peers that cannot run offline here, with the reason (printed in every report)."""
 
-_METHOD_ORDER = ("full", "specprefill-lah8", "specprefill-lah1", "random", "head-tail", "rag", "longllmlingua")
-_LABELS = {
-    "full": "full prompt",
-    "specprefill-lah8": "SpecPrefill (look-ahead 8)",
-    "specprefill-lah1": "SpecPrefill (look-ahead 1)",
-    "random": "random chunks",
-    "head-tail": "head+tail truncation",
-    "rag": "embedding retrieval (MiniLM)",
-    "longllmlingua": "LongLLMLingua (SmolLM2-135M)",
-}
-
-
-def method_order(names: Iterable[str]) -> list[str]:
-    """Methods in report order (unknown names last, alphabetically)."""
-    present = set(names)
-    known = [m for m in _METHOD_ORDER if m in present]
-    return known + sorted(present - set(known))
-
-
-def aggregate(
-    rows: Iterable[Row],
-    keys: Sequence[str],
-    value: str | Callable[[Row], float],
-    *,
-    where: Callable[[Row], bool] | None = None,
-) -> dict[tuple[Any, ...], tuple[float, int]]:
-    """Mean of ``value`` grouped by ``keys``: ``{key tuple: (mean, count)}``."""
-    sums: dict[tuple[Any, ...], list[float]] = defaultdict(list)
-    get = value if callable(value) else (lambda r: float(r[value]))
-    for row in rows:
-        if where is not None and not where(row):
-            continue
-        sums[tuple(row[k] for k in keys)].append(float(get(row)))
-    return {k: (sum(v) / len(v), len(v)) for k, v in sums.items()}
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{100 * value:.0f}%"
-
-
-def _num(value: float | None, fmt: str = "{:.2f}") -> str:
-    return "–" if value is None or math.isnan(value) else fmt.format(value)
-
-
-def _rates(rows: Iterable[Row]) -> list[float]:
-    return sorted({float(r["keep_rate"]) for r in rows if r["method"] != "full"})
-
-
-def _is_needle(meta: Mapping[str, Any]) -> Callable[[Row], bool]:
-    needles = set(meta.get("needle_tasks", ()))
-    return lambda r: r["task"] in needles
+_METHOD_ORDER = METHOD_ORDER
+_LABELS = LABELS
+_pct = pct
+_num = num
+_rates = keep_rates_of
+_is_needle = needle_filter
+_ABLATION_ONLY = frozenset(ABLATION_VARIANTS) - {"specprefill-default"}
 
 
 # --- quality ----------------------------------------------------------------------------------------------
@@ -267,109 +230,6 @@ def ttft_summary(result: Mapping[str, Any]) -> str:
     )
 
 
-# --- plots ------------------------------------------------------------------------------------------------
-_STYLE = {
-    "full": {"color": "black", "linestyle": "--"},
-    "specprefill-lah8": {"color": "tab:red", "marker": "o"},
-    "specprefill-lah1": {"color": "tab:orange", "marker": "s"},
-    "random": {"color": "tab:gray", "marker": "x"},
-    "head-tail": {"color": "tab:blue", "marker": "^"},
-    "rag": {"color": "tab:green", "marker": "D"},
-    "longllmlingua": {"color": "tab:purple", "marker": "v"},
-}
-
-
-def _plot_lines(ax: Any, rows: Sequence[Row], value: str, rates: Sequence[float], title: str) -> None:
-    agg = aggregate(rows, ["method", "keep_rate"], value)
-    for m in method_order(r["method"] for r in rows):
-        style = dict(_STYLE.get(m, {}))
-        if m == "full":
-            level = agg.get((m, 1.0))
-            if level is not None:
-                ax.axhline(100 * level[0], label=_LABELS[m], **style)
-            continue
-        xs = [r for r in rates if (m, r) in agg]
-        if xs:
-            ax.plot([100 * x for x in xs], [100 * agg[(m, x)][0] for x in xs], label=_LABELS.get(m, m), **style)
-    ax.set_title(title)
-    ax.set_xlabel("keep rate (%)")
-    ax.set_xticks([100 * r for r in rates])
-    ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
-
-
-def write_plots(folder: Path, results: Mapping[str, Mapping[str, Any]]) -> tuple[list[Path], str | None]:
-    """Draw the PNG plots for whatever results there are; returns the files and a note if skipped."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], 'plots skipped: matplotlib is not installed (pip install "specprefill[bench]")'
-    files: list[Path] = []
-    quality = results.get("quality")
-    if quality is not None:
-        rows = quality["rows"]
-        rates = _rates(rows)
-        needle = _is_needle(quality["meta"])
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-        _plot_lines(axes[0], [r for r in rows if needle(r)], "retention", rates, "needle tasks (NIAH x4)")
-        _plot_lines(axes[1], rows, "retention", rates, "all tasks")
-        axes[0].set_ylabel("answer-span retention (%)")
-        axes[1].legend(loc="lower right", fontsize=8)
-        fig.suptitle("Gold answer span wholly inside the kept prompt")
-        fig.tight_layout()
-        path = folder / "retention.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
-        bases = quality["meta"].get("bases", [])
-        if quality.get("accuracy") and bases:
-            fig, axes_ = plt.subplots(1, len(bases), figsize=(6 * len(bases), 4.5), sharey=True, squeeze=False)
-            for ax, base in zip(axes_[0], bases, strict=True):
-                acc_rows = [r for r in quality["accuracy"] if r["base"] == base]
-                n = len({r["sample_id"] for r in acc_rows})
-                _plot_lines(ax, acc_rows, "score", _rates(quality["accuracy"]), f"base {base} ({n} samples)")
-            axes_[0][0].set_ylabel("answer accuracy (%)")
-            axes_[0][-1].legend(loc="lower right", fontsize=8)
-            fig.suptitle("End-to-end answer accuracy from the kept prompt")
-            fig.tight_layout()
-            path = folder / "accuracy.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            files.append(path)
-    ttft = results.get("ttft")
-    if ttft is not None:
-        rows = ttft["rows"]
-        lengths = sorted({int(r["tokens"]) for r in rows})
-        rates = _rates(rows)
-        fig, axes_ = plt.subplots(1, len(lengths), figsize=(6 * len(lengths), 4.5), squeeze=False)
-        for ax, n in zip(axes_[0], lengths, strict=True):
-            at = [r for r in rows if int(r["tokens"]) == n and r["method"] != "full"]
-            for m in method_order(r["method"] for r in at):
-                pts = sorted((float(r["keep_rate"]), float(r["speedup"])) for r in at if r["method"] == m)
-                ax.plot([100 * x for x, _ in pts], [y for _, y in pts], label=_LABELS.get(m, m), **_STYLE.get(m, {}))
-            ceil = sorted((float(r["keep_rate"]), float(r["ceiling"])) for r in at if r["method"] == "specprefill-lah8")
-            if ceil:
-                ax.plot([100 * x for x, _ in ceil], [y for _, y in ceil], color="tab:red", linestyle=":",
-                        label="ceiling 1/(keep + r), look-ahead 8")
-            ax.axhline(1.0, color="black", linestyle="--", label="full prompt")
-            ax.set_title(f"{n} tokens")
-            ax.set_xlabel("keep rate (%)")
-            ax.set_xticks([100 * r for r in rates])
-            ax.grid(alpha=0.3)
-        axes_[0][0].set_ylabel("TTFT speedup vs full prompt (×)")
-        axes_[0][-1].legend(fontsize=8)
-        fig.suptitle(f"CPU TTFT speedup, base {ttft['meta']['base_shape']['name']}")
-        fig.tight_layout()
-        path = folder / "ttft_speedup.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
-    return files, None
-
-
 # --- report -----------------------------------------------------------------------------------------------
 def _versions_line(meta: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
@@ -379,7 +239,7 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
     meta = result["meta"]
     opts = meta["options"]
     rates = _rates(result["rows"])
-    low = rates[0] if rates else 0.1
+    low = headline_rate(rates)
     head = needle_headline(result, low)
     spec = head.get("specprefill-lah8")
     lines = [
@@ -405,18 +265,23 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
         "",
     ]
     if spec is not None:
-        others = ", ".join(f"{_LABELS.get(m, m)} {_pct(v)}" for m, v in head.items() if m not in ("specprefill-lah8",))
+        others = ", ".join(f"{_LABELS.get(m, m)} {_pct(v)}" for m, v in head.items()
+                           if m != "specprefill-lah8" and m not in _ABLATION_ONLY)
         lines += [f"**Headline:** at {_pct(low)} keep on the needle tasks SpecPrefill (look-ahead 8) keeps the "
                   f"answer span {_pct(spec)} of the time; {others}.", ""]
+    if meta.get("slices"):
+        lines += [f"Run in {len(meta['slices'])} slices, merged with `python -m benchmarks.merge`; "
+                  "wall time below is their sum.", ""]
     reduced = _preset_differences(meta, opts)
     if reduced:
         lines += [f"Settings changed from `--preset {opts.get('preset', 'full')}` for this run: {reduced}.", ""]
     lines += [
         "### Retention on the needle tasks (NIAH single, multi-key, multi-value, multi-query)", "",
         retention_table(result, needle_only=True), "",
-        "### Retention on all six tasks", "", retention_table(result, needle_only=False), "",
+        f"### Retention on all {_count(len(opts['tasks']))} tasks", "", retention_table(result, needle_only=False), "",
         f"### Retention per task at {_pct(low)} keep", "", retention_by(result, "task", low), "",
         f"### Retention per prompt length at {_pct(low)} keep", "", retention_by(result, "length", low), "",
+        *ablation_section(result),
         "### Keep ratio actually achieved (kept / all prompt tokens, and kept / prunable context tokens)", "",
         keep_ratio_table(result), "",
         "### Method cost (seconds per sample; scoring shared by all keep rates; LongLLMLingua per call)", "",
@@ -432,6 +297,11 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
               f"{wall['selection_seconds']:.0f} s, base answers {wall['accuracy_seconds']:.0f} s). "
               f"Machine: {_machine(meta)}.", ""]
     return lines
+
+
+def _count(n: int) -> str:
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    return words[n] if 0 <= n < len(words) else str(n)
 
 
 def _machine(meta: Mapping[str, Any]) -> str:

@@ -65,8 +65,11 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z")
 
 
-def command_line(prog: str, opts: Any, skip: tuple[str, ...] = ("preset", "plots")) -> str:
-    """The explicit command that reproduces a run (every option of the dataclass ``opts`` spelled out)."""
+def command_line(prog: str, opts: Any, skip: tuple[str, ...] = ("plots",)) -> str:
+    """The explicit command that reproduces a run (every option of the dataclass ``opts`` spelled out).
+
+    Lists become ``--flag a b``, dicts ``--flag name='JSON' ...``; None values are left out.
+    """
     parts = [prog]
     for key, value in asdict(opts).items():
         if key in skip or value is None:
@@ -75,7 +78,8 @@ def command_line(prog: str, opts: Any, skip: tuple[str, ...] = ("preset", "plots
         if isinstance(value, list):
             parts.append(f"{flag} {' '.join(str(v) for v in value)}" if value else flag)
         elif isinstance(value, dict):
-            parts.extend(f"{flag} {name}={_compact_json(v)}" for name, v in value.items())
+            if value:
+                parts.append(f"{flag} " + " ".join(f"{name}={_compact_json(v)}" for name, v in value.items()))
         else:
             parts.append(f"{flag} {value}")
     return " ".join(parts)

@@ -170,8 +170,9 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
     import torch
     from tqdm.auto import tqdm
 
+    from benchmarks.catalog import build_method
     from benchmarks.corpus import load_corpus
-    from benchmarks.methods import PreparedSample, build_method, prepare_sample
+    from benchmarks.methods import PreparedSample, prepare_sample
     from benchmarks.runinfo import machine_info, set_threads, timestamp, versions
     from benchmarks.tasks import generate_sample
     from specprefill.backends.base import BaseRequest, GenerationParams
@@ -197,7 +198,7 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
                 packaged_minilm_dir()
                 resources["embed"] = PackagedEmbedder().embed
             methods.append(build_method(name, **resources))
-        except (ImportError, OSError, ValueError, RuntimeError) as exc:
+        except (ImportError, OSError, ValueError, RuntimeError) as exc:  # ConfigurationError is a ValueError
             skipped[name] = str(exc)
     count = speculator.count_tokens
     corpus = load_corpus(count_tokens=count)
@@ -249,7 +250,8 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
         rows.append(TTFTRow(p.n_tokens, "full", 1.0, p.n_tokens, 1.0, 0.0, full, full, full, 1.0,
                             0.0, 1.0, 1.0, 1.0, len(full_runs[n])))
         for method in methods:
-            lookahead = int(method.name.removeprefix("specprefill-lah")) if method.name.startswith("specprefill") else 0
+            config = getattr(method, "config", None)
+            lookahead = int(config.lookahead) if config is not None else 0
             ratio = speculator_flops(spec_shape, p.n_tokens, lookahead) / base_flops if lookahead else 0.0
             for rate in opts.keep_rates:
                 got = runs[(n, method.name, rate)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import os
 import re
@@ -156,6 +157,13 @@ def test_info_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(data) >= {"version", "extras", "embedded_models", "cache_dir"}
     assert set(data["extras"]) == {"hf", "openai", "vllm", "langchain", "llama-index"}
     assert "installed" in data["embedded_models"]["smollm2-135m"]
+    from specprefill import models
+
+    chooser = getattr(models, "default_dtype", None)  # the loader's choice, where this specprefill has one
+    if chooser is None or importlib.util.find_spec("torch") is None:
+        assert data["default_dtype"] is None
+    else:
+        assert data["default_dtype"]["cpu"] == str(chooser("cpu")).removeprefix("torch.")
 
 
 def test_cli_import_is_light() -> None:
@@ -247,12 +255,23 @@ def test_force_warns_with_the_estimate(caplog: pytest.LogCaptureFixture) -> None
     options.check_size(n_chars - options.CHARS_PER_TOKEN, SpecPrefillConfig(), force=False, source="x.txt")
 
 
-def test_endless_or_huge_input_stops_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_endless_or_huge_input_stops_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     huge = tmp_path / "huge.txt"
     huge.write_bytes(b"a" * (options.read_limit(argparse_namespace(force=False)) + 1))
-    assert cli.main(["prune", str(huge)]) == 2
+    assert cli.main(["prune", str(huge)]) == 2  # a file: estimated from its size, nothing read
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "MiB (stopped reading there)" in err and "--force" in err
+    assert err.startswith("error: ") and "window" in err and "--force" in err
+    import io
+
+    class _Stdin:  # a pipe: no size known, reading stops at the cap
+        buffer = io.BytesIO(huge.read_bytes())
+
+    monkeypatch.setattr(sys, "stdin", _Stdin())
+    assert cli.main(["prune", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: <stdin> is larger than") and "(stopped reading there)" in err and "--force" in err
 
 
 def argparse_namespace(**values: Any) -> Any:

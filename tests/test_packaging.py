@@ -99,6 +99,8 @@ def test_wheel_contents(wheel: Path) -> None:
         "specprefill/__init__.py",
         "specprefill/py.typed",
         "specprefill/scoring.py",
+        "specprefill/cli/__init__.py",
+        "specprefill/bench/overhead.py",
         "langchain_specprefill/__init__.py",
         "langchain_specprefill/py.typed",
         "llama_index/postprocessor/specprefill/__init__.py",
@@ -108,7 +110,8 @@ def test_wheel_contents(wheel: Path) -> None:
     for forbidden in ("llama_index/__init__.py", "llama_index/postprocessor/__init__.py",
                       "llama_index/llms/__init__.py"):
         assert forbidden not in names, forbidden
-    assert not any(n.startswith(("tests/", "examples/", "core/", "integrations/")) for n in names)
+    assert not any(n.startswith(("tests/", "examples/", "core/", "integrations/", "benchmarks/")) for n in names)
+    assert not any(n.startswith("specprefill/bench/") and n.endswith(("quality.py", "tasks.py")) for n in names)
     assert not any("__pycache__" in n for n in names)
 
 

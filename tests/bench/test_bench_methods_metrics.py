@@ -8,6 +8,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from benchmarks.catalog import build_method
+from benchmarks.llmlingua import align_subsequence
 from benchmarks.methods import (
     ChunkMethod,
     EmbeddingRetrieval,
@@ -15,9 +17,7 @@ from benchmarks.methods import (
     HeadTail,
     PreparedSample,
     RandomChunks,
-    align_subsequence,
     broadcast_chunk_scores,
-    build_method,
     context_budget,
     head_tail_importance,
     prepare_sample,

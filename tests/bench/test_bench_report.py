@@ -149,9 +149,25 @@ def test_saved_commands_are_shown_in_todays_spelling() -> None:
 
 
 def test_module_exports_resolve() -> None:
-    from benchmarks import corpus, merge, methods, metrics, runinfo, tasks
+    from benchmarks import (
+        ablation,
+        catalog,
+        corpus,
+        llmlingua,
+        merge,
+        methods,
+        metrics,
+        plan,
+        plots,
+        quality_options,
+        runinfo,
+        tables,
+        tasks,
+        variants,
+    )
 
-    for module in (corpus, tasks, methods, metrics, runinfo, quality, ttft, report, merge):
+    for module in (corpus, tasks, methods, catalog, llmlingua, metrics, runinfo, quality, quality_options, ttft,
+                   report, merge, plan, plots, tables, ablation, variants):
         assert module.__doc__
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -13,7 +13,7 @@ from specprefill.cli.errors import EXIT_OK
 from specprefill.cli.output import write_json
 from specprefill.errors import ModelLoadError
 
-__all__ = ["EXTRAS", "add_parser", "collect", "embedded_model_status", "run", "version"]
+__all__ = ["EXTRAS", "add_parser", "collect", "default_dtypes", "embedded_model_status", "run", "version"]
 
 EXTRAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hf", ("torch", "transformers", "accelerate", "gguf", "safetensors")),
@@ -86,6 +86,28 @@ def embedded_model_status(name: str) -> dict[str, Any]:
     }
 
 
+def default_dtypes() -> dict[str, str] | None:
+    """The dtype ``dtype=None`` loads models in, per available device (None without torch or the chooser).
+
+    Uses :func:`specprefill.models.default_dtype`, the loader's own choice (bfloat16 only where the hardware
+    runs it natively), and torch's CPU capability for context.
+    """
+    if importlib.util.find_spec("torch") is None:
+        return None
+    from specprefill import models
+
+    choose = getattr(models, "default_dtype", None)
+    if not callable(choose):
+        return None
+    import torch
+
+    out = {"cpu": str(choose("cpu")).removeprefix("torch."),
+           "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+    if torch.cuda.is_available():
+        out["cuda"] = str(choose("cuda")).removeprefix("torch.")
+    return out
+
+
 def collect() -> dict[str, Any]:
     """Everything ``info`` shows, as JSON-ready data."""
     from specprefill.models import EMBEDDED_MODELS, cache_dir
@@ -96,6 +118,7 @@ def collect() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "extras": extras,
         "embedded_models": {name: embedded_model_status(name) for name in EMBEDDED_MODELS},
+        "default_dtype": default_dtypes(),
         "cache_dir": str(cache_dir()),
     }
 
@@ -122,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"  {'':<12} dense copy: {m['dense_copy'] or '(made on first use, ~20 s)'}")
         else:
             lines.append(f"  {'':<12} {m['problem']}")
+    dtypes = payload["default_dtype"]
+    if dtypes:
+        devices = ", ".join(f"{k} {v}" for k, v in dtypes.items() if k != "cpu_capability")
+        lines += ["", f"default dtype (dtype=None): {devices}  (CPU kernels: {dtypes['cpu_capability']})"]
     lines += ["", f"cache dir: {payload['cache_dir']}  (set SPECPREFILL_CACHE_DIR to move it)"]
     print("\n".join(lines))
     return EXIT_OK

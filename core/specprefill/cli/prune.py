@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     config = options.build_config(args)
     if args.importance and not args.json:
         raise ConfigurationError("--importance only applies to --json output; add --json")
+    path = Path(args.file).expanduser()
+    if args.file != "-" and path.is_file():  # a known size: the estimate comes before anything is read
+        options.check_size(path.stat().st_size, config, force=args.force, source=args.file)
     text, source = read_text_input(args.file, max_bytes=options.read_limit(args))
     if not text.strip():
         raise EmptyPromptError(f"{source} is empty; nothing to prune")
