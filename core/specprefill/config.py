@@ -140,8 +140,8 @@ class SpecPrefillConfig(BaseModel):
     def paper(cls, **overrides: Any) -> Self:
         """The paper's exact "Full LAH" algorithm: chunks of 32, look-ahead 8, kernel 13, mean over queries.
 
-        No observation window, and the chunk grid runs from token 0 (no segments). Fields outside the algorithm (``keep_rate``, protection, budgets) keep
-        their defaults unless overridden.
+        No observation window, and the chunk grid runs from token 0 (no segments). Fields outside the
+        algorithm (``keep_rate``, protection, budgets) keep their defaults unless overridden.
 
         Args:
             **overrides: Fields to change on top of the preset, e.g. ``keep_rate=0.1``.
