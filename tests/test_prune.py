@@ -104,7 +104,8 @@ def score_once(speculator: Any) -> Iterator[Callable[..., Any]]:
 
     def cached(input_ids: Any, config: SpecPrefillConfig) -> Any:
         key = (tuple(int(t) for t in input_ids), config.lookahead, config.pool_kernel,
-               config.max_speculator_tokens, config.window_query_tokens)
+               config.max_speculator_tokens, config.window_query_tokens,
+               config.observation_window, config.query_reduction, config.query_mix)
         if key not in cache:
             cache[key] = original(input_ids, config)
         return cache[key]
