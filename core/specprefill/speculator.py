@@ -360,7 +360,6 @@ class Speculator(ABC):
             input_ids=list(ids),
             kept_indices=kept,
             kept_token_ids=[ids[i] for i in kept],
-            position_ids=[int(i) for i in kept],
             text=text,
             stats=stats,
             importance=scored.importance,
