@@ -190,7 +190,7 @@ class Speculator(ABC):
                     raise SpeculatorError(f"speculator {self.name!r} failed: {exc}") from exc
                 reason = self._fallback_reason(exc)
         return ScoredPrompt(
-            **{f.name: getattr(prepared, f.name) for f in fields(prepared)},
+            **{f.name: getattr(prepared, f.name) for f in fields(PreparedPrompt)},
             segments=starts,
             importance=result.importance if result else None,
             speculator_seconds=time.perf_counter() - start,
