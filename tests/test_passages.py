@@ -28,7 +28,7 @@ def spec() -> CharSpeculator:
 
 def test_layout_numbers_passages_skips_empty_ones_and_shifts_protected_spans() -> None:
     layout = layout_passages(
-        [Passage("alpha"), Passage("  "), Passage("beta", header=" title:\n B ", protected=((1, 3), (2, 99)))],
+        [Passage("alpha"), Passage("  "), Passage("beta", header=" title: B\n", protected=((1, 3), (2, 99)))],
         "why?",
     )
     assert layout.content == "Passages:\n\n[1]\nalpha\n\n[2] title: B\nbeta\n\nQuestion: why?"

@@ -430,3 +430,13 @@ async def test_ascore_prompt_matches_score_prompt() -> None:
     b = spec.score_prompt("abcXYZdefghijklm", segments=[(3, 6)], **FAST)
     assert a.segments == b.segments and a.importance is not None and b.importance is not None
     np.testing.assert_array_equal(a.importance, b.importance)
+
+
+def test_score_prompt_accepts_a_prepared_or_scored_prompt() -> None:
+    spec = CharSpeculator()
+    prepared = spec.prepare("abcXYZdefghijklm")
+    scored = spec.score_prompt(prepared, protected_spans=[(0, 2)], segments=[3], **FAST)
+    assert scored.protected.tolist()[:4] == [True, True, True, False]  # the zero-width BOS sits at 0
+    assert scored.segments == [4] and not prepared.protected.any()  # the input is not changed
+    again = spec.score_prompt(scored, **FAST)  # a scored prompt is a prepared one: scored afresh
+    assert again.segments is None and again.protected.tolist() == scored.protected.tolist()

@@ -262,6 +262,23 @@ def test_needle_fact_survives_keep_rate_02(speculator: Any, position: float) -> 
     assert "7342" in r.text, f"fact dropped; kept text: {r.text[:400]!r}"
 
 
+def test_sentence_segments_exact_token_budget_and_needle(speculator: Any) -> None:
+    prompt = (f"Read the text and answer the question.\n\n{filler(30, seed=7)} {FACT} {filler(30, seed=107)}\n\n"
+              f"Question: {QUESTION}\nAnswer:")
+    cfg = SpecPrefillConfig(keep_rate=0.2, segment_by="sentences")
+    scored = speculator.score_prompt(prompt, cfg)
+    assert scored.segments is not None and len(scored.segments) >= 60  # one per sentence at least
+    assert scored.text is not None and scored.offsets is not None
+    fact_start = scored.text.index(FACT)
+    assert any(scored.offsets[t][0] >= fact_start - 1 and scored.offsets[t][0] <= fact_start for t in scored.segments)
+    r = speculator.select(scored, cfg)
+    budget = math.ceil(0.2 * int((~scored.protected).sum()))
+    assert r.stats.tokens_kept == budget and not scored.protected.any()  # a text prompt: nothing protected
+    assert r.stats.chunks_total == len(chunk_bounds(r.original_length, cfg.chunk_size, scored.segments))
+    assert "7342" in r.text
+    assert speculator.prune(prompt, cfg).kept_indices.tolist() == r.kept_indices.tolist()
+
+
 def test_needle_in_chat_with_short_question_protection(speculator: Any) -> None:
     doc = f"{filler(30, seed=11)} {FACT} {filler(30, seed=12)}"
     messages = [{"role": "user", "content": f"{doc}\n\n{QUESTION}"}]

@@ -41,7 +41,6 @@ def _result(
         input_ids=list(range(100, 100 + n)),
         kept_indices=np.asarray(kept, dtype=np.int64),
         kept_token_ids=[100 + i for i in kept],
-        position_ids=list(kept),
         text="kept & text",
         stats=stats,
         importance=None if importance is None else np.asarray(importance, dtype=np.float32),

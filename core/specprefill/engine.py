@@ -480,7 +480,6 @@ def _bare_prune(prompt: Prompt, tokens: int, speculator: str, reason: str | None
         input_ids=ids,
         kept_indices=np.arange(n, dtype=np.int64),
         kept_token_ids=ids,
-        position_ids=list(range(n)) if ids else [],
         text=text,
         stats=stats,
         source_text=text or None,

@@ -135,7 +135,7 @@ def layout_passages(
     for i, passage in enumerate(passages):
         if not passage.text.strip():
             continue
-        head = scrub_surrogates(" ".join(passage.header.split()))
+        head = scrub_surrogates(passage.header.strip())
         header = f"\n\n[{len(indices) + 1}]" + (f" {head}\n" if head else "\n")
         start = cursor + len(header)
         parts += [header, scrub_surrogates(passage.text)]

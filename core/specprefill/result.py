@@ -58,7 +58,7 @@ class PruneResult:
 
     ``kept_token_ids`` with ``position_ids`` feed a base model with the same tokenizer (positions are the
     original indices, decoding continues at ``original_length``); ``text`` / ``messages`` feed a base with
-    another tokenizer.
+    another tokenizer. ``position_ids`` is derived from ``kept_indices``.
     """
 
     original_length: int
@@ -69,8 +69,6 @@ class PruneResult:
     """Sorted indices of the kept tokens."""
     kept_token_ids: list[int]
     """Token ids of the kept tokens, in order."""
-    position_ids: list[int]
-    """Original positions of the kept tokens (equal to ``kept_indices``)."""
     text: str
     """Kept text: the kept character spans in order, joined with the config's ``gap_marker``."""
     stats: PruneStats
@@ -87,6 +85,11 @@ class PruneResult:
     """For chat prompts: the messages with each content cut down to its kept spans."""
     lookahead_token_ids: list[int] = field(default_factory=list)
     """Tokens the speculator decoded during look-ahead (useful for debugging and tests)."""
+
+    @property
+    def position_ids(self) -> list[int]:
+        """Original positions of the kept tokens: ``kept_indices`` as a list of ints (derived, not stored)."""
+        return [int(i) for i in self.kept_indices]
 
     @property
     def dropped_indices(self) -> npt.NDArray[np.int64]:

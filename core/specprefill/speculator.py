@@ -190,7 +190,7 @@ class Speculator(ABC):
                     raise SpeculatorError(f"speculator {self.name!r} failed: {exc}") from exc
                 reason = self._fallback_reason(exc)
         return ScoredPrompt(
-            **{f.name: getattr(prepared, f.name) for f in fields(prepared)},
+            **{f.name: getattr(prepared, f.name) for f in fields(PreparedPrompt)},
             segments=starts,
             importance=result.importance if result else None,
             speculator_seconds=time.perf_counter() - start,
@@ -360,7 +360,6 @@ class Speculator(ABC):
             input_ids=list(ids),
             kept_indices=kept,
             kept_token_ids=[ids[i] for i in kept],
-            position_ids=[int(i) for i in kept],
             text=text,
             stats=stats,
             importance=scored.importance,

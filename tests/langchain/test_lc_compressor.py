@@ -112,7 +112,7 @@ async def test_real_speculator_prunes_for_the_question(speculator: Any) -> None:
     assert all(s["pruned"] and 32 <= s["tokens_kept"] < s["tokens_in"] for s in stats)
     total_in = sum(s["tokens_in"] for s in stats)
     total_kept = sum(s["tokens_kept"] for s in stats)
-    assert 0.2 < total_kept / total_in < 0.45  # ~keep_rate of the chunks (chunks straddle document edges)
+    assert 0.2 < total_kept / total_in < 0.45  # keep_rate of the document tokens, plus the per-document minimum
     assert stats[0]["speculator_seconds"] > 0 and stats[0]["prompt_tokens_in"] > total_in
     assert all(len(d.page_content) < len(i.page_content) for d, i in zip(out, inputs, strict=True))
     again = await c.acompress_documents(inputs, question)
