@@ -97,8 +97,8 @@ def test_plugin_active_in_every_worker(engines: dict[str, Any], tiny_llama_dir: 
     assert backend.worker_status and all(s["active"] for s in backend.worker_status)
     assert backend.runner == vllm_plugin.active_runner(backend.llm) in ("mrv1", "mrv2")
     assert {s["runner"] for s in backend.worker_status} == {backend.runner}
-    assert vllm_plugin.process_status()["installed"] == {"mrv1": True, "mrv2": True}
-    assert vllm_plugin.enable() == ("mrv1", "mrv2")  # idempotent
+    assert vllm_plugin.process_status()["installed"] == {"mrv1": True, "mrv2": True, "frontend": True}
+    assert vllm_plugin.enable() == ("mrv1", "mrv2", "frontend")  # idempotent
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -299,7 +299,7 @@ def test_missing_hook_point_fails_loudly(monkeypatch: pytest.MonkeyPatch, caplog
     monkeypatch.delattr(model_states, "resolve_model_state_cls")
     with pytest.raises(vllm_plugin.VLLMPluginError, match=r"hook point .*resolve_model_state_cls.* is missing"):
         vllm_plugin.enable()
-    assert vllm_plugin.enable(strict=False) == ("mrv1",)
+    assert vllm_plugin.enable(strict=False) == ("mrv1", "frontend")
     assert "resolve_model_state_cls" in vllm_plugin.process_status()["errors"]["mrv2"]
     assert "is missing" in caplog.text
 
