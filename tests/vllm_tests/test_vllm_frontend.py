@@ -121,3 +121,29 @@ def test_a_missing_hook_point_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(VLLMPluginError, match="process_inputs is missing"):
         frontend.install()
     assert not frontend.installed()
+
+
+def test_with_vllm_a_rejection_is_also_vllms_validation_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AsyncLLM.generate turns a plain ValueError into an HTTP 500; VLLMValidationError becomes a 400."""
+
+    class VLLMValidationError(ValueError):
+        def __init__(self, message: str, *, parameter: str | None = None, value: Any = None) -> None:
+            super().__init__(message)
+            self.parameter = parameter
+
+    fake = types.ModuleType("vllm.exceptions")
+    fake.VLLMValidationError = VLLMValidationError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.exceptions", fake)
+    monkeypatch.setattr(frontend, "_client_error_class", frontend._client_error_class.__wrapped__)
+    with pytest.raises(VLLMValidationError) as info:
+        run(FakeProcessor(), {"prompt_token_ids": [1, 2, 3]}, PMAP.to_xargs())
+    assert isinstance(info.value, PositionMapRejectedError)
+    assert info.value.parameter == "vllm_xargs" and "keeps 5 tokens" in str(info.value)
+
+
+def test_without_vllm_the_plain_rejection_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm.exceptions", None)  # import fails
+    monkeypatch.setattr(frontend, "_client_error_class", frontend._client_error_class.__wrapped__)
+    with pytest.raises(PositionMapRejectedError) as info:
+        run(FakeProcessor(), {"prompt_token_ids": [1, 2, 3]}, PMAP.to_xargs())
+    assert type(info.value) is PositionMapRejectedError

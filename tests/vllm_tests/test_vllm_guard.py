@@ -95,6 +95,16 @@ def test_hostile_maps_are_rejected_with_the_rule(runs: Any, n: Any, rule: str) -
         check(runs, n)
 
 
+def test_a_prompt_that_may_hold_generated_tokens_bounds_the_kept_count_from_above() -> None:
+    """Workers see a preempted request again with its output appended to the prompt."""
+    grown = check_request_map(xargs([0, 3, 10, 2], 20), prompt_len=7, max_model_len=100, prompt_may_grow=True)
+    assert grown is not None and grown.n_kept == 5
+    with pytest.raises(PositionMapRejectedError, match="keeps 5 tokens but the prompt has 4; it must be at most"):
+        check_request_map(xargs([0, 3, 10, 2], 20), prompt_len=4, max_model_len=100, prompt_may_grow=True)
+    with pytest.raises(PositionMapRejectedError, match="they must be equal"):
+        check_request_map(xargs([0, 3, 10, 2], 20), prompt_len=7, max_model_len=100)
+
+
 def test_one_key_without_the_other_is_rejected() -> None:
     with pytest.raises(PositionMapRejectedError, match="not 'specprefill_orig_len'"):
         check_request_map({XARG_RUNS: [0, 1]}, prompt_len=1, max_model_len=10)

@@ -80,7 +80,8 @@ def map_for_request(
 ) -> PositionMap | None:
     """The position map a new request asks for, or None (ordinary request, or one that cannot be honoured).
 
-    The map is bounds-checked against ``prompt_len`` and ``max_model_len`` before its runs are read
+    The map is bounds-checked against ``prompt_len`` (which, for a request resumed after preemption, may
+    include generated tokens, so the kept count must be at most it) and ``max_model_len`` before its runs are read
     (:func:`~specprefill.vllm_plugin.guard.check_request_map`). Never raises: the engine must not die because
     one request sent malformed ``extra_args``. Problems are logged as errors and the request runs at vLLM's
     own (compacted) positions; the API-server guard (:mod:`.server`) refuses such requests with a 400 reply
@@ -90,7 +91,7 @@ def map_for_request(
     if not extra:
         return None
     try:
-        pmap = check_request_map(extra, prompt_len=prompt_len, max_model_len=max_model_len)
+        pmap = check_request_map(extra, prompt_len=prompt_len, max_model_len=max_model_len, prompt_may_grow=True)
     except PositionSpecError as exc:
         _log_error("specprefill: request %s has malformed position extra_args (%s); not restored", req_id, exc)
         return None

@@ -6,9 +6,10 @@ engine core and scheduled. For each request the wrapper:
 
 1. bounds-checks the client's position map with :func:`~.guard.check_request_map` BEFORE vLLM copies the
    sampling parameters (the copy is proportional to the map's size). A rejected map raises
-   :class:`~.guard.PositionMapRejectedError`, a ``ValueError``, which vLLM's OpenAI server answers with an
-   HTTP 400 reply, so it can never run at compacted positions that the client would read as
-   ``positions="original"``;
+   :class:`~.guard.PositionMapRejectedError`, raised as a subclass that is also vLLM's
+   ``VLLMValidationError`` (a plain ``ValueError`` would become an HTTP 500 ``EngineGenerateError`` in
+   ``AsyncLLM.generate``), so vLLM's OpenAI server answers with HTTP 400 and the broken rule, and the
+   request never runs at compacted positions that the client would read as ``positions="original"``;
 2. sets the request's ``cache_salt`` to :func:`~.guard.enforced_salt`: derived from the map for a request
    with positions, moved out of that namespace for one without. The client's salt is never trusted alone.
 
@@ -68,6 +69,27 @@ def _prompt_length(prompt: Any) -> int | None:
     return None
 
 
+@functools.cache
+def _client_error_class() -> type[PositionMapRejectedError]:
+    """``PositionMapRejectedError`` that vLLM's servers also map to HTTP 400 (plain class without vLLM)."""
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:
+        return PositionMapRejectedError
+
+    class RejectedByVLLMError(VLLMValidationError, PositionMapRejectedError):  # type: ignore[misc]
+        """A rejected position map, as vLLM's own request-validation error."""
+
+    return RejectedByVLLMError
+
+
+def _rejected(exc: PositionMapRejectedError) -> PositionMapRejectedError:
+    cls = _client_error_class()
+    if cls is PositionMapRejectedError:
+        return exc
+    return cls(str(exc), parameter="vllm_xargs")  # type: ignore[call-arg]
+
+
 def _request_of(result: Any) -> Any:
     """The ``EngineCoreRequest`` in ``process_inputs``' result (older releases return ``(prompt, request)``)."""
     return result[-1] if isinstance(result, tuple) else result
@@ -86,9 +108,17 @@ def guard_request(processor: Any, prompt: Any, params: Any, call: Callable[[], A
         What ``call()`` returned, with the request's ``cache_salt`` replaced.
 
     Raises:
-        PositionMapRejectedError: The map breaks a bound (vLLM answers it with HTTP 400).
+        PositionMapRejectedError: The map breaks a bound; with vLLM installed it is also a
+            ``VLLMValidationError`` (HTTP 400).
 
     """
+    try:
+        return _guarded(processor, prompt, params, call)
+    except PositionMapRejectedError as exc:
+        raise _rejected(exc) from None
+
+
+def _guarded(processor: Any, prompt: Any, params: Any, call: Callable[[], Any]) -> Any:
     extra = getattr(params, "extra_args", None)
     max_model_len = getattr(getattr(processor, "model_config", None), "max_model_len", None)
     pmap = None

@@ -125,7 +125,11 @@ def check_run_count(runs: Any, *, max_tokens: int) -> Sequence[Any]:
 
 
 def check_request_map(
-    extra_args: Mapping[str, Any] | None, *, prompt_len: int | None, max_model_len: int | None
+    extra_args: Mapping[str, Any] | None,
+    *,
+    prompt_len: int | None,
+    max_model_len: int | None,
+    prompt_may_grow: bool = False,
 ) -> PositionMap | None:
     """The validated position map of one request, or None when it carries no position keys.
 
@@ -137,6 +141,9 @@ def check_request_map(
         prompt_len: Number of prompt token ids vLLM will prefill (None: not known yet; then only the bounds
             that ``max_model_len`` implies are checked and the kept count is not).
         max_model_len: The engine's context length (None: :data:`MAX_POSITION`).
+        prompt_may_grow: ``prompt_len`` may include generated tokens (a worker sees a preempted request
+            again as a new one whose prompt holds its output so far): the kept count must then be at most
+            ``prompt_len`` instead of equal to it.
 
     Returns:
         The map (possibly the identity map), or None.
@@ -158,9 +165,10 @@ def check_request_map(
         pmap = PositionMap.from_runs(values, n)
     except PositionSpecError as exc:
         raise PositionMapRejectedError(str(exc)) from exc
-    if prompt_len is not None and pmap.n_kept != prompt_len:
+    if prompt_len is not None and (pmap.n_kept > prompt_len if prompt_may_grow else pmap.n_kept != prompt_len):
+        rule = "it must be at most that" if prompt_may_grow else "they must be equal"
         raise PositionMapRejectedError(
-            f"{XARG_RUNS} keeps {pmap.n_kept} tokens but the prompt has {prompt_len}; they must be equal"
+            f"{XARG_RUNS} keeps {pmap.n_kept} tokens but the prompt has {prompt_len}; {rule}"
         )
     return pmap
 
