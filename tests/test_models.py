@@ -214,6 +214,26 @@ def test_an_old_format_copy_is_not_reused(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert converted == ["torch"]
 
 
+def test_cached_dense_dir_finds_only_a_finished_current_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import specprefill.models as models
+
+    monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "pkg" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"gguf")
+    monkeypatch.setattr(models, "embedded_gguf_path", lambda name: gguf)
+    assert models.cached_dense_dir("smollm2") is None
+    target = models.dense_copy_dir(gguf, label="smollm2-135m")
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    assert models.cached_dense_dir("smollm2") is None  # no weights yet
+    (target / "model.safetensors").write_bytes(b"")
+    assert models.cached_dense_dir("smollm2") == target
+    assert models.cached_dense_dir("gemma3-270m") is None  # pieces never assembled here
+    with pytest.raises(KeyError):
+        models.cached_dense_dir("not-a-model")
+
+
 @needs_model
 @pytest.mark.integration
 def test_dense_copy_holds_the_gguf_values_exactly() -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "EmbeddedModel",
     "cache_dir",
+    "cached_dense_dir",
     "default_dtype",
     "dense_copy_dir",
     "embedded_gguf_path",
@@ -290,6 +291,27 @@ def dense_copy_dir(gguf: Path, *, label: str) -> Path:
     stat = gguf.stat()
     digest = hashlib.sha1(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:10]
     return cache_dir() / DENSE_FORMAT / f"{label}-{digest}"
+
+
+def cached_dense_dir(name: str) -> Path | None:
+    """The existing de-quantised folder of an embedded model, or None; never converts or assembles anything.
+
+    Args:
+        name: An embedded model name or alias, e.g. ``"smollm2-135m"``.
+
+    Raises:
+        KeyError: ``name`` is not an embedded model.
+
+    """
+    entry = EMBEDDED_MODELS[_canonical(name)]
+    try:
+        gguf = cache_dir() / "gguf" / entry.filename if entry.parts else embedded_gguf_path(entry.name)
+    except ModelLoadError:
+        return None
+    if not gguf.is_file():
+        return None
+    target = dense_copy_dir(gguf, label=entry.name)
+    return target if (target / "config.json").is_file() and (target / "model.safetensors").is_file() else None
 
 
 def _dense_copy(gguf: Path, *, label: str) -> Path:

@@ -97,8 +97,8 @@ def test_plugin_active_in_every_worker(engines: dict[str, Any], tiny_llama_dir: 
     assert backend.worker_status and all(s["active"] for s in backend.worker_status)
     assert backend.runner == vllm_plugin.active_runner(backend.llm) in ("mrv1", "mrv2")
     assert {s["runner"] for s in backend.worker_status} == {backend.runner}
-    assert vllm_plugin.process_status()["installed"] == {"mrv1": True, "mrv2": True}
-    assert vllm_plugin.enable() == ("mrv1", "mrv2")  # idempotent
+    assert vllm_plugin.process_status()["installed"] == {"mrv1": True, "mrv2": True, "frontend": True}
+    assert vllm_plugin.enable() == ("mrv1", "mrv2", "frontend")  # idempotent
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -149,13 +149,24 @@ def test_prefix_caching_needs_the_position_salt(engines: dict[str, Any], tiny_ll
     ids = [full[i] for i in kept]
     # 1. the kept ids as an ordinary prompt: its KV blocks (compacted positions) enter the prefix cache
     run_raw(backend, [(ids, list(range(len(ids))), len(ids))])
-    # 2. without the salt the pruned request silently reuses those blocks: wrong positions in the KV
-    (unsalted,) = run_raw(backend, [(ids, kept, N)], salt=False)
+    # 2. stock vLLM (front-end guard removed): without the salt the pruned request silently reuses those
+    #    blocks, computed at other positions
+    from specprefill.vllm_plugin import frontend
+
+    frontend.uninstall()
+    try:
+        (unsalted,) = run_raw(backend, [(ids, kept, N)], salt=False)
+    finally:
+        frontend.install()
     _, ref_logprobs = hf_greedy(hf_tiny, ids, kept, N, STEPS)
     wrong = max(abs(a - b) for a, b in zip(vllm_logprobs(unsalted.outputs[0]), ref_logprobs, strict=False))
     assert unsalted.num_cached_tokens and unsalted.num_cached_tokens > 0
-    record_exactness("prefix caching, pruned WITHOUT salt (must differ)", 0, 0, wrong)
+    record_exactness("prefix caching, pruned WITHOUT salt, no guard (must differ)", 0, 0, wrong)
     assert wrong > 10 * TOL
+    # 2b. with the guard the server salts the same client request itself: no reuse, exact
+    (guarded,) = run_raw(backend, [(ids, kept, N)], salt=False)
+    assert not guarded.num_cached_tokens
+    compare("prefix caching, pruned without client salt, server-enforced salt", hf_tiny, guarded, ids, kept, N)
     # 3. with the salt the backend sends: no reuse of the plain blocks, exact
     (salted,) = run_raw(backend, [(ids, kept, N)])
     assert not salted.num_cached_tokens
@@ -299,7 +310,7 @@ def test_missing_hook_point_fails_loudly(monkeypatch: pytest.MonkeyPatch, caplog
     monkeypatch.delattr(model_states, "resolve_model_state_cls")
     with pytest.raises(vllm_plugin.VLLMPluginError, match=r"hook point .*resolve_model_state_cls.* is missing"):
         vllm_plugin.enable()
-    assert vllm_plugin.enable(strict=False) == ("mrv1",)
+    assert vllm_plugin.enable(strict=False) == ("mrv1", "frontend")
     assert "resolve_model_state_cls" in vllm_plugin.process_status()["errors"]["mrv2"]
     assert "is missing" in caplog.text
 

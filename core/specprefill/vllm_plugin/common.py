@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from specprefill.errors import BackendError
-from specprefill.vllm_plugin.positions import PositionMap, PositionSpecError, parse_xargs
+from specprefill.vllm_plugin.guard import check_request_map
+from specprefill.vllm_plugin.positions import PositionMap, PositionSpecError
 
-__all__ = ["VLLMPluginError", "map_for_request", "unsupported_reason"]
+__all__ = ["VLLMPluginError", "map_for_request", "prompt_length", "unsupported_reason"]
 
 logger = logging.getLogger("specprefill.vllm_plugin")
 
@@ -63,19 +64,34 @@ def _log_error(message: str, *args: Any) -> None:
         logger.error(message, *args)
 
 
+def prompt_length(new_request: Any) -> int | None:
+    """Prompt token count of a scheduler ``NewRequestData`` (None when it carries embeddings instead)."""
+    ids = getattr(new_request, "prompt_token_ids", None)
+    return None if ids is None else len(ids)
+
+
 def map_for_request(
-    req_id: str, sampling_params: Any, *, max_model_len: int | None, unsupported: str | None
+    req_id: str,
+    sampling_params: Any,
+    *,
+    max_model_len: int | None,
+    unsupported: str | None,
+    prompt_len: int | None = None,
 ) -> PositionMap | None:
     """The position map a new request asks for, or None (ordinary request, or one that cannot be honoured).
 
-    Never raises: the engine must not die because one request sent malformed ``extra_args``. Problems are
-    logged as errors and the request runs at vLLM's own (compacted) positions.
+    The map is bounds-checked against ``prompt_len`` (which, for a request resumed after preemption, may
+    include generated tokens, so the kept count must be at most it) and ``max_model_len`` before its runs are read
+    (:func:`~specprefill.vllm_plugin.guard.check_request_map`). Never raises: the engine must not die because
+    one request sent malformed ``extra_args``. Problems are logged as errors and the request runs at vLLM's
+    own (compacted) positions; the API-server guard (:mod:`.server`) refuses such requests with a 400 reply
+    before they get here.
     """
     extra = getattr(sampling_params, "extra_args", None) if sampling_params is not None else None
     if not extra:
         return None
     try:
-        pmap = parse_xargs(extra)
+        pmap = check_request_map(extra, prompt_len=prompt_len, max_model_len=max_model_len, prompt_may_grow=True)
     except PositionSpecError as exc:
         _log_error("specprefill: request %s has malformed position extra_args (%s); not restored", req_id, exc)
         return None
@@ -83,14 +99,6 @@ def map_for_request(
         return None
     if unsupported is not None:
         _log_error("specprefill: request %s carries original positions but %s; not restored", req_id, unsupported)
-        return None
-    if max_model_len is not None and pmap.original_length > max_model_len:
-        _log_error(
-            "specprefill: request %s has original length %d > max_model_len=%d; positions not restored",
-            req_id,
-            pmap.original_length,
-            max_model_len,
-        )
         return None
     max_tokens = getattr(sampling_params, "max_tokens", None)
     if max_model_len is not None and max_tokens is not None and pmap.original_length + int(max_tokens) > max_model_len:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from specprefill.vllm_plugin.common import VLLMPluginError, map_for_request, unsupported_reason
+from specprefill.vllm_plugin.common import VLLMPluginError, map_for_request, prompt_length, unsupported_reason
 from specprefill.vllm_plugin.positions import PositionMap
 from specprefill.vllm_plugin.torchmap import restore_request
 
@@ -65,6 +65,7 @@ def rewrite_positions(runner: Any, scheduler_output: Any, num_scheduled_tokens: 
             getattr(new, "sampling_params", None),
             max_model_len=state.max_model_len,
             unsupported=state.unsupported,
+            prompt_len=prompt_length(new),
         )
         if pmap is not None:
             state.maps[new.req_id] = pmap

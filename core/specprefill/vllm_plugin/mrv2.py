@@ -26,7 +26,7 @@ import functools
 import logging
 from typing import Any, cast
 
-from specprefill.vllm_plugin.common import VLLMPluginError, map_for_request, unsupported_reason
+from specprefill.vllm_plugin.common import VLLMPluginError, map_for_request, prompt_length, unsupported_reason
 from specprefill.vllm_plugin.torchmap import RunTable
 
 __all__ = [
@@ -95,6 +95,7 @@ class SpecPrefillStateMixin:
             getattr(new_req_data, "sampling_params", None),
             max_model_len=self._sp_max_model_len,
             unsupported=self.specprefill_reason,
+            prompt_len=prompt_length(new_req_data),
         )
         self._sp_slot_of[req_id] = req_index
         self._sp_table.stage(req_index, pmap)
