@@ -90,11 +90,11 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
     api_key: SecretStr | None = None
     """API key for ``base_url`` (None: ``$OPENAI_API_KEY``, else ``"EMPTY"`` as local servers expect)."""
 
-    timeout: float | None = DEFAULT_TIMEOUT
+    timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
     """Seconds ``base_url`` may stay silent (connect, or between bytes of the answer) before a request
     fails; None waits forever."""
 
-    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    request_timeout: float | None = Field(default=DEFAULT_REQUEST_TIMEOUT, gt=0)
     """Overall deadline of one request to ``base_url`` in seconds, retries and a slowly trickling stream
     included; None: no overall deadline."""
 
