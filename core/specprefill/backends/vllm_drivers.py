@@ -114,17 +114,20 @@ class AsyncDriver:
         finally:
             put(self._END)
 
+    def _more(self, item: Any) -> bool:
+        """False at the end of a request's outputs; raises the error the engine handed over."""
+        if item is self._END:
+            return False
+        if isinstance(item, BaseException):
+            raise item
+        return True
+
     def run(self, prompt: dict[str, Any], params: Any) -> Iterator[Any]:
         """Yield one request's outputs to a caller on any thread."""
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         future = asyncio.run_coroutine_threadsafe(self._pump(prompt, params, inbox.put), self.loop)
         try:
-            while True:
-                item = inbox.get()
-                if item is self._END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            while self._more(item := inbox.get()):
                 yield item
         finally:
             if not future.done():
@@ -141,12 +144,7 @@ class AsyncDriver:
 
         future = asyncio.run_coroutine_threadsafe(self._pump(prompt, params, put), self.loop)
         try:
-            while True:
-                item = await inbox.get()
-                if item is self._END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            while self._more(item := await inbox.get()):
                 yield item
         finally:
             if not future.done():
