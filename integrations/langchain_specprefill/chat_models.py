@@ -228,7 +228,7 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
             return SpecPrefillEngine(self.speculator, self._openai_backend(self.model))
         from specprefill.factory import load_engine
 
-        return load_engine(self.speculator, base=self.model or None, device=self.device, dtype=self.dtype)
+        return load_engine(self.speculator, base=self.model or DEFAULT_MODEL, device=self.device, dtype=self.dtype)
 
     def _openai_backend(self, model: str | None) -> BaseBackend:
         from specprefill.backends.openai import OpenAIBackend
