@@ -214,3 +214,13 @@ def test_a_stock_server_is_a_definite_no_for_positions(server: LocalOpenAIServer
     b = backend(server)
     out = b.generate(BaseRequest(token_ids=[72, 105, 33], position_ids=[0, 5, 6], original_length=9), PARAMS)
     assert out.positions == "compacted" and b.restore_positions is False
+
+
+def test_refused_positions_are_resent_and_reported_compacted(server: LocalOpenAIServer) -> None:
+    b = backend(server, restore_positions=True)
+    request = BaseRequest(token_ids=[72, 105, 33], position_ids=[0, 5, 6], original_length=9)
+    server.inject(COMPLETIONS, Fault("status", status=400))
+    out = b.generate(request, PARAMS)
+    assert out.text == REPLY and out.positions == "compacted" and b.restore_positions is False
+    first, second = (body for path, body in server.requests if path == COMPLETIONS)
+    assert "vllm_xargs" in first and "vllm_xargs" not in second and second["prompt"] == [72, 105, 33]

@@ -46,6 +46,7 @@ from specprefill.backends.openai_http import (
     check_stream_reply,
     retry_delay,
     retryable,
+    status_of,
     stream_format_error,
 )
 from specprefill.backends.openai_probes import TOKENIZER_PROBE, ServerProbes
@@ -238,7 +239,12 @@ class OpenAIBackend(ServerProbes, BaseBackend):
         progress = Progress(start=time.perf_counter())
         call = self._call(request, params)
         endpoint = self.client.chat.completions if call.chat else self.client.completions
-        events = self._retrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        try:
+            events = self._retrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        except BackendError as exc:
+            if not self._positions_refused(call, exc):
+                raise
+            events = self._retrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
         watchdog = threading.Timer(deadline.remaining(), events.response.close) if deadline.seconds else None
         try:
             if watchdog is not None:
@@ -266,7 +272,12 @@ class OpenAIBackend(ServerProbes, BaseBackend):
         call = await asyncio.to_thread(self._call, request, params)
         client = self.async_client()
         endpoint = client.chat.completions if call.chat else client.completions
-        events = await self._aretrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        try:
+            events = await self._aretrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        except BackendError as exc:
+            if not self._positions_refused(call, exc):
+                raise
+            events = await self._aretrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
         try:
             body = None if _is_event_stream(events.response) else await events.response.aread()
             self._check_reply(events.response, body)
@@ -289,6 +300,16 @@ class OpenAIBackend(ServerProbes, BaseBackend):
         yield StreamChunk("", output=self._output(call, progress))
 
     # --- helpers ------------------------------------------------------------------------------------
+    def _positions_refused(self, call: _Call, exc: BackendError) -> bool:
+        """A request with restored positions was refused (400/422): send it again without, as compacted."""
+        if "extra_body" not in call.kwargs or status_of(exc.__cause__ or exc) not in (400, 422):
+            return False
+        logger.warning("the server at %s refused restored positions; sending compacted positions", self.base_url)
+        self.restore_positions = False
+        del call.kwargs["extra_body"]
+        call.positions = "compacted"
+        return True
+
     def _check_reply(self, response: Any, body: bytes | None) -> None:
         if body is None and not _is_event_stream(response):
             body = response.read()
