@@ -52,7 +52,8 @@ def test_unknown_argument_is_typed_and_lists_what_is_accepted() -> None:
         ("max_new_tokens", 0),
         ("max_new_tokens", 2.0),
         ("max_new_tokens", True),
-        ("stop", ["a"]),
+        ("stop", [1]),
+        ("stop", 5),
     ],
 )
 def test_generation_params_refuse_bad_values(field: str, value: object) -> None:
@@ -64,6 +65,7 @@ def test_generation_params_accept_the_boundaries() -> None:
     params = GenerationParams(max_new_tokens=1, temperature=0, top_p=1, seed=MAX_SEED, stop=("\n",))
     assert params.seed == 2**64 - 1
     assert GenerationParams(seed=0, top_p=1e-9).top_p == 1e-9
+    assert GenerationParams(stop=["a", "b"]).stop == ("a", "b") and GenerationParams(stop="x").stop == ("x",)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("stop", "stop"), ("eos", "stop"), ("length", "length"),

@@ -78,8 +78,14 @@ class GenerationParams:
             raise ConfigurationError(f"top_p must be a finite number in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise ConfigurationError(f"seed must be an integer in [0, 2**64 - 1] or None, got {self.seed!r}")
-        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) for s in self.stop):
-            raise ConfigurationError(f"stop must be a tuple of strings, got {self.stop!r}")
+        stops: object = self.stop
+        if isinstance(stops, str):
+            stops = (stops,)
+        elif isinstance(stops, (list, tuple)):
+            stops = tuple(stops)
+        if not isinstance(stops, tuple) or not all(isinstance(s, str) for s in stops):
+            raise ConfigurationError(f"stop must be a string or a sequence of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", stops)
 
 
 @dataclass(frozen=True)
