@@ -31,8 +31,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.embeddings.specprefill import PackagedEmbedding
 from llama_index.llms.specprefill import STATS_KEY, SpecPrefillLLM
 from llama_index.postprocessor.specprefill import METADATA_KEY, SpecPrefillNodePostprocessor, SpecPrefillPruneEndEvent
-from specprefill import SpecPrefillConfig, SpecPrefillEngine, load_speculator
-from specprefill.backends.transformers import TransformersBackend
+from specprefill import SpecPrefillConfig, load_engine
 
 DOCUMENTS = Path(__file__).parent / "documents"
 QUESTIONS = [
@@ -76,13 +75,12 @@ def build_query_engine(keep_rate: float, llm_keep_rate: float, top_k: int, max_n
     print(f"indexed {len(documents)} documents as {len(index.docstore.docs)} nodes "
           f"in {time.perf_counter() - start:.1f} s")
 
-    # One speculator (loaded once) scores for the postprocessor and the LLM; the base shares its weights.
-    speculator = load_speculator("smollm2-135m")
-    base = TransformersBackend(speculator.model, speculator.tokenizer, name="smollm2-135m")
+    # One model, loaded once, is the speculator (for the postprocessor and the LLM) and the base.
     # The postprocessor already cut the passages; the LLM prunes the assembled prompt once more, at original
     # positions, protecting the template, the system prompt and the last 64 tokens (the query).
     config = SpecPrefillConfig(keep_rate=llm_keep_rate, protect_question_tokens=64)
-    engine = SpecPrefillEngine(speculator, base, config)
+    engine = load_engine("smollm2-135m", config=config)
+    speculator = engine.speculator
     llm = SpecPrefillLLM(engine, max_new_tokens=max_new_tokens)
     Settings.llm = llm
     postprocessor = SpecPrefillNodePostprocessor(

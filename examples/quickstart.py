@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specprefill import SpecPrefillConfig, load_speculator
-from specprefill.backends.transformers import TransformersBackend
-from specprefill.engine import SpecPrefillEngine
+from specprefill import SpecPrefillConfig, load_engine
 
 DOCUMENTS = Path(__file__).parent / "documents"
 
@@ -25,22 +23,20 @@ def main() -> None:
         {"role": "user", "content": f"{document}\n\nQuestion: {question}"},
     ]
 
-    # 1. The speculator: a small model that scores every prompt token (loads offline, ~5 s).
-    speculator = load_speculator("smollm2-135m")
+    # 1. The engine: a small speculator scores every prompt token, a base model answers. Here both are the
+    #    packaged embedded model, so its weights load once (offline, ~5 s) and are shared.
     config = SpecPrefillConfig(keep_rate=0.3, protect_question_tokens=24)
+    engine = load_engine("smollm2-135m", config=config)
 
     # 2. Pruning only: which 32-token chunks survive, and what that cost.
-    pruned = speculator.prune(messages, config)
+    pruned = engine.prune(messages)
     s = pruned.stats
     print(
         f"pruned {s.tokens_in} -> {s.tokens_kept} tokens (keep ratio {s.keep_ratio:.2f}) "
-        f"in {s.speculator_seconds:.2f} s; kept positions start {pruned.position_ids[:5]}"
+        f"in {s.speculator_seconds:.2f} s; kept positions start {pruned.kept_indices[:5].tolist()}"
     )
 
     # 3. End to end: the base model prefills only the kept tokens, at their original positions.
-    #    Here the base is the same embedded model; share its weights instead of loading them twice.
-    base = TransformersBackend(speculator.model, speculator.tokenizer, name="smollm2-135m")
-    engine = SpecPrefillEngine(speculator, base, config)
     result = engine.generate(messages, max_new_tokens=32, temperature=0.0)
     print("answer:", result.text.strip())
     st = result.stats

@@ -4,6 +4,13 @@ Serves ``GET /v1/models``, ``POST /v1/completions`` (string or token-id prompt),
 /v1/chat/completions`` (both with SSE streaming and usage) and the vLLM-style ``POST /tokenize``. Generation
 goes through :class:`specprefill.backends.transformers.TransformersBackend`, so answers come from the model.
 Every request body is recorded in ``server.requests`` for assertions.
+
+Fault injection: ``server.inject(path, Fault(...), ...)`` makes the next requests to ``path`` misbehave in
+order (an HTTP error with headers, a stream cut without a finish reason, malformed JSON in a stream or a
+plain body, an HTML page, an empty 200, a trickling stream, a hang); later requests are served normally.
+With ``restores_positions=True`` the server also acts like a vLLM server with the specprefill plugin for
+the position probe: a ``logprobs`` request answers a different log-probability when ``vllm_xargs`` carries
+positions (it simulates the plugin's effect; generation itself is the backend's).
 """
 
 from __future__ import annotations
@@ -12,15 +19,37 @@ import json
 import threading
 import time
 import uuid
+from collections import defaultdict, deque
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
-from specprefill.backends.base import BaseRequest, GenerationParams, StreamChunk
-from specprefill.backends.transformers import TransformersBackend
+from specprefill.backends.base import BaseBackend, BaseRequest, GenerationParams, StreamChunk
 from specprefill.errors import SpecPrefillError
 
-__all__ = ["LocalOpenAIServer"]
+__all__ = ["Fault", "LocalOpenAIServer"]
+
+FaultKind = Literal["status", "truncate", "bad_json_stream", "bad_json", "html", "empty", "trickle", "hang"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One misbehaving reply.
+
+    Args:
+        kind: ``status`` (HTTP ``status`` with ``headers``), ``truncate`` (a stream of ``text`` that ends
+            without a finish reason), ``bad_json_stream`` (a stream whose second event is not JSON),
+            ``bad_json`` / ``html`` / ``empty`` (a 200 reply of that kind instead of a stream), ``trickle``
+            (one piece of text every ``interval`` seconds for ``seconds``), ``hang`` (no answer for ``seconds``).
+    """
+
+    kind: FaultKind
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    text: str = "Hello wor"
+    seconds: float = 5.0
+    interval: float = 0.2
 
 
 class LocalOpenAIServer:
@@ -32,11 +61,21 @@ class LocalOpenAIServer:
         tokenize: Serve ``/tokenize`` (False: answer 404 there, like a server without it).
     """
 
-    def __init__(self, backend: TransformersBackend, model_name: str = "local-model", *, tokenize: bool = True):
+    def __init__(
+        self,
+        backend: BaseBackend,
+        model_name: str = "local-model",
+        *,
+        tokenize: bool = True,
+        restores_positions: bool = False,
+    ):
         self.backend = backend
         self.model_name = model_name
         self.tokenize = tokenize
+        self.restores_positions = restores_positions
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.faults: defaultdict[str, deque[Fault]] = defaultdict(deque)
+        self.closing = threading.Event()
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"server_state": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -64,6 +103,17 @@ class LocalOpenAIServer:
         with self._lock:
             self.requests.append((path, body))
 
+    def inject(self, path: str, *faults: Fault) -> None:
+        """Make the next ``len(faults)`` requests to ``path`` (e.g. ``"/v1/completions"``) misbehave."""
+        with self._lock:
+            self.faults[path].extend(faults)
+
+    def next_fault(self, path: str) -> Fault | None:
+        """Take the next injected fault for ``path``, if any."""
+        with self._lock:
+            queue = self.faults.get(path)
+            return queue.popleft() if queue else None
+
     def start(self) -> LocalOpenAIServer:
         """Start serving in the background."""
         self._thread.start()
@@ -71,6 +121,7 @@ class LocalOpenAIServer:
 
     def stop(self) -> None:
         """Stop serving and free the port."""
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=10)
@@ -151,7 +202,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.path.rstrip("/")
         state.record(path, body)
-        if path == "/tokenize" and state.tokenize:
+        fault = state.next_fault(path)
+        if fault is not None:
+            self._fault(fault, chat=path.endswith("chat/completions"))
+        elif path == "/v1/completions" and body.get("logprobs") and not body.get("stream"):
+            self._probe_answer(body)
+        elif path == "/tokenize" and state.tokenize:
             self._tokenize(body)
         elif path == "/v1/completions":
             self._generate(body, chat=False)
@@ -160,14 +216,62 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no route POST {self.path}", "not_found")
 
+    # --- faults -------------------------------------------------------------------------------------
+    def _plain(self, status: int, kind: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _fault(self, fault: Fault, *, chat: bool) -> None:
+        state = self.server_state
+        kind = fault.kind
+        if kind == "status":
+            error = {"error": {"message": f"injected {fault.status}", "type": "server_error", "code": fault.status}}
+            self._plain(fault.status, "application/json", json.dumps(error).encode(), fault.headers)
+        elif kind == "bad_json":
+            self._plain(200, "application/json", b'{"id": "cmpl-1", "choices": [{"text": "Hel')
+        elif kind == "html":
+            self._plain(200, "text/html; charset=utf-8", b"<html><body><h1>Welcome to nginx!</h1></body></html>")
+        elif kind == "empty":
+            self._plain(200, "application/json", b"")
+        elif kind == "hang":
+            state.closing.wait(fault.seconds)
+        else:
+            self._start_sse()
+            piece = _piece(fault.text, chat=chat)
+            self._event(piece)
+            if kind == "bad_json_stream":
+                self._event('{"choices": [{"index": 0, "text": "oops"')
+            elif kind == "trickle":
+                end = time.monotonic() + fault.seconds
+                while time.monotonic() < end and not state.closing.wait(fault.interval):
+                    self._event(piece)
+            self._event("[DONE]")  # truncate: no event ever carried a finish reason
+
+    def _probe_answer(self, body: dict[str, Any]) -> None:
+        """A position-probe answer: logprobs that move when positions are restored (plugin simulation)."""
+        state = self.server_state
+        moved = bool(body.get("vllm_xargs"))
+        value = -2.0 if (moved and state.restores_positions) else -1.0
+        choice = {"index": 0, "text": "x", "finish_reason": "length",
+                  "logprobs": {"tokens": ["x"], "token_logprobs": [value], "top_logprobs": None, "text_offset": [0]}}
+        self._send_json(200, {"id": "cmpl-probe", "object": "text_completion", "created": 0,
+                              "model": state.model_name, "choices": [choice], "usage": _usage(2, 1)})
+
     def _tokenize(self, body: dict[str, Any]) -> None:
         backend = self.server_state.backend
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             self._error(400, "'prompt' must be a string")
             return
-        ids = backend.tokenizer(prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))["input_ids"]
-        self._send_json(200, {"tokens": list(ids), "count": len(ids), "max_model_len": backend.max_position_embeddings})
+        tokenizer: Any = getattr(backend, "tokenizer", None)
+        ids = tokenizer(prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))["input_ids"]
+        limit = getattr(backend, "max_position_embeddings", None)
+        self._send_json(200, {"tokens": list(ids), "count": len(ids), "max_model_len": limit})
 
     def _generate(self, body: dict[str, Any], *, chat: bool) -> None:
         state = self.server_state
@@ -289,6 +393,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event(event(chunk.text, None))
             chunk = next(chunks, None)
         self._event("[DONE]")
+
+
+def _piece(text: str, *, chat: bool) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": None, "logprobs": None}
+    if chat:
+        choice["delta"] = {"content": text}
+    else:
+        choice["text"] = text
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    return {"id": "fault-1", "object": kind, "created": 0, "model": "fault", "choices": [choice]}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,11 @@ EXPECTED_ALL = {
     "BackendUnavailableError",
     "BackendError",
     "SpeculatorError",
-    # lazily imported (need torch / transformers / openai)
+    "UnknownArgumentError",
+    # engine, backends, loading (torch / transformers / openai are imported only when used)
+    "load_engine",
     "load_speculator",
+    "split_call_kwargs",
     "SpecPrefillEngine",
     "EngineResult",
     "EngineStats",
@@ -47,8 +53,7 @@ EXPECTED_ALL = {
     "GenerationParams",
 }
 
-LAZY = {"load_speculator", "SpecPrefillEngine", "EngineResult", "EngineStats", "TransformersBackend",
-        "OpenAIBackend", "GenerationParams"}
+HEAVY = ("torch", "transformers", "openai", "vllm", "langchain_core", "llama_index.core")
 
 CORE_MODULES = [
     "specprefill.config",
@@ -58,6 +63,17 @@ CORE_MODULES = [
     "specprefill.prompts",
     "specprefill.result",
     "specprefill.speculator",
+    "specprefill.callargs",
+    "specprefill.engine",
+    "specprefill.engine_result",
+    "specprefill.factory",
+    "specprefill.planning",
+    "specprefill.backends",
+    "specprefill.backends.base",
+    "specprefill.backends.decoding",
+    "specprefill.backends.openai_http",
+    "specprefill.backends.openai_probes",
+    "specprefill.backends.requests",
 ]
 
 
@@ -70,19 +86,20 @@ def test_all_is_sorted() -> None:
     assert list(specprefill.__all__) == sorted(specprefill.__all__)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_ALL - LAZY))
-def test_eager_names_resolve(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(EXPECTED_ALL))
+def test_names_resolve(name: str) -> None:
     assert getattr(specprefill, name) is not None
 
 
-@pytest.mark.parametrize("name", sorted(LAZY))
-def test_lazy_names_resolve(name: str) -> None:
-    try:
-        value = getattr(specprefill, name)
-    except specprefill.BackendUnavailableError as exc:  # an optional dependency is missing: say which
-        pytest.skip(str(exc))
-    assert value is not None
-    assert getattr(specprefill, name) is value  # cached after the first access
+def test_every_public_name_is_light_to_import() -> None:
+    """Plain imports, yet touching every public name imports none of the heavy dependencies."""
+    code = (
+        "import json, sys, specprefill\n"
+        "[getattr(specprefill, n) for n in specprefill.__all__]\n"
+        f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout) == []
 
 
 def test_unknown_attribute_raises_attribute_error() -> None:
@@ -153,6 +170,8 @@ def test_error_hierarchy() -> None:
     assert issubclass(specprefill.ModelLoadError, RuntimeError)
     assert issubclass(specprefill.SpeculatorError, RuntimeError)
     assert issubclass(specprefill.BackendError, RuntimeError)
+    assert issubclass(specprefill.UnknownArgumentError, specprefill.ConfigurationError)
+    assert issubclass(specprefill.UnknownArgumentError, TypeError)
 
 
 def test_speculator_is_abstract() -> None:

@@ -2,14 +2,18 @@
 
 A small speculator model scores which prompt tokens matter; the base model prefills only the most
 important chunks, at their original positions. ``import specprefill`` is light: torch, transformers,
-vLLM, LangChain and LlamaIndex are imported only when a feature needs them.
+vLLM, LangChain and LlamaIndex are imported only when a feature needs them (the names below import
+them inside their functions).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from specprefill.backends.base import GenerationParams
+from specprefill.backends.openai import OpenAIBackend
+from specprefill.backends.transformers import TransformersBackend
+from specprefill.callargs import split_call_kwargs
 from specprefill.config import SpecPrefillConfig
+from specprefill.engine import EngineResult, EngineStats, SpecPrefillEngine
 from specprefill.errors import (
     BackendError,
     BackendUnavailableError,
@@ -20,17 +24,13 @@ from specprefill.errors import (
     PromptTooLongError,
     SpecPrefillError,
     SpeculatorError,
+    UnknownArgumentError,
 )
+from specprefill.factory import load_engine
+from specprefill.models import load_speculator
 from specprefill.result import PruneResult, PruneStats
 from specprefill.scoring import avg_pool1d, chunk_scores, importance_from_attention, select_chunks
 from specprefill.speculator import Speculator
-
-if TYPE_CHECKING:
-    from specprefill.backends.base import GenerationParams
-    from specprefill.backends.openai import OpenAIBackend
-    from specprefill.backends.transformers import TransformersBackend
-    from specprefill.engine import EngineResult, EngineStats, SpecPrefillEngine
-    from specprefill.models import load_speculator
 
 __version__ = "0.1.0"
 
@@ -54,35 +54,13 @@ __all__ = [
     "Speculator",
     "SpeculatorError",
     "TransformersBackend",
+    "UnknownArgumentError",
     "__version__",
     "avg_pool1d",
     "chunk_scores",
     "importance_from_attention",
+    "load_engine",
     "load_speculator",
     "select_chunks",
+    "split_call_kwargs",
 ]
-
-_LAZY = {
-    "load_speculator": "specprefill.models",
-    "SpecPrefillEngine": "specprefill.engine",
-    "EngineResult": "specprefill.engine",
-    "EngineStats": "specprefill.engine",
-    "TransformersBackend": "specprefill.backends.transformers",
-    "OpenAIBackend": "specprefill.backends.openai",
-    "GenerationParams": "specprefill.backends.base",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'specprefill' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

@@ -12,6 +12,7 @@ __all__ = [
     "PromptTooLongError",
     "SpecPrefillError",
     "SpeculatorError",
+    "UnknownArgumentError",
 ]
 
 
@@ -21,6 +22,10 @@ class SpecPrefillError(Exception):
 
 class ConfigurationError(SpecPrefillError, ValueError):
     """A setting is out of range or settings contradict each other."""
+
+
+class UnknownArgumentError(ConfigurationError, TypeError):
+    """A call got a keyword argument it does not take (also a ``TypeError``, as Python raises for those)."""
 
 
 class ModelLoadError(SpecPrefillError, RuntimeError):

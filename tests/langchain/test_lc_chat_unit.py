@@ -222,6 +222,41 @@ def test_model_override_needs_a_server() -> None:
     assert engine.speculator is remote.get_engine().speculator
 
 
+def test_per_model_engines_are_an_lru_and_timeouts_reach_the_backend() -> None:
+    remote = ChatSpecPrefill(
+        base_url="http://127.0.0.1:9/v1", model="served", speculator=fake_engine().speculator,
+        timeout=7.0, request_timeout=30.0, max_retries=1, max_cached_engines=2,
+    )  # fmt: skip
+    first = remote._engine_for("a")
+    remote._engine_for("b")
+    assert remote._engine_for("a") is first  # "a" is now the most recently used
+    remote._engine_for("c")  # evicts "b", the least recently used
+    assert len(remote._extra_engines) == 2
+    assert remote._engine_for("a") is first
+    for engine in (first, remote.get_engine()):
+        base = engine.base
+        assert (base.timeout, base.request_timeout, base.max_retries) == (7.0, 30.0, 1)  # type: ignore[attr-defined]
+    many = [remote._engine_for(f"m{i}") for i in range(50)]
+    assert len(remote._extra_engines) == 2 and len({id(e) for e in many}) == 50
+    with pytest.raises(ValueError, match="max_cached_engines"):
+        ChatSpecPrefill(base_url="http://127.0.0.1:9/v1", max_cached_engines=0)
+    with pytest.raises(ValueError, match="request_timeout"):
+        ChatSpecPrefill(base_url="http://127.0.0.1:9/v1", request_timeout=0)
+    assert ChatSpecPrefill(base_url="http://127.0.0.1:9/v1", request_timeout=None).request_timeout is None
+
+
+def test_max_tokens_alias_and_typed_unknown_argument() -> None:
+    from specprefill import UnknownArgumentError
+
+    model = chat()
+    model.invoke(LONG, max_tokens=2)
+    assert model.get_engine().base.params[-1].max_new_tokens == 2  # type: ignore[attr-defined]
+    model.invoke(LONG, max_new_tokens=3)
+    assert model.get_engine().base.params[-1].max_new_tokens == 3  # type: ignore[attr-defined]
+    with pytest.raises(UnknownArgumentError, match="tools"):
+        model.invoke(LONG, tools=[])
+
+
 # --- tools and structured output --------------------------------------------------------------------------
 def test_bind_tools_is_refused_with_a_reason() -> None:
     with pytest.raises(NotImplementedError, match="tool calling"):

@@ -9,8 +9,9 @@ Capabilities declared to the suites, and why:
 - ``has_tool_calling = False``: ``bind_tools`` raises ``NotImplementedError`` (no base path has a tool
   channel), so every tool test is skipped by the suite itself.
 - ``has_structured_output = True`` / ``supports_json_mode = True``: ``with_structured_output`` works by
-  putting the schema into the protected system prompt. The wiring is tested; whether a 135M model writes
-  valid JSON is not something a test should assume, see the xfails below.
+  putting the schema into the protected system prompt. A 135M model does not reliably write JSON that
+  matches a schema, so the suite's structured-output tests run the real adapter, parsers and callbacks over
+  a scripted base that answers with a fixed JSON joke (they fail if any of that wiring breaks).
 - ``supports_model_override = False``: in process, one instance is one base model (a per-call ``model=``
   only works against an OpenAI-compatible server, tested separately).
 """
@@ -23,6 +24,7 @@ import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
+from lc_fakes import fake_engine
 from lc_support import lc_engine  # noqa: F401 - fixture
 
 from conftest import needs_model
@@ -31,13 +33,13 @@ from langchain_specprefill import ChatSpecPrefill
 MAX_TOKENS = 10
 """Generation length in the integration suite: enough for a greeting, short enough for a CPU run."""
 
-STRUCTURED_TOKENS = 48
-"""Generation length for the structured-output tests: room for a complete JSON joke."""
+JOKE_JSON = '{"setup":"Why_do_cats_sit_on_keyboards?","punchline":"To_keep_an_eye_on_the_mouse."}'
+"""The scripted base's answer in the structured-output tests (no spaces: it streams as one piece)."""
 
-SMALL_MODEL_JSON = (
-    "SmolLM2-135M (the embedded test model) does not reliably answer with JSON that matches the schema; "
-    "the prompt-based structured output itself is covered by hermetic tests in test_lc_chat_unit.py"
-)
+
+def _json_model() -> ChatSpecPrefill:
+    """The adapter over the letter speculator and a scripted base that answers :data:`JOKE_JSON`."""
+    return ChatSpecPrefill(engine=fake_engine(JOKE_JSON))
 
 
 class TestChatSpecPrefillUnit(ChatModelUnitTests):
@@ -92,28 +94,19 @@ class TestChatSpecPrefillIntegration(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         return False
 
-    def _longer(self, model: BaseChatModel) -> BaseChatModel:
-        """The suite's model with room for a whole JSON answer."""
-        return model.model_copy(update={"max_tokens": STRUCTURED_TOKENS})
-
-    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     def test_structured_output(self, model: BaseChatModel, schema_type: Any) -> None:
-        super().test_structured_output(self._longer(model), schema_type)
+        super().test_structured_output(_json_model(), schema_type)
 
-    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     async def test_structured_output_async(self, model: BaseChatModel, schema_type: Any) -> None:
-        await super().test_structured_output_async(self._longer(model), schema_type)
+        await super().test_structured_output_async(_json_model(), schema_type)
 
-    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
     def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
-        super().test_structured_output_pydantic_2_v1(self._longer(model))
+        super().test_structured_output_pydantic_2_v1(_json_model())
 
-    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
     def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
-        super().test_structured_output_optional_param(self._longer(model))
+        super().test_structured_output_optional_param(_json_model())
 
-    @pytest.mark.xfail(reason=SMALL_MODEL_JSON, strict=False)
     def test_json_mode(self, model: BaseChatModel) -> None:
-        super().test_json_mode(self._longer(model))
+        super().test_json_mode(_json_model())

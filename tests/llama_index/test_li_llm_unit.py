@@ -15,7 +15,7 @@ from llama_index.core.prompts import PromptTemplate
 
 from llama_index.llms.specprefill import STATS_KEY, SpecPrefillLLM
 from specprefill import SpecPrefillConfig, SpecPrefillEngine
-from specprefill.errors import ConfigurationError, PromptError
+from specprefill.errors import ConfigurationError, PromptError, UnknownArgumentError
 
 LONG = "filler words that do not matter at all. " * 20 + "The ANSWER is forty-two. " + "more filler text here. " * 20
 
@@ -128,7 +128,7 @@ def test_call_kwargs_override_generation_and_config() -> None:
     wide = llm.chat(_messages()).additional_kwargs[STATS_KEY]["tokens_kept"]
     narrow = llm.chat(_messages(), max_kept_tokens=10).additional_kwargs[STATS_KEY]["tokens_kept"]
     assert narrow == wide - 30  # the per-call cap replaces the LLM's max_kept_tokens=40
-    with pytest.raises(ConfigurationError, match="unknown argument 'tools'"):
+    with pytest.raises(UnknownArgumentError, match=r"unexpected argument\(s\) \['tools'\]"):
         llm.chat(_messages(), tools=[])
 
 
@@ -195,3 +195,8 @@ def test_base_url_builds_an_openai_backend_without_network() -> None:
     assert "sk-secret-123" not in repr(llm.to_payload()) + repr(llm.to_dict())
     lazy = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served")
     assert lazy.engine.speculator_name == "smollm2-135m"
+    assert lazy.engine.base.request_timeout == 600.0 and lazy.engine.base.timeout == 60.0  # type: ignore[attr-defined]
+    bounded = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served", timeout=5.0, request_timeout=20.0,
+                             max_retries=0)
+    base = bounded.engine.base
+    assert (base.timeout, base.request_timeout, base.max_retries) == (5.0, 20.0, 0)  # type: ignore[attr-defined]

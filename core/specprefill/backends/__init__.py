@@ -1,12 +1,10 @@
 """Base model backends: the contract (:class:`BaseBackend`) and its implementations.
 
-``TransformersBackend`` (torch/transformers) and ``OpenAIBackend`` (the ``openai`` client) are imported on
-first access, so importing this package stays light.
+Importing this package stays light: the backends import torch, transformers or the ``openai`` client only
+when one is built. ``VLLMBackend`` lives in :mod:`specprefill.backends.vllm`.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from specprefill.backends.base import (
     BaseBackend,
@@ -16,10 +14,8 @@ from specprefill.backends.base import (
     PositionMode,
     StreamChunk,
 )
-
-if TYPE_CHECKING:
-    from specprefill.backends.openai import OpenAIBackend
-    from specprefill.backends.transformers import TransformersBackend
+from specprefill.backends.openai import OpenAIBackend
+from specprefill.backends.transformers import TransformersBackend
 
 __all__ = [
     "BaseBackend",
@@ -31,19 +27,3 @@ __all__ = [
     "StreamChunk",
     "TransformersBackend",
 ]
-
-_LAZY = {
-    "TransformersBackend": "specprefill.backends.transformers",
-    "OpenAIBackend": "specprefill.backends.openai",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'specprefill.backends' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value

@@ -1,25 +1,27 @@
 """Base backend for OpenAI-compatible servers (vLLM, llama.cpp, TGI, the OpenAI API) via the ``openai`` client.
 
-When the server uses the speculator's tokenizer (checked once by sending a probe string to the vLLM-style
+When the server uses the speculator's tokenizer (checked by sending a probe string to the vLLM-style
 ``/tokenize`` endpoint), kept token ids go to ``/v1/completions`` as a token-id prompt. A stock server then
-gives them fresh contiguous positions (``positions="compacted"``); restoring the original positions needs
-server support, which plugs in at :meth:`OpenAIBackend.restored_positions_body`. With another tokenizer the
-pruned messages go to ``/v1/chat/completions`` (plain prompts: the kept text to ``/v1/completions``).
+gives them fresh contiguous positions (``positions="compacted"``); a vLLM server with the specprefill plugin
+restores the original positions (probed once, see :meth:`OpenAIBackend.restored_positions_body`). With
+another tokenizer the pruned messages go to ``/v1/chat/completions`` (plain prompts: the kept text to
+``/v1/completions``).
 
-Generation always streams internally, so ``prefill_seconds`` is a real time to first token.
+Generation always streams internally, so ``prefill_seconds`` is a real time to first token. Every request
+has an overall deadline (``request_timeout``) covering retries and a trickling stream; probes cache only
+definite answers and retry transient failures later (:mod:`specprefill.backends.openai_http`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from specprefill._deps import require
@@ -30,15 +32,30 @@ from specprefill.backends.base import (
     GenerationParams,
     PositionMode,
     StreamChunk,
+    finish_reason,
 )
-from specprefill.errors import BackendError, PromptError
+from specprefill.backends.openai_errors import translate_openai_error
+from specprefill.backends.openai_http import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    Deadline,
+    ProbeGate,
+    Progress,
+    absorb_event,
+    check_stream_reply,
+    retry_delay,
+    retryable,
+    status_of,
+    stream_format_error,
+)
+from specprefill.backends.openai_probes import TOKENIZER_PROBE, ServerProbes
+from specprefill.errors import BackendError, ConfigurationError, PromptError, SpecPrefillError
 
-__all__ = ["TOKENIZER_PROBE", "OpenAIBackend"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_TIMEOUT", "TOKENIZER_PROBE", "OpenAIBackend"]
 
 logger = logging.getLogger("specprefill.openai")
 
-TOKENIZER_PROBE = "Speculative prefill probe: naïve café, 12345 tokens → 東京 ✓ <b>ok</b>\n\tend."
-"""Text tokenised by both the server and the speculator to decide whether they share a tokenizer."""
 
 
 @dataclass
@@ -51,31 +68,29 @@ class _Call:
     prompt_tokens: int
 
 
-@dataclass
-class _Progress:
-    """What a stream has delivered so far."""
-
-    start: float
-    pieces: list[str] = field(default_factory=list)
-    first: float | None = None
-    finish: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    chunks: int = 0
+def _check_timeout(name: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ConfigurationError(f"{name} must be a positive number of seconds or None, got {value!r}")
 
 
-class OpenAIBackend(BaseBackend):
+class OpenAIBackend(ServerProbes, BaseBackend):
     """A model behind an OpenAI-compatible HTTP API as the base model.
 
     Args:
         model: Served model name; if omitted, the first model listed by ``/v1/models``.
         base_url: API root including ``/v1`` (default: ``$OPENAI_BASE_URL``, else the OpenAI API).
         api_key: API key (default: ``$OPENAI_API_KEY``, else ``"EMPTY"`` as local servers expect).
-        timeout: Seconds before a request times out.
-        max_retries: Retries of failed requests (connection errors, 429, 5xx).
+        timeout: Seconds the server may stay silent during one attempt (None: no limit).
+        connect_timeout: Seconds to connect (None: no limit).
+        request_timeout: Overall seconds per request: retries, ``Retry-After`` waits and the whole streamed
+            answer included; a stream still running then is cut with a :class:`BackendError` (None: no limit).
+        max_retries: Retries of failed attempts (connection errors, timeouts, 429, 5xx) before any answer
+            text arrived; waits follow ``Retry-After`` and stay inside ``request_timeout``.
         same_tokenizer: Force the same-tokenizer decision instead of probing ``/tokenize``.
         restore_positions: Whether the server restores original positions sent in ``vllm_xargs`` (a vLLM
-            server with the specprefill plugin). None probes the server once, on the first pruned request.
+            server with the specprefill plugin). None probes the server on the first pruned request.
+        probe_retry_seconds: Wait before probing again after a probe failed transiently (5xx, timeout,
+            connection error); doubles on every further failure, up to five minutes.
         default_headers: Extra HTTP headers for every request.
 
     Example:
@@ -83,7 +98,7 @@ class OpenAIBackend(BaseBackend):
 
     """
 
-    name = "openai"
+    kind = "openai"
 
     def __init__(
         self,
@@ -91,33 +106,54 @@ class OpenAIBackend(BaseBackend):
         *,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float | None = 600.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_retries: int = 2,
         same_tokenizer: bool | None = None,
         restore_positions: bool | None = None,
+        probe_retry_seconds: float = 2.0,
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            _check_timeout(name, value)
+        _check_timeout("request_timeout", request_timeout)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         self._openai = require("openai")
         self._model = model
+        self.model_name = model or ""
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
         self.max_retries = max_retries
         self.force_same_tokenizer = same_tokenizer
         self.restore_positions = restore_positions
         self._positions_lock = threading.Lock()
+        self._tokenize_gate = ProbeGate(first=probe_retry_seconds)
+        self._positions_gate = ProbeGate(first=probe_retry_seconds)
         self.default_headers = dict(default_headers or {})
         self.client = self._openai.OpenAI(
             api_key=self.api_key,
             base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
+            timeout=self._timeout(Deadline(None)),
+            max_retries=0,
             default_headers=self.default_headers or None,
         )
         self.base_url = str(self.client.base_url).rstrip("/")
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._same: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
     # --- clients and model ----------------------------------------------------------------------------
+    def _timeout(self, deadline: Deadline) -> Any:
+        """Per-attempt ``openai.Timeout``: the silence and connect limits, never past the deadline."""
+        left = deadline.remaining()
+        read = None if self.timeout is None and left == float("inf") else min(self.timeout or left, left)
+        connect = None if self.connect_timeout is None and left == float("inf") else min(
+            self.connect_timeout or left, left
+        )
+        return self._openai.Timeout(read, connect=connect)
+
     def async_client(self) -> Any:
         """Return the ``AsyncOpenAI`` client of the running event loop (one per loop, created on first use)."""
         loop = asyncio.get_running_loop()
@@ -126,8 +162,8 @@ class OpenAIBackend(BaseBackend):
             client = self._openai.AsyncOpenAI(
                 api_key=self.api_key,
                 base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
+                timeout=self._timeout(Deadline(None)),
+                max_retries=0,
                 default_headers=self.default_headers or None,
             )
             self._async_clients[loop] = client
@@ -142,197 +178,157 @@ class OpenAIBackend(BaseBackend):
 
         """
         if self._model is None:
-            try:
-                listed = [m.id for m in self.client.models.list()]
-            except self._openai.OpenAIError as exc:
-                raise self._error(exc, "listing models") from exc
+            deadline = Deadline(self.request_timeout)
+            page = self._retrying(lambda t: self.client.models.list(timeout=t), deadline, "listing models")
+            listed = [m.id for m in page]
             if not listed:
                 raise BackendError(f"the server at {self.base_url} lists no models; pass model=... explicitly")
-            self._model = str(listed[0])
+            self._model = self.model_name = str(listed[0])
         return self._model
 
-    # --- tokenizer decision -----------------------------------------------------------------------------
-    def tokenize_urls(self) -> list[str]:
-        """Candidate URLs of a vLLM-style ``/tokenize`` endpoint: the server root, then under ``base_url``."""
-        root = self.base_url.removesuffix("/v1")
-        urls = [f"{root}/tokenize"]
-        if root != self.base_url:
-            urls.append(f"{self.base_url}/tokenize")
-        return urls
+    # --- retries within the deadline -------------------------------------------------------------------
+    def _wait_before_retry(self, attempt: int, exc: Exception, deadline: Deadline, doing: str) -> float:
+        """Seconds to wait before the next attempt; raises the typed error when no retry is left."""
+        if attempt >= self.max_retries or not retryable(exc, self._openai):
+            raise self._error(exc, doing, deadline) from exc
+        wait = retry_delay(attempt, exc)
+        if wait >= deadline.remaining():
+            raise BackendError(
+                f"the server at {self.base_url} failed while {doing} ({self._error(exc, doing, deadline)}) and "
+                f"a retry after {wait:.1f}s would pass request_timeout={self.request_timeout}s"
+            ) from exc
+        logger.info("retrying %s at %s in %.2fs (%s)", doing, self.base_url, wait, type(exc).__name__)
+        return wait
 
-    def tokenize(self, text: str) -> list[int] | None:
-        """Token ids of ``text`` by the server's tokenizer (no special tokens), or None if it cannot say.
-
-        Args:
-            text: Text to tokenise.
-
-        Returns:
-            The ids from ``POST /tokenize``, or None when the server has no such endpoint or fails.
-
-        """
-        body = {"model": self.model, "prompt": text, "add_special_tokens": False}
-        quiet = self.client.with_options(max_retries=0)
-        for url in self.tokenize_urls():
+    def _retrying(self, attempt_fn: Callable[[Any], Any], deadline: Deadline, doing: str) -> Any:
+        attempt = 0
+        while True:
             try:
-                data = quiet.post(url, cast_to=object, body=body)
+                return attempt_fn(self._timeout(deadline))
             except self._openai.OpenAIError as exc:
-                logger.debug("tokenize at %s failed: %s", url, exc)
-                continue
-            tokens = data.get("tokens") if isinstance(data, dict) else None
-            if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
-                return [int(t) for t in tokens]
-        return None
+                time.sleep(self._wait_before_retry(attempt, exc, deadline, doing))
+                attempt += 1
 
-    def same_tokenizer(self, speculator: object) -> bool:
-        """Whether the server tokenises like the speculator (probe string compared once, then cached).
-
-        A server without ``/tokenize`` (or any error) counts as a different tokenizer, so the text path is
-        used. The constructor's ``same_tokenizer`` overrides the probe.
-
-        Args:
-            speculator: A speculator with ``encode(text) -> (ids, offsets)``.
-
-        Returns:
-            True when both produce the same ids for :data:`TOKENIZER_PROBE`.
-
-        """
-        if self.force_same_tokenizer is not None:
-            return self.force_same_tokenizer
-        try:
-            cached = self._same.get(speculator)
-        except TypeError:
-            cached = None
-        if cached is not None:
-            return cached
-        encode = getattr(speculator, "encode", None)
-        answer = False
-        if callable(encode):
+    async def _aretrying(self, attempt_fn: Callable[[Any], Any], deadline: Deadline, doing: str) -> Any:
+        attempt = 0
+        while True:
             try:
-                server = self.tokenize(TOKENIZER_PROBE)
-            except BackendError as exc:
-                logger.info("tokenizer probe failed (%s); treating the tokenizers as different", exc)
-                server = None
-            answer = server is not None and list(encode(TOKENIZER_PROBE)[0]) == server
-        logger.info("server %s %s the speculator's tokenizer", self.base_url, "shares" if answer else "does not share")
-        with contextlib.suppress(TypeError):
-            self._same[speculator] = answer
-        return answer
-
-    def restored_positions_body(self, request: BaseRequest) -> dict[str, Any] | None:
-        """Extra request body that makes the server prefill at the original positions, or None.
-
-        A vLLM server with the specprefill plugin (:mod:`specprefill.vllm_plugin`) takes the original
-        positions in ``vllm_xargs`` plus a position-derived ``cache_salt``; whether this server does is
-        probed once (:func:`~specprefill.vllm_plugin.remote.probe_position_support`) and cached. A stock
-        server gives a token-id prompt contiguous positions, so None is returned and outputs report
-        ``positions="compacted"``.
-
-        Args:
-            request: A token-form request with ``position_ids`` and ``original_length``.
-
-        Returns:
-            ``{"vllm_xargs": ..., "cache_salt": ...}`` when the server restores positions, else None.
-
-        """
-        from specprefill.vllm_plugin import remote
-
-        if request.token_ids is None or not self._server_restores_positions(request.token_ids):
-            return None
-        return remote.positions_body(request.token_ids, request.position_ids, request.original_length)
-
-    def _server_restores_positions(self, token_ids: list[int]) -> bool:
-        if self.restore_positions is None:
-            with self._positions_lock:
-                if self.restore_positions is None:
-                    from specprefill.vllm_plugin import remote
-
-                    self.restore_positions = remote.probe_position_support(self.client, self.model, token_ids)
-                    if not self.restore_positions:
-                        logger.warning(
-                            "the server at %s does not restore original positions (no specprefill vLLM plugin); "
-                            "pruned prompts go at compacted positions (stats: positions='compacted')",
-                            self.base_url,
-                        )
-        return bool(self.restore_positions)
+                return await attempt_fn(self._timeout(deadline))
+            except self._openai.OpenAIError as exc:
+                await asyncio.sleep(self._wait_before_retry(attempt, exc, deadline, doing))
+                attempt += 1
 
     # --- generation -----------------------------------------------------------------------------------
-    def generate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
-        """Send the request and wait for the whole answer (streamed internally to time the first token).
+    def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
+        """Send the request with ``stream=True`` and yield text as it arrives.
 
         Args:
             request: Token form (goes to ``/v1/completions`` as ids) or text/messages form.
             params: Decoding settings.
 
-        Returns:
-            The output; ``prompt_tokens`` and ``completion_tokens`` come from the server's usage report.
+        Yields:
+            Text deltas; the last chunk carries the :class:`BaseOutput` (usage from the server's report).
 
         Raises:
-            BackendError: The server cannot be reached or rejects the request.
+            PromptError: The request is empty.
+            BackendError: The server cannot be reached, rejects the request, sends something that is not a
+                complete answer stream, or does not finish within ``request_timeout``.
 
         """
-        output: BaseOutput | None = None
-        for chunk in self.stream(request, params):
-            output = chunk.output or output
-        if output is None:  # pragma: no cover - stream always ends with an output
-            raise BackendError("the stream ended without an output")
-        return output
-
-    def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
-        """Send the request with ``stream=True`` and yield text as it arrives.
-
-        Args:
-            request: Token form or text/messages form.
-            params: Decoding settings.
-
-        Yields:
-            Text deltas; the last chunk carries the :class:`BaseOutput`.
-
-        """
+        deadline = Deadline(self.request_timeout)
+        progress = Progress(start=time.perf_counter())
         call = self._call(request, params)
-        progress = _Progress(start=time.perf_counter())
         endpoint = self.client.chat.completions if call.chat else self.client.completions
         try:
-            events = endpoint.create(**call.kwargs)
-            try:
-                for event in events:
-                    text = self._absorb(event, call.chat, progress)
-                    if text:
-                        yield StreamChunk(text)
-            finally:
-                events.close()
-        except self._openai.OpenAIError as exc:
-            raise self._error(exc, "generating") from exc
+            events = self._retrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        except BackendError as exc:
+            if not self._positions_refused(call, exc):
+                raise
+            events = self._retrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        watchdog = threading.Timer(deadline.remaining(), events.response.close) if deadline.seconds else None
+        try:
+            if watchdog is not None:
+                watchdog.daemon = True
+                watchdog.start()
+            self._check_reply(events.response, None)
+            for event in events:
+                text = absorb_event(event, call.chat, progress)
+                if deadline.expired():
+                    raise deadline.error(self.base_url, "the answer")
+                if text:
+                    yield StreamChunk(text)
+        except Exception as exc:
+            raise self._stream_error(exc, deadline) from exc
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            events.close()
         yield StreamChunk("", output=self._output(call, progress))
 
-    async def agenerate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
-        """Native async :meth:`generate` with ``AsyncOpenAI``."""
-        output: BaseOutput | None = None
-        async for chunk in self.astream(request, params):
-            output = chunk.output or output
-        if output is None:  # pragma: no cover - stream always ends with an output
-            raise BackendError("the stream ended without an output")
-        return output
-
     async def astream(self, request: BaseRequest, params: GenerationParams) -> AsyncIterator[StreamChunk]:
-        """Native async :meth:`stream` with ``AsyncOpenAI``."""
+        """Native async :meth:`stream` with ``AsyncOpenAI``; the deadline cancels a hanging read."""
+        deadline = Deadline(self.request_timeout)
+        progress = Progress(start=time.perf_counter())
         call = await asyncio.to_thread(self._call, request, params)
-        progress = _Progress(start=time.perf_counter())
         client = self.async_client()
         endpoint = client.chat.completions if call.chat else client.completions
         try:
-            events = await endpoint.create(**call.kwargs)
-            try:
-                async for event in events:
-                    text = self._absorb(event, call.chat, progress)
-                    if text:
-                        yield StreamChunk(text)
-            finally:
-                await events.close()
-        except self._openai.OpenAIError as exc:
-            raise self._error(exc, "generating") from exc
+            events = await self._aretrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        except BackendError as exc:
+            if not self._positions_refused(call, exc):
+                raise
+            events = await self._aretrying(lambda t: endpoint.create(**call.kwargs, timeout=t), deadline, "generating")
+        try:
+            body = None if _is_event_stream(events.response) else await events.response.aread()
+            self._check_reply(events.response, body)
+            iterator = events.__aiter__()
+            while True:
+                try:
+                    async with asyncio.timeout(None if deadline.seconds is None else deadline.remaining()):
+                        event = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise deadline.error(self.base_url, "the answer") from None
+                text = absorb_event(event, call.chat, progress)
+                if text:
+                    yield StreamChunk(text)
+        except Exception as exc:
+            raise self._stream_error(exc, deadline) from exc
+        finally:
+            await events.close()
         yield StreamChunk("", output=self._output(call, progress))
 
     # --- helpers ------------------------------------------------------------------------------------
+    def _positions_refused(self, call: _Call, exc: BackendError) -> bool:
+        """A request with restored positions was refused (400/422): send it again without, as compacted."""
+        if "extra_body" not in call.kwargs or status_of(exc.__cause__ or exc) not in (400, 422):
+            return False
+        logger.warning("the server at %s refused restored positions; sending compacted positions", self.base_url)
+        self.restore_positions = False
+        del call.kwargs["extra_body"]
+        call.positions = "compacted"
+        return True
+
+    def _check_reply(self, response: Any, body: bytes | None) -> None:
+        if body is None and not _is_event_stream(response):
+            body = response.read()
+        check_stream_reply(response, body, self.base_url)
+
+    def _stream_error(self, exc: Exception, deadline: Deadline) -> SpecPrefillError:
+        if isinstance(exc, SpecPrefillError):
+            return exc
+        if deadline.expired():
+            return deadline.error(self.base_url, "the answer")
+        if isinstance(exc, ValueError):  # json.JSONDecodeError of a malformed event
+            return stream_format_error(exc, self.base_url)
+        if isinstance(exc, self._openai.OpenAIError):
+            return self._error(exc, "generating", deadline)
+        return BackendError(
+            f"the connection to {self.base_url} broke while streaming the answer ({type(exc).__name__}: {exc}); "
+            "the answer is incomplete, retry the request"
+        )
+
     def _call(self, request: BaseRequest, params: GenerationParams) -> _Call:
         kwargs: dict[str, Any] = {
             "model": self.model,
@@ -359,44 +355,17 @@ class OpenAIBackend(BaseBackend):
                 kwargs["extra_body"] = extra
             return _Call(chat=False, kwargs={**kwargs, "prompt": ids}, positions=mode, prompt_tokens=len(ids))
         if request.messages is not None:
-            return _Call(
-                chat=True, kwargs={**kwargs, "messages": list(request.messages)}, positions="compacted", prompt_tokens=0
-            )
+            return _Call(True, {**kwargs, "messages": list(request.messages)}, "compacted", 0)
         if request.text is not None:
-            return _Call(chat=False, kwargs={**kwargs, "prompt": request.text}, positions="compacted", prompt_tokens=0)
+            return _Call(False, {**kwargs, "prompt": request.text}, "compacted", 0)
         raise PromptError("the request has neither token_ids, text nor messages")
 
-    @staticmethod
-    def _absorb(event: Any, chat: bool, progress: _Progress) -> str:
-        usage = getattr(event, "usage", None)
-        if usage is not None:
-            progress.prompt_tokens = getattr(usage, "prompt_tokens", None)
-            progress.completion_tokens = getattr(usage, "completion_tokens", None)
-        text = ""
-        for choice in getattr(event, "choices", None) or []:
-            if getattr(choice, "index", 0) != 0:
-                continue
-            if chat:
-                delta = getattr(choice, "delta", None)
-                text = (getattr(delta, "content", None) or "") if delta is not None else ""
-            else:
-                text = getattr(choice, "text", None) or ""
-            if getattr(choice, "finish_reason", None):
-                progress.finish = str(choice.finish_reason)
-            if text or progress.finish:
-                progress.chunks += 1 if text else 0
-                if progress.first is None:
-                    progress.first = time.perf_counter()
-        if text:
-            progress.pieces.append(text)
-        return text
-
-    def _output(self, call: _Call, progress: _Progress) -> BaseOutput:
+    def _output(self, call: _Call, progress: Progress) -> BaseOutput:
         end = time.perf_counter()
         first = progress.first if progress.first is not None else end
         return BaseOutput(
             text="".join(progress.pieces),
-            finish_reason=progress.finish or "stop",
+            finish_reason=finish_reason(progress.finish, source=f"the server at {self.base_url}"),
             prompt_tokens=progress.prompt_tokens if progress.prompt_tokens is not None else call.prompt_tokens,
             completion_tokens=(
                 progress.completion_tokens if progress.completion_tokens is not None else progress.chunks
@@ -405,44 +374,13 @@ class OpenAIBackend(BaseBackend):
             total_seconds=end - progress.start,
             positions=call.positions,
             model=str(call.kwargs["model"]),
+            started_at=progress.start,
         )
 
-    def _error(self, exc: BaseException, doing: str) -> BackendError:
-        openai = self._openai
-        if isinstance(exc, openai.APITimeoutError):
-            return BackendError(
-                f"the OpenAI-compatible server at {self.base_url} timed out while {doing} "
-                f"(timeout={self.timeout}s); raise timeout=... or check the server load"
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            return BackendError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url} while {doing} "
-                f"({str(exc).rstrip('.')}). "
-                "Is the server running, and is base_url right (it usually ends in /v1)?"
-            )
-        if isinstance(exc, openai.AuthenticationError):
-            return BackendError(
-                f"the server at {self.base_url} rejected the API key ({exc.status_code}); pass api_key=... "
-                "or set OPENAI_API_KEY"
-            )
-        if isinstance(exc, openai.NotFoundError):
-            return BackendError(
-                f"the server at {self.base_url} answered 404 while {doing}: {_message(exc).rstrip('.')}. "
-                f"Check the model name ({self._model!r}) and that base_url ends in /v1"
-            )
-        if isinstance(exc, openai.APIStatusError):
-            return BackendError(
-                f"the server at {self.base_url} answered {exc.status_code} while {doing}: {_message(exc)}"
-            )
-        return BackendError(f"the OpenAI client failed while {doing} ({self.base_url}): {exc}")
+    def _error(self, exc: BaseException, doing: str, deadline: Deadline | None = None) -> BackendError:
+        return translate_openai_error(self._openai, exc, doing, self.base_url, self._model, self.timeout, deadline)
 
 
-def _message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return inner
-    return str(getattr(exc, "message", exc))
+def _is_event_stream(response: Any) -> bool:
+    kind = str(response.headers.get("content-type", "")).split(";")[0].strip().lower()
+    return kind == "text/event-stream"

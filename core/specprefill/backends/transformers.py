@@ -9,13 +9,10 @@ following the cache length.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import threading
 import time
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,100 +24,18 @@ from specprefill.backends.base import (
     GenerationParams,
     PositionMode,
     StreamChunk,
+    translate_errors,
+    vocab_matches,
 )
-from specprefill.errors import BackendError, EmptyPromptError, PromptError, PromptTooLongError
-from specprefill.prompts import plain_chat, validate_messages
+from specprefill.backends.decoding import IncrementalDetokenizer, StopChecker
+from specprefill.backends.requests import tokenize_request_text, validate_token_request
+from specprefill.errors import BackendError, PromptTooLongError
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["IncrementalDetokenizer", "StopChecker", "TransformersBackend"]
-
-_REPLACEMENT = "\ufffd"
-
-
-class IncrementalDetokenizer:
-    """Turns a growing list of token ids into text deltas that never split a UTF-8 character.
-
-    Byte-level tokenizers may need several tokens for one character; while the decoded tail ends with
-    U+FFFD the text is held back. Only a short window of ids is re-decoded per step (the ids since the last
-    clean cut, plus the previous piece for context), so the cost per token stays constant.
-
-    Args:
-        tokenizer: A transformers tokenizer (anything with ``decode(ids, skip_special_tokens=...)``).
-        skip_special_tokens: Leave special tokens out of the text.
-
-    """
-
-    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True) -> None:
-        self._tokenizer = tokenizer
-        self._skip = skip_special_tokens
-        self._ids: list[int] = []
-        self._prefix_offset = 0
-        self._read_offset = 0
-        self.text = ""
-        """All text released so far."""
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return str(self._tokenizer.decode(list(ids), skip_special_tokens=self._skip))
-
-    def add(self, token_id: int) -> str:
-        """Append one token and return the newly complete text (possibly empty)."""
-        self._ids.append(int(token_id))
-        prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        full = self._decode(self._ids[self._prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith(_REPLACEMENT):
-            delta = full[len(prefix) :]
-            self._prefix_offset = self._read_offset
-            self._read_offset = len(self._ids)
-            self.text += delta
-            return delta
-        return ""
-
-    def flush(self) -> str:
-        """Release whatever is held back (at the end of generation), replacement characters included."""
-        if self._read_offset == len(self._ids):
-            return ""
-        prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        full = self._decode(self._ids[self._prefix_offset :])
-        delta = full[len(prefix) :] if full.startswith(prefix) else full
-        self._prefix_offset = self._read_offset = len(self._ids)
-        self.text += delta
-        return delta
-
-
-class StopChecker:
-    """Finds stop strings in streamed text and says how much text is safe to emit.
-
-    Text that could be the beginning of a stop string is held back until it is clear it is not.
-
-    Args:
-        stops: The stop strings (empty strings are ignored).
-
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self._longest = max((len(s) for s in self.stops), default=0)
-        self._searched = 0
-
-    def find(self, text: str) -> int | None:
-        """Index where the earliest stop string starts in ``text``, or None (searches only new text)."""
-        if not self.stops:
-            return None
-        start = max(0, self._searched - self._longest + 1)
-        hits = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
-        self._searched = len(text)
-        return min(hits) if hits else None
-
-    def safe_length(self, text: str) -> int:
-        """Length of the prefix of ``text`` that cannot become part of a stop string."""
-        for keep in range(min(self._longest - 1, len(text)), 0, -1):
-            tail = text[-keep:]
-            if any(s.startswith(tail) for s in self.stops):
-                return len(text) - keep
-        return len(text)
-
+"""The decoding helpers are re-exported from :mod:`specprefill.backends.decoding`."""
 
 @dataclass
 class _Prepared:
@@ -145,7 +60,7 @@ class TransformersBackend(BaseBackend):
 
     """
 
-    name = "transformers"
+    kind = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None) -> None:
         self.model = model
@@ -155,8 +70,7 @@ class TransformersBackend(BaseBackend):
 
         self.eos_ids = eos_token_ids(model, tokenizer)
         self._lock = threading.Lock()
-        self._same: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-        self._vocab: dict[str, int] | None = None
+        self._vocab_cache: dict[str, Any] = {}
 
     @classmethod
     def from_pretrained(
@@ -198,60 +112,11 @@ class TransformersBackend(BaseBackend):
         """Rows of the input embedding: every valid token id is below this."""
         return int(self.model.get_input_embeddings().num_embeddings)
 
-    def same_tokenizer(self, speculator: object) -> bool:
-        """Whether the speculator's tokenizer has exactly this base's vocabulary (cached per speculator).
-
-        Args:
-            speculator: A speculator with a ``tokenizer`` attribute (e.g. :class:`~specprefill.hf.HFSpeculator`).
-
-        Returns:
-            True when both ``get_vocab()`` mappings are equal, so kept token ids can be fed directly.
-
-        """
-        try:
-            cached = self._same.get(speculator)
-        except TypeError:  # not weak-referenceable
-            cached = None
-        if cached is not None:
-            return cached
-        other = getattr(speculator, "tokenizer", None)
-        if other is None or not hasattr(other, "get_vocab"):
-            answer = False
-        elif other is self.tokenizer:
-            answer = True
-        else:
-            if self._vocab is None:
-                self._vocab = dict(self.tokenizer.get_vocab())
-            answer = dict(other.get_vocab()) == self._vocab
-        with contextlib.suppress(TypeError):
-            self._same[speculator] = answer
-        return answer
+    def _compare_tokenizer(self, speculator: object) -> bool:
+        """Same vocabulary as the speculator's ``tokenizer`` (exact ``get_vocab()`` equality)."""
+        return vocab_matches(getattr(speculator, "tokenizer", None), self.tokenizer, self._vocab_cache)
 
     # --- generation ---------------------------------------------------------------------------------
-    def generate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
-        """Prefill the request and decode to completion.
-
-        Args:
-            request: Token form (kept ids at original positions) or text/messages form.
-            params: Decoding settings; greedy when ``temperature == 0``.
-
-        Returns:
-            The finished output with timings (``prefill_seconds`` is the time to the first token).
-
-        Raises:
-            PromptError: The request is empty or has token ids outside the vocabulary.
-            PromptTooLongError: Original length plus ``max_new_tokens`` exceeds the model's positions.
-            BackendError: The model failed.
-
-        """
-        output: BaseOutput | None = None
-        for chunk in self.stream(request, params):
-            if chunk.output is not None:
-                output = chunk.output
-        if output is None:  # pragma: no cover - stream always ends with an output
-            raise BackendError("generation ended without an output")
-        return output
-
     def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
         """Prefill the request and yield text as it is decoded; the last chunk carries the output.
 
@@ -263,7 +128,18 @@ class TransformersBackend(BaseBackend):
             Text deltas that never split a UTF-8 character and never show part of a stop string; the last
             chunk has ``output`` set.
 
+        Raises:
+            PromptError: The request is empty or has token ids outside the vocabulary.
+            PromptTooLongError: Original length plus ``max_new_tokens`` exceeds the model's positions.
+            BackendError: The model failed.
+
         """
+        return translate_errors(self._decode(request, params), self._translate)
+
+    def _translate(self, exc: Exception) -> BackendError:
+        return BackendError(f"base model {self.model_name!r} failed during generation: {exc}")
+
+    def _decode(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
         torch = require("torch")
         start = time.perf_counter()
         prepared = self._prepare(request)
@@ -332,54 +208,17 @@ class TransformersBackend(BaseBackend):
             total_seconds=time.perf_counter() - start,
             positions=prepared.mode,
             model=self.model_name,
+            started_at=start,
         )
         yield StreamChunk(tail, output=output)
 
     # --- helpers ------------------------------------------------------------------------------------
     def _prepare(self, request: BaseRequest) -> _Prepared:
         if request.token_ids is not None:
-            ids = [int(t) for t in request.token_ids]
-            if not ids:
-                raise EmptyPromptError("the request has no token ids; nothing to prefill")
-            bad = [t for t in ids if t < 0 or t >= self.vocab_size]
-            if bad:
-                raise PromptError(
-                    f"token ids {bad[:5]} are outside the base vocabulary [0, {self.vocab_size}); the "
-                    "speculator uses another tokenizer, so send text or messages instead"
-                )
-            positions = list(range(len(ids))) if request.position_ids is None else list(request.position_ids)
-            if len(positions) != len(ids):
-                raise PromptError(f"{len(ids)} token ids but {len(positions)} position ids; they must match")
-            if any(b <= a for a, b in itertools.pairwise(positions)) or positions[0] < 0:
-                raise PromptError("position_ids must be non-negative and strictly increasing")
-            original = request.original_length if request.original_length is not None else positions[-1] + 1
-            if original <= positions[-1]:
-                raise PromptError(
-                    f"original_length={original} must be greater than the last position id {positions[-1]}"
-                )
-            full = original == len(ids) and positions == list(range(len(ids)))
-            mode: PositionMode = "full" if full else "original"
-            return _Prepared(ids, positions, original, mode)
-        ids = self._tokenize_text(request)
-        if not ids:
-            raise EmptyPromptError("the prompt tokenised to nothing; give the model some text")
+            checked = validate_token_request(request, self.vocab_size)
+            return _Prepared(checked.ids, checked.positions, checked.original_length, checked.mode)
+        ids = tokenize_request_text(self.tokenizer, request, self.model_name)
         return _Prepared(ids, list(range(len(ids))), len(ids), "compacted")
-
-    def _tokenize_text(self, request: BaseRequest) -> list[int]:
-        if request.messages is not None:
-            messages = validate_messages(request.messages)
-            if getattr(self.tokenizer, "chat_template", None):
-                try:
-                    rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                except Exception as exc:
-                    raise PromptError(f"the chat template of {self.model_name!r} rejected the messages: {exc}") from exc
-                return list(self.tokenizer(str(rendered), add_special_tokens=False)["input_ids"])
-            return list(self.tokenizer(plain_chat(messages), add_special_tokens=True)["input_ids"])
-        if request.text is not None:
-            if not request.text.strip():
-                raise EmptyPromptError("the prompt text is empty; give the model something to read")
-            return list(self.tokenizer(request.text, add_special_tokens=True)["input_ids"])
-        raise PromptError("the request has neither token_ids, text nor messages")
 
     def _check_length(self, prepared: _Prepared, params: GenerationParams) -> None:
         limit = self.max_position_embeddings
@@ -414,17 +253,14 @@ class TransformersBackend(BaseBackend):
         device: Any,
     ) -> tuple[torch.Tensor, Any]:
         with self._lock:
-            try:
-                out = self.model(
-                    input_ids=torch.tensor([ids], device=device),
-                    position_ids=torch.tensor([positions], device=device),
-                    attention_mask=torch.ones((1, attention_length), dtype=torch.long, device=device),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            except (RuntimeError, ValueError, IndexError) as exc:
-                raise BackendError(f"base model {self.model_name!r} failed during generation: {exc}") from exc
+            out = self.model(
+                input_ids=torch.tensor([ids], device=device),
+                position_ids=torch.tensor([positions], device=device),
+                attention_mask=torch.ones((1, attention_length), dtype=torch.long, device=device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[0, -1].float(), out.past_key_values
 
     @staticmethod

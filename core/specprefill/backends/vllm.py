@@ -14,26 +14,18 @@ positions in ``SamplingParams.extra_args`` and a position-derived ``cache_salt``
 (:mod:`specprefill.vllm_plugin`), and with an explicit ``max_tokens``. The plugin is enabled in this process
 before the engine starts and verified in every worker afterwards (``require_positions``).
 
-Memory when the speculator shares the GPUs: vLLM's ``gpu_memory_utilization`` is the fraction of each GPU's
-*total* memory that this engine may use (weights, activations, KV cache); memory the speculator holds is
-outside it. Load the speculator first, then give vLLM at most ``0.95 - speculator_share``, where
-``speculator_share`` is the speculator's weights plus its peak scoring memory (about ``2 * params`` bytes in
-bf16 plus the KV of the longest prompt, e.g. ~16 GiB + ~16 GiB at 128k tokens for an 8B speculator) divided
-by the GPU size. With tensor parallelism the fraction applies to every rank, so the other ranks leave the
-same share unused: either accept that, or pass ``kv_cache_memory_bytes`` explicitly.
+Memory when the speculator shares the GPUs: ``gpu_memory_utilization`` is the fraction of each GPU's *total*
+memory this engine may use; the speculator's memory is outside it. Load the speculator first, then give vLLM
+at most ``0.95 - share``, ``share`` being the speculator's weights plus its peak scoring memory (~16 GiB +
+~16 GiB at 128k tokens for an 8B speculator in bf16) over the GPU size. With tensor parallelism the fraction
+applies to every rank; accept the unused share there, or pass ``kv_cache_memory_bytes`` explicitly.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import queue
-import threading
 import time
-import uuid
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,9 +38,14 @@ from specprefill.backends.base import (
     GenerationParams,
     PositionMode,
     StreamChunk,
+    atranslate_errors,
+    finish_reason,
+    translate_errors,
+    vocab_matches,
 )
-from specprefill.errors import BackendError, ConfigurationError, EmptyPromptError, PromptError, PromptTooLongError
-from specprefill.prompts import plain_chat, validate_messages
+from specprefill.backends.requests import tokenize_request_text, validate_token_request
+from specprefill.backends.vllm_drivers import AsyncDriver, SyncDriver
+from specprefill.errors import BackendError, ConfigurationError, PromptError, PromptTooLongError, SpecPrefillError
 
 __all__ = ["EngineKind", "VLLMBackend"]
 
@@ -73,159 +70,6 @@ class _Progress:
     first: float | None = None
     finish: str | None = None
     prompt_tokens: int | None = None
-
-
-class _SyncDriver:
-    """Runs requests on a ``vllm.LLM``'s engine step by step, so several threads can stream at once.
-
-    One thread at a time calls ``step()``; outputs go to per-request queues, so concurrent callers share
-    batches (continuous batching) instead of queueing behind each other.
-    """
-
-    def __init__(self, llm: Any) -> None:
-        self.llm = llm
-        self.engine = llm.llm_engine
-        self._lock = threading.Lock()
-        self._queues: dict[str, queue.SimpleQueue[Any]] = {}
-
-    def run(self, prompt: dict[str, Any], params: Any) -> Iterator[Any]:
-        request_id = f"specprefill-{uuid.uuid4().hex}"
-        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        with self._lock:
-            self._queues[request_id] = inbox
-            try:
-                self.engine.add_request(request_id, prompt, params)
-            except BaseException:
-                self._queues.pop(request_id, None)
-                raise
-        finished = False
-        try:
-            while True:
-                try:
-                    output = inbox.get_nowait()
-                except queue.Empty:
-                    with self._lock:
-                        if inbox.empty():
-                            for item in self.engine.step():
-                                target = self._queues.get(getattr(item, "request_id", ""))
-                                if target is not None:
-                                    target.put(item)
-                    continue
-                finished = bool(getattr(output, "finished", False))
-                yield output
-                if finished:
-                    return
-        finally:
-            with self._lock:
-                self._queues.pop(request_id, None)
-                if not finished:
-                    with contextlib.suppress(Exception):
-                        self.engine.abort_request([request_id])
-
-    def status(self) -> list[dict[str, Any]]:
-        return list(self.llm.collective_rpc("specprefill_status"))
-
-    def close(self) -> None:
-        core = getattr(self.engine, "engine_core", None)
-        with contextlib.suppress(Exception):
-            if core is not None:
-                core.shutdown()
-
-
-class _AsyncDriver:
-    """Owns an ``AsyncLLM`` on a private event-loop thread; callers on any thread or loop use it."""
-
-    _END = object()
-
-    def __init__(self, engine_args: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="specprefill-vllm-async", daemon=True)
-        self.thread.start()
-        try:
-            self.engine = self.call(self._create(engine_args))
-        except BaseException:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            raise
-
-    @staticmethod
-    async def _create(engine_args: Any) -> Any:
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        return AsyncLLM.from_engine_args(engine_args)
-
-    def call(self, coro: Any, timeout: float | None = None) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _pump(self, prompt: dict[str, Any], params: Any, put: Any) -> None:
-        request_id = f"specprefill-{uuid.uuid4().hex}"
-        try:
-            async for output in self.engine.generate(prompt, params, request_id):
-                put(output)
-        except BaseException as exc:  # handed to the consumer
-            put(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            put(self._END)
-
-    def run(self, prompt: dict[str, Any], params: Any) -> Iterator[Any]:
-        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        future = asyncio.run_coroutine_threadsafe(self._pump(prompt, params, inbox.put), self.loop)
-        try:
-            while True:
-                item = inbox.get()
-                if item is self._END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            if not future.done():
-                future.cancel()
-
-    async def arun(self, prompt: dict[str, Any], params: Any) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[Any] = asyncio.Queue()
-
-        def put(item: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the consumer's loop closed
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-
-        future = asyncio.run_coroutine_threadsafe(self._pump(prompt, params, put), self.loop)
-        try:
-            while True:
-                item = await inbox.get()
-                if item is self._END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            if not future.done():
-                future.cancel()
-
-    def status(self) -> list[dict[str, Any]]:
-        return list(self.call(self.engine.collective_rpc("specprefill_status"), timeout=120))
-
-    @staticmethod
-    async def _cancel_pending() -> None:
-        current = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.engine.shutdown()
-        self.engine = None  # collected now, not during interpreter teardown
-        with contextlib.suppress(Exception):
-            self.call(self._cancel_pending(), timeout=10)
-        with contextlib.suppress(Exception):
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        if not self.thread.is_alive():
-            self.loop.close()
 
 
 class VLLMBackend(BaseBackend):
@@ -259,7 +103,7 @@ class VLLMBackend(BaseBackend):
 
     """
 
-    name = "vllm"
+    kind = "vllm"
 
     def __init__(
         self,
@@ -311,19 +155,18 @@ class VLLMBackend(BaseBackend):
         self.engine_kind: EngineKind = engine
         self.model_name = name or str(model)
         self.force_same_tokenizer = same_tokenizer
-        self._same: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-        self._vocab: dict[str, int] | None = None
+        self._vocab_cache: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._no_tokenizer = False
         try:
             if engine == "llm":
                 llm = vllm.LLM(**args)
-                self._driver: _SyncDriver | _AsyncDriver = _SyncDriver(llm)
+                self._driver: SyncDriver | AsyncDriver = SyncDriver(llm)
                 self.vllm_config = llm.llm_engine.vllm_config
             else:
                 from vllm.engine.arg_utils import AsyncEngineArgs
 
-                self._driver = _AsyncDriver(AsyncEngineArgs(**args))
+                self._driver = AsyncDriver(AsyncEngineArgs(**args))
                 self.vllm_config = self._driver.engine.vllm_config
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"vLLM rejected the engine arguments for {model!r}: {exc}") from exc
@@ -360,7 +203,7 @@ class VLLMBackend(BaseBackend):
     @property
     def llm(self) -> Any:
         """The underlying ``vllm.LLM`` or ``AsyncLLM``."""
-        return self._driver.llm if isinstance(self._driver, _SyncDriver) else self._driver.engine
+        return self._driver.llm if isinstance(self._driver, SyncDriver) else self._driver.engine
 
     @property
     def runner(self) -> str:
@@ -392,45 +235,19 @@ class VLLMBackend(BaseBackend):
         """Rows of the model's vocabulary (every valid token id is below this)."""
         return int(self.vllm_config.model_config.get_vocab_size())
 
-    def same_tokenizer(self, speculator: object) -> bool:
-        """Whether the speculator's tokenizer has exactly this model's vocabulary (cached per speculator)."""
-        if self.force_same_tokenizer is not None:
-            return self.force_same_tokenizer
-        try:
-            cached = self._same.get(speculator)
-        except TypeError:
-            cached = None
-        if cached is not None:
-            return cached
-        other = getattr(speculator, "tokenizer", None)
-        mine = self.tokenizer
-        answer = False
-        if other is not None and mine is not None and hasattr(other, "get_vocab") and hasattr(mine, "get_vocab"):
-            if self._vocab is None:
-                self._vocab = dict(mine.get_vocab())
-            answer = dict(other.get_vocab()) == self._vocab
-        with contextlib.suppress(TypeError):
-            self._same[speculator] = answer
-        return answer
+    def _compare_tokenizer(self, speculator: object) -> bool:
+        """Same vocabulary as the speculator's ``tokenizer`` (False when the engine has no tokenizer)."""
+        return vocab_matches(getattr(speculator, "tokenizer", None), self.tokenizer, self._vocab_cache)
 
     # --- request preparation ------------------------------------------------------------------------
     def _prepare(self, request: BaseRequest, params: GenerationParams) -> _Prepared:
         from specprefill.vllm_plugin import request_extras
 
         if request.token_ids is not None:
-            ids = [int(t) for t in request.token_ids]
-            if not ids:
-                raise EmptyPromptError("the request has no token ids; nothing to prefill")
-            vocab = self.vocab_size
-            bad = [t for t in ids if t < 0 or t >= vocab]
-            if bad:
-                raise PromptError(
-                    f"token ids {bad[:5]} are outside the base vocabulary [0, {vocab}); the speculator uses "
-                    "another tokenizer, so send text or messages instead"
-                )
+            checked = validate_token_request(request, self.vocab_size)
+            ids = checked.ids
             extras, salt = request_extras(request.position_ids, request.original_length, n_tokens=len(ids))
-            span = int(request.original_length) if request.original_length is not None else len(ids)
-            self._check_length(span, params)
+            self._check_length(checked.original_length, params)
             if not extras:
                 return _Prepared({"prompt_token_ids": ids}, {}, "full", len(ids))
             if not self.restores_positions:
@@ -439,32 +256,13 @@ class VLLMBackend(BaseBackend):
             if salt:
                 prompt["cache_salt"] = salt
             return _Prepared(prompt, extras, "original", len(ids))
-        ids = self._tokenize_text(request)
-        if not ids:
-            raise EmptyPromptError("the prompt tokenised to nothing; give the model some text")
-        self._check_length(len(ids), params)
-        return _Prepared({"prompt_token_ids": ids}, {}, "compacted", len(ids))
-
-    def _tokenize_text(self, request: BaseRequest) -> list[int]:
-        tokenizer = self.tokenizer
-        if tokenizer is None:
+        if self.tokenizer is None:
             raise PromptError(
                 "this vLLM engine has no tokenizer (skip_tokenizer_init=True); send token ids instead of text"
             )
-        if request.messages is not None:
-            messages = validate_messages(request.messages)
-            if getattr(tokenizer, "chat_template", None):
-                try:
-                    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                except Exception as exc:
-                    raise PromptError(f"the chat template of {self.model_name!r} rejected the messages: {exc}") from exc
-                return [int(t) for t in tokenizer(str(rendered), add_special_tokens=False)["input_ids"]]
-            return [int(t) for t in tokenizer(plain_chat(messages), add_special_tokens=True)["input_ids"]]
-        if request.text is not None:
-            if not request.text.strip():
-                raise EmptyPromptError("the prompt text is empty; give the model something to read")
-            return [int(t) for t in tokenizer(request.text, add_special_tokens=True)["input_ids"]]
-        raise PromptError("the request has neither token_ids, text nor messages")
+        ids = tokenize_request_text(self.tokenizer, request, self.model_name)
+        self._check_length(len(ids), params)
+        return _Prepared({"prompt_token_ids": ids}, {}, "compacted", len(ids))
 
     def _check_length(self, span: int, params: GenerationParams) -> None:
         limit = self.max_model_len
@@ -481,24 +279,20 @@ class VLLMBackend(BaseBackend):
         vllm = require("vllm", extra="vllm")
         from vllm.sampling_params import RequestOutputKind
 
-        kwargs: dict[str, Any] = {
-            "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "output_kind": RequestOutputKind.DELTA,
-            "detokenize": self.tokenizer is not None,
-        }
-        if params.stop:
-            kwargs["stop"] = list(params.stop)
-        if params.seed is not None:
-            kwargs["seed"] = params.seed
-        if extra_args:
-            kwargs["extra_args"] = dict(extra_args)
-        return vllm.SamplingParams(**kwargs)
+        extras = dict(extra_args or {}) or None
+        optional = {"stop": list(params.stop) or None, "seed": params.seed, "extra_args": extras}
+        return vllm.SamplingParams(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=self.tokenizer is not None,
+            **{k: v for k, v in optional.items() if v is not None},
+        )
 
     # --- generation ---------------------------------------------------------------------------------
-    def generate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
-        """Prefill the request (kept tokens at their original positions) and decode to completion.
+    def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
+        """Prefill the request (kept tokens at their original positions) and yield text as vLLM decodes it.
 
         Raises:
             PromptError: Empty request, token ids outside the vocabulary, or text without a tokenizer.
@@ -506,63 +300,45 @@ class VLLMBackend(BaseBackend):
             BackendError: vLLM failed.
 
         """
-        output: BaseOutput | None = None
-        for chunk in self.stream(request, params):
-            output = chunk.output or output
-        if output is None:  # pragma: no cover - stream always ends with an output
-            raise BackendError("the vLLM stream ended without an output")
-        return output
+        return translate_errors(self._run(request, params), self._translate)
 
-    def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
-        """Prefill the request and yield text as vLLM decodes it; the last chunk carries the output."""
+    def _start(self, request: BaseRequest, params: GenerationParams) -> tuple[_Prepared, Any, _Progress]:
         self._check_open()
         prepared = self._prepare(request, params)
-        sampling = self.sampling_params(params, prepared.extra_args)
-        progress = _Progress(start=time.perf_counter())
-        try:
-            for item in self._driver.run(prepared.prompt, sampling):
-                text = self._absorb(item, progress)
-                if text:
-                    yield StreamChunk(text)
-        except (BackendError, PromptError):
-            raise
-        except ValueError as exc:
-            raise PromptError(f"vLLM rejected the request: {exc}") from exc
-        except Exception as exc:
-            raise BackendError(f"vLLM base {self.model_name!r} failed during generation: {exc}") from exc
+        return prepared, self.sampling_params(params, prepared.extra_args), _Progress(start=time.perf_counter())
+
+    def _run(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
+        prepared, sampling, progress = self._start(request, params)
+        for item in self._driver.run(prepared.prompt, sampling):
+            text = self._absorb(item, progress)
+            if text:
+                yield StreamChunk(text)
         yield StreamChunk("", output=self._output(prepared, progress))
 
-    async def agenerate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
-        """Async :meth:`generate` (native with ``engine="async"``, a worker thread otherwise)."""
-        output: BaseOutput | None = None
-        async for chunk in self.astream(request, params):
-            output = chunk.output or output
-        if output is None:  # pragma: no cover - stream always ends with an output
-            raise BackendError("the vLLM stream ended without an output")
-        return output
-
     async def astream(self, request: BaseRequest, params: GenerationParams) -> AsyncIterator[StreamChunk]:
-        """Async :meth:`stream` (native with ``engine="async"``)."""
-        if not isinstance(self._driver, _AsyncDriver):
+        """Async :meth:`stream` (native with ``engine="async"``, a worker thread otherwise)."""
+        if not isinstance(self._driver, AsyncDriver):
             async for chunk in super().astream(request, params):
                 yield chunk
             return
-        self._check_open()
-        prepared = self._prepare(request, params)
-        sampling = self.sampling_params(params, prepared.extra_args)
-        progress = _Progress(start=time.perf_counter())
-        try:
-            async for item in self._driver.arun(prepared.prompt, sampling):
-                text = self._absorb(item, progress)
-                if text:
-                    yield StreamChunk(text)
-        except (BackendError, PromptError):
-            raise
-        except ValueError as exc:
-            raise PromptError(f"vLLM rejected the request: {exc}") from exc
-        except Exception as exc:
-            raise BackendError(f"vLLM base {self.model_name!r} failed during generation: {exc}") from exc
+        async for chunk in atranslate_errors(self._arun(request, params), self._translate):
+            yield chunk
+
+    async def _arun(self, request: BaseRequest, params: GenerationParams) -> AsyncIterator[StreamChunk]:
+        driver = self._driver
+        if not isinstance(driver, AsyncDriver):  # pragma: no cover - checked by astream
+            raise BackendError("the vLLM engine is not async")
+        prepared, sampling, progress = self._start(request, params)
+        async for item in driver.arun(prepared.prompt, sampling):
+            text = self._absorb(item, progress)
+            if text:
+                yield StreamChunk(text)
         yield StreamChunk("", output=self._output(prepared, progress))
+
+    def _translate(self, exc: Exception) -> SpecPrefillError:
+        if isinstance(exc, ValueError):
+            return PromptError(f"vLLM rejected the request: {exc}")
+        return BackendError(f"vLLM base {self.model_name!r} failed during generation: {exc}")
 
     # --- helpers ------------------------------------------------------------------------------------
     @staticmethod
@@ -591,13 +367,14 @@ class VLLMBackend(BaseBackend):
         return BaseOutput(
             text="".join(progress.text),
             token_ids=list(progress.token_ids),
-            finish_reason=progress.finish or "length",
+            finish_reason=finish_reason(progress.finish, source=f"vLLM base {self.model_name!r}"),
             prompt_tokens=progress.prompt_tokens if progress.prompt_tokens is not None else prepared.prompt_tokens,
             completion_tokens=len(progress.token_ids),
             prefill_seconds=first - progress.start,
             total_seconds=end - progress.start,
             positions=prepared.mode,
             model=self.model_name,
+            started_at=progress.start,
         )
 
     def _check_open(self) -> None:

@@ -38,13 +38,15 @@ def _first_logprob(response: Any) -> tuple[str | None, float] | None:
     return (str(tokens[0]) if tokens else None), float(values[0])
 
 
-def probe_position_support(client: Any, model: str, token_ids: Sequence[int]) -> bool:
+def probe_position_support(client: Any, model: str, token_ids: Sequence[int], *, raise_errors: bool = False) -> bool:
     """Whether the server behind ``client`` prefills token-id prompts at the positions in ``vllm_xargs``.
 
     Args:
         client: An ``openai.OpenAI`` client (``with_options`` is used to turn retries off).
         model: Served model name.
         token_ids: Any valid token ids of the server's vocabulary (the first two are used).
+        raise_errors: Let a failed request raise (so a caller can tell a transient failure from a "no")
+            instead of answering False.
 
     Returns:
         True only when the positioned request answers measurably differently from two identical plain ones.
@@ -64,6 +66,8 @@ def probe_position_support(client: Any, model: str, token_ids: Sequence[int]) ->
             quiet.completions.create(**base, extra_body={"vllm_xargs": pmap.to_xargs(), "cache_salt": pmap.salt()})
         )
     except Exception as exc:  # any failure means "cannot restore positions there"
+        if raise_errors:
+            raise
         logger.info("specprefill: position probe failed (%s); assuming the server cannot restore positions", exc)
         return False
     first, second = plain

@@ -28,6 +28,8 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import LLM
 
+from specprefill.backends.openai import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
+from specprefill.callargs import split_call_kwargs
 from specprefill.config import SpecPrefillConfig
 from specprefill.engine import EngineResult, SpecPrefillEngine
 from specprefill.errors import ConfigurationError, PromptError
@@ -40,7 +42,6 @@ STATS_KEY = "specprefill"
 """Key of the pruning statistics (:meth:`EngineStats.to_dict <specprefill.engine.EngineStats.to_dict>`) in
 a response's ``additional_kwargs`` and ``raw``."""
 
-_GENERATION_KEYS = frozenset({"max_new_tokens", "temperature", "top_p", "stop", "seed", "protected_spans"})
 _ASSISTANT_ROLES = frozenset({MessageRole.ASSISTANT, MessageRole.CHATBOT, MessageRole.MODEL})
 
 
@@ -55,7 +56,8 @@ class SpecPrefillLLM(LLM):
 
     Per call, keyword arguments may set generation (``max_new_tokens`` or ``max_tokens``, ``temperature``,
     ``top_p``, ``stop``, ``seed``, ``protected_spans``) and any :class:`~specprefill.config.SpecPrefillConfig`
-    field (e.g. ``keep_rate=0.1``); anything else raises :class:`~specprefill.errors.ConfigurationError`.
+    field (e.g. ``keep_rate=0.1``); anything else raises :class:`~specprefill.errors.UnknownArgumentError`
+    (a :class:`~specprefill.errors.ConfigurationError`), as in ``ChatSpecPrefill``.
 
     Args:
         engine: The engine to use. Mutually exclusive with ``base_url``/``api_key``/``speculator``/``config``.
@@ -65,6 +67,10 @@ class SpecPrefillLLM(LLM):
         api_key: API key for ``base_url`` (default: ``$OPENAI_API_KEY``, else ``"EMPTY"``).
         speculator: Speculator (instance or name) for ``base_url``; loaded on first use.
         config: Pruning settings for the engine built for ``base_url``.
+        timeout: Seconds ``base_url`` may stay silent during one attempt (None: no limit).
+        request_timeout: Overall seconds per request to ``base_url``, retries and the streamed answer
+            included (None: no limit).
+        max_retries: Retries of failed requests to ``base_url`` (connection errors, 429, 5xx).
         context_window: Tokens the base model takes (prompt plus output; default: the base model's
             ``max_position_embeddings`` when known, else LlamaIndex's default). Pruned prompts keep their
             original positions, so the *unpruned* prompt must fit.
@@ -104,6 +110,9 @@ class SpecPrefillLLM(LLM):
         speculator: Speculator | str = "smollm2-135m",
         config: SpecPrefillConfig | None = None,
         context_window: int | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        max_retries: int = 2,
         **kwargs: Any,
     ) -> None:
         if engine is None:
@@ -114,7 +123,15 @@ class SpecPrefillLLM(LLM):
                 )
             from specprefill.backends.openai import OpenAIBackend
 
-            engine = SpecPrefillEngine(speculator, OpenAIBackend(model, base_url=base_url, api_key=api_key), config)
+            backend = OpenAIBackend(
+                model,
+                base_url=base_url,
+                api_key=api_key,
+                timeout=timeout,
+                request_timeout=request_timeout,
+                max_retries=max_retries,
+            )
+            engine = SpecPrefillEngine(speculator, backend, config)
         elif not isinstance(engine, SpecPrefillEngine):
             raise ConfigurationError(f"engine must be a SpecPrefillEngine, got {type(engine).__name__}")
         elif base_url is not None or api_key is not None or config is not None:
@@ -125,7 +142,7 @@ class SpecPrefillLLM(LLM):
         if context_window is None:
             known = getattr(base, "max_position_embeddings", None)
             context_window = int(known) if isinstance(known, int) and known > 0 else DEFAULT_CONTEXT_WINDOW
-        name = model or str(getattr(base, "model_name", "") or base.name)
+        name = model or base.model_name or base.kind
         fields: dict[str, Any] = {"model": name, "context_window": context_window, **kwargs}
         try:
             super().__init__(**fields)
@@ -269,17 +286,13 @@ class SpecPrefillLLM(LLM):
             "keep_rate": self.keep_rate,
             "max_kept_tokens": self.max_kept_tokens,
         }
-        fields = SpecPrefillConfig.model_fields
-        for key, value in kwargs.items():
-            if key == "max_tokens":
-                args["max_new_tokens"] = value
-            elif key in _GENERATION_KEYS or key in fields:
-                args[key] = value
-            else:
-                raise ConfigurationError(
-                    f"SpecPrefillLLM got an unknown argument {key!r}; it takes {sorted(_GENERATION_KEYS)}, "
-                    f"max_tokens, and SpecPrefillConfig fields {sorted(fields)}"
-                )
+        rest = dict(kwargs)
+        spans = rest.pop("protected_spans", None)
+        generation, overrides = split_call_kwargs(rest, caller="SpecPrefillLLM")
+        args.update(generation)
+        args.update(overrides)
+        if spans is not None:
+            args["protected_spans"] = spans
         return args
 
 

@@ -1,0 +1,211 @@
+"""Bounded, honest HTTP for :class:`~specprefill.backends.openai.OpenAIBackend`.
+
+Every request has an overall deadline (:class:`Deadline`) that covers retries, ``Retry-After`` waits and a
+stream that trickles; retries happen only before the first byte of an answer was used. Replies that are not
+a well-formed event stream (HTML, malformed JSON, nothing) become :class:`~specprefill.errors.BackendError`
+naming what the server sent, and a stream that ends without a finish reason is an error, never a ``stop``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from specprefill.errors import BackendError
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "Deadline",
+    "ProbeGate",
+    "Progress",
+    "absorb_event",
+    "check_stream_reply",
+    "retry_delay",
+]
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a server may stay silent (no byte) during one attempt."""
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to establish a connection."""
+
+DEFAULT_REQUEST_TIMEOUT = 600.0
+"""Overall seconds per request, retries and streaming included."""
+
+_RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_SNIPPET = 160
+
+
+@dataclass
+class Deadline:
+    """An overall time limit (``seconds=None``: none)."""
+
+    seconds: float | None
+    start: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        """Seconds left (``inf`` without a limit; never negative)."""
+        if self.seconds is None:
+            return math.inf
+        return max(0.0, self.start + self.seconds - time.monotonic())
+
+    def expired(self) -> bool:
+        """Whether the limit has passed."""
+        return self.remaining() <= 0.0
+
+    def error(self, where: str, doing: str) -> BackendError:
+        """The error for a request cut at the deadline."""
+        return BackendError(
+            f"the server at {where} did not finish {doing} within request_timeout={self.seconds}s (it hung, "
+            "answered too slowly, or kept failing); raise request_timeout=... or check the server load"
+        )
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an ``openai`` status error, else None."""
+    status = getattr(exc, "status_code", None)
+    return int(status) if isinstance(status, int) else None
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked to wait (``Retry-After``: seconds or an HTTP date), or None."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+    if parsed is None:
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+def retryable(exc: BaseException, openai: Any) -> bool:
+    """Whether a failed attempt may be retried (connection trouble, timeouts, 408/409/425/429/5xx)."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    status = status_of(exc)
+    return status is not None and (status in _RETRY_STATUS or status >= 500)
+
+
+def retry_delay(attempt: int, exc: BaseException, *, base: float = 0.5, cap: float = 8.0) -> float:
+    """Seconds before retry number ``attempt`` (from 0): ``Retry-After`` if given, else jittered backoff."""
+    asked = retry_after(exc)
+    if asked is not None:
+        return asked
+    return float(min(cap, base * 2.0**attempt)) * (0.5 + random.random() / 2)
+
+
+@dataclass
+class ProbeGate:
+    """When a capability probe may run again after a transient failure (exponential backoff)."""
+
+    first: float = 2.0
+    cap: float = 300.0
+    delay: float = 0.0
+    not_before: float = 0.0
+
+    def open(self) -> bool:
+        """Whether a probe may run now."""
+        return time.monotonic() >= self.not_before
+
+    def failed(self) -> None:
+        """Record a transient failure: wait longer before the next probe."""
+        self.delay = self.first if self.delay == 0 else min(self.cap, self.delay * 2)
+        self.not_before = time.monotonic() + self.delay
+
+    def reset(self) -> None:
+        """Record a definite answer."""
+        self.delay = self.not_before = 0.0
+
+
+@dataclass
+class Progress:
+    """What a stream has delivered so far."""
+
+    start: float
+    pieces: list[str] = field(default_factory=list)
+    first: float | None = None
+    finish: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    chunks: int = 0
+
+
+def absorb_event(event: Any, chat: bool, progress: Progress) -> str:
+    """Take one parsed stream event into ``progress``; return its new text (choice 0 only)."""
+    usage = getattr(event, "usage", None)
+    if usage is not None:
+        progress.prompt_tokens = getattr(usage, "prompt_tokens", None)
+        progress.completion_tokens = getattr(usage, "completion_tokens", None)
+    text = ""
+    for choice in getattr(event, "choices", None) or []:
+        if getattr(choice, "index", 0) != 0:
+            continue
+        if chat:
+            delta = getattr(choice, "delta", None)
+            text = (getattr(delta, "content", None) or "") if delta is not None else ""
+        else:
+            text = getattr(choice, "text", None) or ""
+        if getattr(choice, "finish_reason", None):
+            progress.finish = str(choice.finish_reason)
+        if text or progress.finish:
+            progress.chunks += 1 if text else 0
+            if progress.first is None:
+                progress.first = time.perf_counter()
+    if text:
+        progress.pieces.append(text)
+    return text
+
+
+def check_stream_reply(response: Any, body: bytes | None, where: str) -> None:
+    """Refuse a 200 reply that is not an event stream, saying what the server sent.
+
+    Args:
+        response: The ``httpx.Response`` of a streaming request.
+        body: The reply's bytes when it is not an event stream (read by the caller), else None.
+        where: The server, for the message.
+
+    Raises:
+        BackendError: The reply is HTML, JSON, empty, or anything but ``text/event-stream``.
+
+    """
+    kind = str(response.headers.get("content-type", "")).split(";")[0].strip().lower()
+    if kind == "text/event-stream":
+        return
+    data = body or b""
+    snippet = data[:_SNIPPET].decode("utf-8", "replace")
+    if not data.strip():
+        what = f"an empty {kind or 'untyped'} reply"
+    elif kind == "application/json":
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            what = f"malformed JSON ({snippet!r})"
+        else:
+            error = parsed.get("error") if isinstance(parsed, dict) else None
+            what = f"a JSON error: {error}" if error else f"a JSON body instead of a stream ({snippet!r})"
+    else:
+        what = f"{kind or 'an untyped reply'} ({snippet!r})"
+    raise BackendError(
+        f"the server at {where} answered {response.status_code} with {what} where an event stream was expected; "
+        "check that base_url points at an OpenAI-compatible API (it usually ends in /v1) and not at a proxy page"
+    )
+
+
+def stream_format_error(exc: BaseException, where: str) -> BackendError:
+    """The error for an event stream whose data is not valid JSON."""
+    return BackendError(
+        f"the server at {where} sent a malformed event in the answer stream ({type(exc).__name__}: {exc}); "
+        "the answer is incomplete. Check the server or any proxy in between"
+    )

@@ -1,0 +1,114 @@
+"""Honest async: scoring on the engine's own bounded pool, base calls never wait on other calls' pruning,
+and ``ttft_seconds`` counts from the moment a call entered the engine (queue wait included)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+
+from specprefill import SpecPrefillConfig
+from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, StreamChunk
+from specprefill.engine import SpecPrefillEngine
+from specprefill.errors import ConfigurationError
+from specprefill.speculator import ImportanceResult
+from test_engine import CharSpeculator
+
+SCORE_SECONDS = 0.08
+PREFILL_SECONDS = 0.05
+CALLS = 12
+
+
+class SlowSpeculator(CharSpeculator):
+    """Scoring takes :data:`SCORE_SECONDS`; records when each prompt's scoring ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored_at: dict[str, float] = {}
+        self.threads: set[str] = set()
+
+    def score(self, input_ids: Sequence[int], config: SpecPrefillConfig) -> ImportanceResult:
+        time.sleep(SCORE_SECONDS)
+        self.threads.add(threading.current_thread().name)
+        self.scored_at["".join(chr(t) for t in input_ids)] = time.perf_counter()
+        return ImportanceResult(np.linspace(0.0, 1.0, len(input_ids), dtype=np.float32), [], 1, 1)
+
+
+class TimedBackend(BaseBackend):
+    """A sync-only base (the default async path): records when each request started and took its prefill."""
+
+    kind = "timed"
+
+    def __init__(self) -> None:
+        self.model_name = "timed-base"
+        self.started: list[tuple[str, float]] = []
+
+    def _compare_tokenizer(self, speculator: object) -> bool:
+        return False
+
+    def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
+        start = time.perf_counter()
+        self.started.append((request.text or "", start))
+        time.sleep(PREFILL_SECONDS)
+        first = time.perf_counter()
+        output = BaseOutput(
+            text="ok", finish_reason="stop", prompt_tokens=1, completion_tokens=1,
+            prefill_seconds=first - start, total_seconds=first - start, positions="compacted",
+            model=self.model_name, started_at=start,
+        )  # fmt: skip
+        yield StreamChunk("ok", output=output)
+
+
+def _prompt(i: int) -> str:
+    return f"request {i:02d}: " + "lorem ipsum dolor sit amet " * 3
+
+
+async def test_twelve_concurrent_calls_do_not_queue_base_calls_behind_pruning() -> None:
+    speculator = SlowSpeculator()
+    base = TimedBackend()
+    engine = SpecPrefillEngine(speculator, base, SpecPrefillConfig(keep_rate=0.5, chunk_size=4, min_prompt_tokens=0))
+    entered = time.perf_counter()
+    results = await asyncio.gather(*(engine.agenerate(_prompt(i), max_new_tokens=2) for i in range(CALLS)))
+    assert speculator.threads == {"specprefill-score_0"}, "scoring must run on the engine's own pool only"
+    kept_texts = {r.prune.text: r for r in results}
+    assert len(base.started) == CALLS
+    waits = []
+    for text, started in base.started:
+        result = kept_texts[text]
+        scored = speculator.scored_at[result.prune.source_text or ""]
+        waits.append(started - scored)
+    # every base call starts right after its own pruning, not after the other calls' pruning
+    assert max(waits) < 4 * PREFILL_SECONDS, waits
+    ttfts = sorted(r.stats.ttft_seconds for r in results)
+    queues = sorted(r.stats.queue_seconds for r in results)
+    # one scoring worker: the k-th call waited for k earlier prune jobs, and its ttft says so
+    assert ttfts[-1] >= CALLS * SCORE_SECONDS + PREFILL_SECONDS * 0.9
+    assert queues[-1] >= (CALLS - 1) * SCORE_SECONDS * 0.9 and queues[0] < SCORE_SECONDS
+    for r in results:
+        s = r.stats
+        assert s.ttft_seconds >= s.queue_seconds + s.speculator_seconds + s.base_prefill_seconds * 0.9
+        assert s.ttft_seconds <= time.perf_counter() - entered
+    engine.close()
+
+
+async def test_scoring_pool_is_bounded_and_configurable() -> None:
+    speculator = SlowSpeculator()
+    engine = SpecPrefillEngine(speculator, TimedBackend(), SpecPrefillConfig(min_prompt_tokens=0), scoring_workers=3)
+    await asyncio.gather(*(engine.agenerate(_prompt(i), max_new_tokens=1) for i in range(9)))
+    assert 1 < len(speculator.threads) <= 3
+    engine.close()
+    with pytest.raises(ConfigurationError, match="scoring_workers"):
+        SpecPrefillEngine(speculator, TimedBackend(), scoring_workers=0)
+
+
+def test_sync_call_reports_ttft_from_entry() -> None:
+    engine = SpecPrefillEngine(SlowSpeculator(), TimedBackend(), SpecPrefillConfig(min_prompt_tokens=0))
+    before = time.perf_counter()
+    result = engine.generate(_prompt(0), max_new_tokens=1)
+    s = result.stats
+    assert SCORE_SECONDS + PREFILL_SECONDS * 0.9 <= s.ttft_seconds <= time.perf_counter() - before
+    assert s.queue_seconds < SCORE_SECONDS
