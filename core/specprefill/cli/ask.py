@@ -14,6 +14,7 @@ from specprefill.documents import ASK_STOP, ask_messages, load_documents
 from specprefill.errors import ConfigurationError, EmptyPromptError, SpecPrefillError
 
 if TYPE_CHECKING:
+    from specprefill.config import SpecPrefillConfig
     from specprefill.engine import EngineResult, SpecPrefillEngine
     from specprefill.result import Message
 
@@ -61,19 +62,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _load_engine(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Load the speculator and the base backend (the weights once when both are the same model)."""
-    from specprefill.backends.transformers import TransformersBackend
+def _load_engine(args: argparse.Namespace, config: SpecPrefillConfig) -> SpecPrefillEngine:
+    """Load the speculator and the base model (weights loaded once when both are the same model)."""
+    from specprefill.factory import load_engine
 
     with steps(["speculator", "base model"]) as step:
         step(f"loading speculator {args.speculator}")
         speculator = options.load_speculator(args.speculator, options.verbose(args))
+        config = options.protect_question(config, args, speculator, args.question)
         step(f"loading base model {args.base}")
-        if args.base == args.speculator and hasattr(speculator, "model") and hasattr(speculator, "tokenizer"):
-            base = TransformersBackend(speculator.model, speculator.tokenizer, name=args.base)
-        else:
-            base = TransformersBackend.from_pretrained(args.base)
-    return speculator, base
+        return load_engine(speculator, base=args.base, config=config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,13 +87,9 @@ def run(args: argparse.Namespace) -> int:
     options.check_size(sum(len(d.text) for d in docs), config, force=args.force, source=f"{len(docs)} document(s)")
     messages = ask_messages(docs, args.question)
 
-    from specprefill.engine import SpecPrefillEngine
-
     start = time.perf_counter()
-    speculator, base = _load_engine(args)
+    engine = _load_engine(args, config)
     load_seconds = time.perf_counter() - start
-    config = options.protect_question(config, args, speculator, args.question)
-    engine = SpecPrefillEngine(speculator, base, config)
     # The prompt ends with "Question: ..."; a model that starts inventing the next question is done answering.
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": args.max_new_tokens,

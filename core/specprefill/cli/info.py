@@ -67,7 +67,7 @@ def embedded_model_status(name: str) -> dict[str, Any]:
     Uses :func:`specprefill.models.embedded_gguf_path`, so models shipped in several packages are joined
     (once, into the cache) and checked exactly as a load would.
     """
-    from specprefill.models import EMBEDDED_MODELS, cache_dir, embedded_gguf_path
+    from specprefill.models import EMBEDDED_MODELS, cached_dense_dir, embedded_gguf_path
 
     entry = EMBEDDED_MODELS[name]
     try:
@@ -75,13 +75,13 @@ def embedded_model_status(name: str) -> dict[str, Any]:
         problem = None
     except ModelLoadError as exc:
         path, problem = None, str(exc)
-    cached = sorted(str(p) for p in cache_dir().glob(f"{name}-*") if (p / "config.json").is_file())
+    dense = cached_dense_dir(name)
     return {
         "description": entry.description,
         "installed": path is not None,
         "path": path,
         "problem": problem,
-        "dense_copy": cached[0] if cached else None,
+        "dense_copy": str(dense) if dense is not None else None,
         "install": entry.pip_install,
     }
 
@@ -94,17 +94,16 @@ def default_dtypes() -> dict[str, str] | None:
     """
     if importlib.util.find_spec("torch") is None:
         return None
-    from specprefill import models
-
-    choose = getattr(models, "default_dtype", None)
-    if not callable(choose):
-        return None
     import torch
 
-    out = {"cpu": str(choose("cpu")).removeprefix("torch."),
-           "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+    from specprefill.models import default_dtype
+
+    out = {
+        "cpu": str(default_dtype("cpu")).removeprefix("torch."),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+    }
     if torch.cuda.is_available():
-        out["cuda"] = str(choose("cuda")).removeprefix("torch.")
+        out["cuda"] = str(default_dtype("cuda")).removeprefix("torch.")
     return out
 
 
