@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 from langchain_core.documents import BaseDocumentCompressor, Document
-from lc_fakes import LetterSpeculator
 from lc_support import DOCUMENTS
 
 from conftest import needs_model
+from fakes import letter_speculator
 from langchain_specprefill import SpecPrefillDocumentCompressor
 from specprefill import SpecPrefillConfig
 
@@ -26,7 +26,7 @@ def docs() -> list[Document]:
 
 
 def compressor(**kwargs: Any) -> SpecPrefillDocumentCompressor:
-    return SpecPrefillDocumentCompressor(speculator=LetterSpeculator(), config=CONFIG, **kwargs)
+    return SpecPrefillDocumentCompressor(speculator=letter_speculator(), config=CONFIG, **kwargs)
 
 
 def test_is_a_document_compressor_and_loads_nothing_at_construction() -> None:
@@ -72,7 +72,7 @@ def test_minimum_per_document() -> None:
 
 
 def test_short_prompt_is_left_whole() -> None:
-    c = SpecPrefillDocumentCompressor(speculator=LetterSpeculator(), config=CONFIG, min_prompt_tokens=10_000)
+    c = SpecPrefillDocumentCompressor(speculator=letter_speculator(), config=CONFIG, min_prompt_tokens=10_000)
     inputs = docs()
     out = c.compress_documents(inputs, "q")
     assert [d.page_content for d in out] == [d.page_content for d in inputs]

@@ -110,8 +110,8 @@ def test_load_engine_shares_the_weights_of_one_model(speculator: Any) -> None:
 
 
 def test_load_engine_takes_a_ready_base() -> None:
-    from test_engine import CharSpeculator, RecordingBackend
+    from fakes import FakeSpeculator, recording_backend
 
-    base = RecordingBackend()
-    engine = load_engine(CharSpeculator(), base=base)
+    base = recording_backend()
+    engine = load_engine(FakeSpeculator(), base=base)
     assert engine.base is base and engine.speculator_name == "char-spec"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from test_prompts import CharSpeculator  # one token per character; upper-case letters are important
 
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
@@ -17,7 +18,6 @@ from specprefill.passages import (
     score_passages,
 )
 from specprefill.prompts import plain_chat
-from test_prompts import CharSpeculator  # one token per character; upper-case letters are important
 
 CFG = SpecPrefillConfig(chunk_size=4, lookahead=1, min_prompt_tokens=0, gap_marker="|")
 
