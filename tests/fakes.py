@@ -4,13 +4,15 @@
 (id = code point), a deterministic importance (a rising ramp, and 1.0 on every ``hot`` word), an optional
 delay and an optional failure. :class:`FakeBackend` is a real :class:`~specprefill.backends.base.BaseBackend`:
 a scripted reply, every request and parameter set recorded, an optional delay and an optional failure.
-The presets at the end are the configurations the test modules share.
+A :class:`BosSpeculator` (and its one-token-per-word :class:`WordSpeculator`) adds a zero-width special token
+for the prompt-location tests. The presets at the end are the configurations the test modules share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -33,6 +35,12 @@ def role_tags(messages: list[dict[str, Any]]) -> str:
     return body + "<|assistant|>\n"
 
 
+def chatml(messages: list[dict[str, Any]]) -> str:
+    """A ChatML-like template that strips white space around contents, like many real ones."""
+    body = "".join(f"<|im_start|>{m['role']}\n{str(m['content']).strip()}<|im_end|>\n" for m in messages)
+    return body + "<|im_start|>assistant\n"
+
+
 class FakeSpeculator(Speculator):
     """One token per character; importance is a ramp rising to the end, with 1.0 on every ``hot`` word.
 
@@ -51,7 +59,7 @@ class FakeSpeculator(Speculator):
         name: str = "char-spec",
         hot: Sequence[str] = (),
         ramp: tuple[float, float] | None = (0.0, 1.0),
-        template: Template = plain_chat,  # type: ignore[assignment]
+        template: Template = plain_chat,
         fail: BaseException | None = None,
         delay: float = 0.0,
     ) -> None:
@@ -73,7 +81,7 @@ class FakeSpeculator(Speculator):
     def decode(self, token_ids: Sequence[int]) -> str:
         return "".join(chr(t) for t in token_ids)
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:  # type: ignore[override]
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
         return self.template(messages)
 
     def importance(self, text: str) -> np.ndarray:
@@ -103,6 +111,41 @@ class FakeSpeculator(Speculator):
     @property
     def vocab_size(self) -> int:
         return 0x110000
+
+
+class BosSpeculator(FakeSpeculator):
+    """A tokenizer with a special token: token 0 is a zero-width BOS, ids are code points + 1 in a 1000-token
+    vocabulary; upper-case letters are important (1.0), everything else 0.01."""
+
+    def __init__(self, template: Template = chatml) -> None:
+        super().__init__(name="char-fake", template=template)
+
+    def encode(self, text: str) -> tuple[list[int], list[Span]]:
+        return [min(ord(c), 998) + 1 for c in text], [(i, i + 1) for i in range(len(text))]
+
+    def encode_with_specials(self, text: str) -> tuple[list[int], list[Span]]:
+        ids, offsets = self.encode(text)
+        return [0, *ids], [(0, 0), *offsets]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "".join("<s>" if t == 0 else chr(t - 1) for t in token_ids)
+
+    def score(self, input_ids: Sequence[int], config: SpecPrefillConfig) -> ImportanceResult:
+        imp = np.array([1.0 if chr(max(t - 1, 0)).isupper() else 0.01 for t in input_ids], dtype=np.float32)
+        return ImportanceResult(imp, [], queries=1, windows=1)
+
+    @property
+    def vocab_size(self) -> int:
+        return 1000
+
+
+class WordSpeculator(BosSpeculator):
+    """One token per word, with offsets that leave out the spaces (as some tokenizers report them)."""
+
+    def encode(self, text: str) -> tuple[list[int], list[Span]]:
+        offsets = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        ids = [ord(text[s]) + 1 if text[s:e].isupper() else 2 for s, e in offsets]
+        return ids, offsets
 
 
 Split = Literal["words", "chars", "halves"]
