@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from fakes import BosSpeculator  # one token per character; upper-case letters are important
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
 from specprefill.passages import (
@@ -17,13 +18,12 @@ from specprefill.passages import (
     score_passages,
 )
 from specprefill.prompts import plain_chat
-from test_prompts import CharSpeculator  # one token per character; upper-case letters are important
 
 CFG = SpecPrefillConfig(chunk_size=4, lookahead=1, min_prompt_tokens=0, gap_marker="|")
 
 
-def spec() -> CharSpeculator:
-    return CharSpeculator(template=plain_chat)  # keeps contents verbatim
+def spec() -> BosSpeculator:
+    return BosSpeculator(template=plain_chat)  # keeps contents verbatim
 
 
 def test_layout_numbers_passages_skips_empty_ones_and_shifts_protected_spans() -> None:
@@ -96,7 +96,7 @@ def test_unscored_prompts_keep_everything() -> None:
 
 def test_refusals() -> None:
     with pytest.raises(PromptError, match="changes the passages text"):
-        prune_passages(CharSpeculator(template=lambda m: plain_chat(m).upper()), [Passage("ab")], "q", CFG)
+        prune_passages(BosSpeculator(template=lambda m: plain_chat(m).upper()), [Passage("ab")], "q", CFG)
     with pytest.raises(ConfigurationError, match="protected_count_toward_budget"):
         prune_passages(spec(), [Passage("ab")], "q", CFG.with_overrides(protected_count_toward_budget=True))
 

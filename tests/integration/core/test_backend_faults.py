@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from fakes import FakeSpeculator
 from local_openai_server import Fault, LocalOpenAIServer
 from specprefill import SpecPrefillConfig
 from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, StreamChunk
 from specprefill.engine import SpecPrefillEngine
 from specprefill.errors import BackendError, SpecPrefillError
-from test_engine import CharSpeculator
 
 pytest.importorskip("openai", reason='needs the openai client: pip install "specprefill[openai]"')
 
@@ -32,7 +32,7 @@ COMPLETIONS = "/v1/completions"
 
 
 class CharTokenizer:
-    """One token per character, like :class:`CharSpeculator`."""
+    """One token per character, like :class:`fakes.FakeSpeculator`."""
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": [ord(c) for c in text]}
@@ -181,7 +181,7 @@ CONFIG = SpecPrefillConfig(keep_rate=0.3, chunk_size=8, min_prompt_tokens=0)
 
 def test_500_on_probes_then_recovery_gets_token_ids_and_original_positions(server: LocalOpenAIServer) -> None:
     b = backend(server, probe_retry_seconds=0.3)
-    engine = SpecPrefillEngine(CharSpeculator(), b, CONFIG)
+    engine = SpecPrefillEngine(FakeSpeculator(), b, CONFIG)
     server.inject("/tokenize", Fault("status", status=500))
     first = engine.generate(NOTES, max_new_tokens=4)
     assert first.text == REPLY and first.stats.positions == "compacted"
@@ -203,7 +203,7 @@ def test_500_on_probes_then_recovery_gets_token_ids_and_original_positions(serve
 def test_404_is_a_definite_no_and_cached(server: LocalOpenAIServer) -> None:
     server.tokenize = False
     b = backend(server)
-    speculator = CharSpeculator()
+    speculator = FakeSpeculator()
     assert b.same_tokenizer(speculator) is False
     assert b.same_tokenizer(speculator) is False
     assert server.paths() == ["/tokenize", "/v1/tokenize"]  # both candidate URLs, once

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
-from lc_fakes import fake_engine
 from lc_support import lc_engine  # noqa: F401 - fixture
 
 from conftest import needs_model
+from fakes import fake_engine
 from langchain_specprefill import ChatSpecPrefill
 
 MAX_TOKENS = 10

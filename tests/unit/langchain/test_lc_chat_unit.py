@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
-from lc_fakes import ScriptedBackend, fake_engine
 from pydantic import BaseModel
 
 import langchain_specprefill
+from fakes import FakeBackend, FakeSpeculator, fake_engine, scripted_backend
 from langchain_specprefill import ChatSpecPrefill, PackagedEmbeddings, SpecPrefillDocumentCompressor
 from langchain_specprefill.chat_models import json_instruction, to_chat_dicts
 from specprefill.errors import PromptError
@@ -30,10 +30,10 @@ def chat(reply: str = "Hello there friend", **kwargs: Any) -> ChatSpecPrefill:
     return ChatSpecPrefill(engine=fake_engine(reply), **kwargs)
 
 
-def backend(model: ChatSpecPrefill) -> ScriptedBackend:
+def backend(model: ChatSpecPrefill) -> FakeBackend:
     assert model.engine is not None
     base = model.engine.base
-    assert isinstance(base, ScriptedBackend)
+    assert isinstance(base, FakeBackend)
     return base
 
 
@@ -305,15 +305,10 @@ def test_system_prompt_and_question_survive_pruning() -> None:
 
 
 def test_speculator_failure_falls_back_to_the_full_prompt() -> None:
-    from lc_fakes import LetterSpeculator
-
     from specprefill.engine import SpecPrefillEngine
 
-    class Broken(LetterSpeculator):
-        def score(self, input_ids: Any, config: Any) -> Any:
-            raise RuntimeError("out of memory")
-
-    engine = SpecPrefillEngine(Broken(), ScriptedBackend(), fake_engine().config)
+    broken = FakeSpeculator(name="letter-spec", ramp=None, fail=RuntimeError("out of memory"))
+    engine = SpecPrefillEngine(broken, scripted_backend(), fake_engine().config)
     msg = ChatSpecPrefill(engine=engine).invoke(LONG)
     block = msg.response_metadata["specprefill"]
     assert block["fallback"] and "out of memory" in block["fallback_reason"] and not block["pruned"]

@@ -1,108 +1,22 @@
 """SpecPrefillEngine: request building, fallbacks, stats, streaming and async.
 
-Unit tests use a character-level fake speculator and a recording fake backend (no model, no sockets);
-the integration tests at the end run the real embedded model end to end.
+Unit tests over the shared fakes (no model, no sockets); the real model runs in
+tests/integration/core/test_engine_real.py.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import pytest
 
-from conftest import needs_model
+from fakes import FakeSpeculator, recording_backend
 from specprefill import SpecPrefillConfig
-from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, StreamChunk
+from specprefill.backends.base import BaseRequest, GenerationParams
 from specprefill.engine import EngineChunk, EngineResult, EngineStats, SpecPrefillEngine
 from specprefill.errors import ConfigurationError, EmptyPromptError, ModelLoadError, SpeculatorError
-from specprefill.prompts import plain_chat
-from specprefill.result import Message
-from specprefill.spans import Span
-from specprefill.speculator import ImportanceResult, Speculator
-
-# --- fakes ------------------------------------------------------------------------------------------------
-
-
-class CharSpeculator(Speculator):
-    """One token per character (id = code point); later characters matter more, unless told to fail."""
-
-    name = "char-spec"
-
-    def __init__(self, fail: BaseException | None = None) -> None:
-        self.fail = fail
-        self.calls = 0
-
-    def encode(self, text: str) -> tuple[list[int], list[Span]]:
-        return [ord(c) for c in text], [(i, i + 1) for i in range(len(text))]
-
-    def encode_with_specials(self, text: str) -> tuple[list[int], list[Span]]:
-        return self.encode(text)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return "".join(chr(t) for t in token_ids)
-
-    def render_chat(self, messages: list[Message]) -> str:
-        return plain_chat(messages)
-
-    def score(self, input_ids: Sequence[int], config: SpecPrefillConfig) -> ImportanceResult:
-        self.calls += 1
-        if self.fail is not None:
-            raise self.fail
-        return ImportanceResult(np.linspace(0.0, 1.0, len(input_ids), dtype=np.float32), [], 1, 1)
-
-    @property
-    def vocab_size(self) -> int:
-        return 0x110000
-
-
-class RecordingBackend(BaseBackend):
-    """Answers "ok!" in three pieces and remembers every request."""
-
-    name = "recording"
-
-    def __init__(self, same: bool = True) -> None:
-        self.same = same
-        self.requests: list[BaseRequest] = []
-        self.params: list[GenerationParams] = []
-
-    def same_tokenizer(self, speculator: object) -> bool:
-        return self.same
-
-    def _output(self, request: BaseRequest) -> BaseOutput:
-        if request.token_ids is not None:
-            full = request.original_length == len(request.token_ids)
-            positions = "full" if full else "original"
-            prompt_tokens = len(request.token_ids)
-        else:
-            positions = "compacted"
-            prompt_tokens = len(request.text or "") or sum(len(m["content"]) for m in request.messages or [])
-        return BaseOutput(
-            text="ok!",
-            token_ids=[1, 2, 3],
-            finish_reason="length",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=3,
-            prefill_seconds=0.25,
-            total_seconds=0.5,
-            positions=positions,  # type: ignore[arg-type]
-            model="fake-base",
-        )
-
-    def generate(self, request: BaseRequest, params: GenerationParams) -> BaseOutput:
-        self.requests.append(request)
-        self.params.append(params)
-        return self._output(request)
-
-    def stream(self, request: BaseRequest, params: GenerationParams) -> Iterator[StreamChunk]:
-        self.requests.append(request)
-        self.params.append(params)
-        yield StreamChunk("o")
-        yield StreamChunk("k")
-        yield StreamChunk("!", output=self._output(request))
-
+from specprefill.speculator import Speculator
 
 PROMPT = "".join(f"line {i:03d}: filler text that does not matter much.\n" for i in range(12)) + "Question?"
 CONFIG = SpecPrefillConfig(keep_rate=0.25, chunk_size=16, min_prompt_tokens=0, lookahead=1)
@@ -110,7 +24,7 @@ CONFIG = SpecPrefillConfig(keep_rate=0.25, chunk_size=16, min_prompt_tokens=0, l
 
 def engine(spec: Speculator | str | None = None, same: bool = True, **cfg: Any) -> SpecPrefillEngine:
     config = CONFIG.with_overrides(**cfg) if cfg else CONFIG
-    return SpecPrefillEngine(spec if spec is not None else CharSpeculator(), RecordingBackend(same), config)
+    return SpecPrefillEngine(spec if spec is not None else FakeSpeculator(), recording_backend(same), config)
 
 
 # --- request building ---------------------------------------------------------------------------------------
@@ -210,14 +124,14 @@ def test_empty_prompt_is_an_error_not_a_fallback():
 
 def test_constructor_checks_types():
     with pytest.raises(ConfigurationError):
-        SpecPrefillEngine(CharSpeculator(), object())  # type: ignore[arg-type]
+        SpecPrefillEngine(FakeSpeculator(), object())  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        SpecPrefillEngine(42, RecordingBackend())  # type: ignore[arg-type]
+        SpecPrefillEngine(42, recording_backend())  # type: ignore[arg-type]
 
 
 # --- fallbacks ----------------------------------------------------------------------------------------------
 def test_scoring_failure_sends_the_full_prompt(caplog: pytest.LogCaptureFixture):
-    eng = engine(CharSpeculator(fail=RuntimeError("out of memory")))
+    eng = engine(FakeSpeculator(fail=RuntimeError("out of memory")))
     with caplog.at_level(logging.WARNING, logger="specprefill"):
         result = eng.generate(PROMPT, max_new_tokens=5)
     request = eng.base.requests[0]  # type: ignore[attr-defined]
@@ -232,7 +146,7 @@ def test_scoring_failure_sends_the_full_prompt(caplog: pytest.LogCaptureFixture)
 
 
 def test_scoring_failure_other_tokenizer_sends_original_messages():
-    eng = engine(CharSpeculator(fail=RuntimeError("boom")), same=False)
+    eng = engine(FakeSpeculator(fail=RuntimeError("boom")), same=False)
     messages = [{"role": "user", "content": PROMPT}]
     result = eng.generate(messages)
     assert eng.base.requests[0] == BaseRequest(messages=messages)  # type: ignore[attr-defined]
@@ -240,7 +154,7 @@ def test_scoring_failure_other_tokenizer_sends_original_messages():
 
 
 def test_scoring_failure_without_fallback_raises():
-    eng = engine(CharSpeculator(fail=RuntimeError("boom")), fallback_on_error=False)
+    eng = engine(FakeSpeculator(fail=RuntimeError("boom")), fallback_on_error=False)
     with pytest.raises(SpeculatorError, match="boom"):
         eng.generate(PROMPT)
     assert eng.base.requests == []  # type: ignore[attr-defined]
@@ -253,7 +167,7 @@ def test_speculator_that_cannot_load_falls_back(monkeypatch: pytest.MonkeyPatch,
         raise ModelLoadError("weights not installed")
 
     monkeypatch.setattr(specprefill.models, "load_speculator", broken)
-    eng = SpecPrefillEngine("missing-model", RecordingBackend(same=True), CONFIG)
+    eng = SpecPrefillEngine("missing-model", recording_backend(same=True), CONFIG)
     assert eng.speculator_name == "missing-model"
     with caplog.at_level(logging.WARNING, logger="specprefill"):
         result = eng.generate(PROMPT, max_new_tokens=5)
@@ -267,7 +181,7 @@ def test_speculator_that_cannot_load_falls_back(monkeypatch: pytest.MonkeyPatch,
     assert result.prune.stats.fallback and result.prune.original_length == len(PROMPT)
     assert any("unavailable" in r.getMessage() for r in caplog.records)
 
-    strict = SpecPrefillEngine("missing-model", RecordingBackend(), CONFIG.with_overrides(fallback_on_error=False))
+    strict = SpecPrefillEngine("missing-model", recording_backend(), CONFIG.with_overrides(fallback_on_error=False))
     with pytest.raises(ModelLoadError):
         strict.generate(PROMPT)
 
@@ -279,10 +193,10 @@ def test_named_speculator_loads_lazily_once(monkeypatch: pytest.MonkeyPatch):
 
     def fake_load(name: str, **kwargs: Any) -> Speculator:
         loads.append(name)
-        return CharSpeculator()
+        return FakeSpeculator()
 
     monkeypatch.setattr(specprefill.models, "load_speculator", fake_load)
-    eng = SpecPrefillEngine("some-model", RecordingBackend(), CONFIG)
+    eng = SpecPrefillEngine("some-model", recording_backend(), CONFIG)
     assert loads == []
     eng.generate(PROMPT)
     eng.generate(PROMPT)
@@ -303,7 +217,7 @@ def test_stream_assembles_chunks_and_ends_with_the_result():
 
 
 async def test_agenerate_uses_aprune_and_agenerate():
-    spec = CharSpeculator()
+    spec = FakeSpeculator()
     eng = engine(spec)
     result = await eng.agenerate(PROMPT, max_new_tokens=4)
     assert result.text == "ok!" and result.stats.pruned and spec.calls == 1
@@ -314,7 +228,7 @@ async def test_astream_and_async_fallback(caplog: pytest.LogCaptureFixture):
     eng = engine()
     chunks = [c async for c in eng.astream(PROMPT)]
     assert "".join(c.text for c in chunks) == "ok!" and chunks[-1].result is not None
-    failing = engine(CharSpeculator(fail=ValueError("bad")))
+    failing = engine(FakeSpeculator(fail=ValueError("bad")))
     with caplog.at_level(logging.WARNING, logger="specprefill"):
         result = await failing.agenerate(PROMPT)
     assert result.stats.fallback and result.stats.positions == "full"
@@ -358,48 +272,3 @@ def test_import_specprefill_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-# --- the real model end to end ------------------------------------------------------------------------------
-LONG = [
-    "The harbour office opens at seven and closes at five, except on public holidays.",
-    "Ferries to the northern islands leave every ninety minutes; the last one departs at 21:40.",
-    "In 1894 the lighthouse keeper, Ada Morrow, recorded the longest storm in the town's history.",
-    "Fishing licences cost forty-two crowns a season and must be shown to the wardens.",
-    "The museum's east wing holds ship models, the oldest carved around 1720.",
-]
-
-
-@pytest.fixture(scope="module")
-def real_engine(speculator: Any) -> SpecPrefillEngine:
-    from specprefill.backends.transformers import TransformersBackend
-
-    base = TransformersBackend(speculator.model, speculator.tokenizer, name="smollm2-135m")
-    return SpecPrefillEngine(speculator, base, SpecPrefillConfig(keep_rate=0.3, min_prompt_tokens=0))
-
-
-@needs_model
-@pytest.mark.integration
-def test_real_engine_generate_and_stream(real_engine: SpecPrefillEngine):
-    notes = "\n".join(f"{i}. {LONG[i % len(LONG)]}" for i in range(18))
-    messages = [{"role": "user", "content": notes + "\nWho recorded the longest storm?"}]
-    result = real_engine.generate(messages, max_new_tokens=8)
-    s = result.stats
-    assert s.pruned and s.positions == "original" and not s.fallback
-    assert s.tokens_in > 300 and s.base_prompt_tokens == s.tokens_kept < s.tokens_in
-    assert s.completion_tokens == result.output.completion_tokens > 0 and result.text
-    assert s.speculator_seconds > 0 and s.base_prefill_seconds > 0
-    assert s.speculator_seconds + s.base_prefill_seconds <= s.ttft_seconds <= s.total_seconds
-
-    chunks = list(real_engine.stream(messages, max_new_tokens=8))
-    assert chunks[-1].result is not None
-    assert "".join(c.text for c in chunks) == chunks[-1].result.text == result.text
-
-
-@needs_model
-@pytest.mark.integration
-async def test_real_engine_agenerate(real_engine: SpecPrefillEngine):
-    text = "\n".join(LONG * 3) + "\nWhen does the last ferry leave?"
-    sync = real_engine.generate(text, max_new_tokens=6)
-    result = await real_engine.agenerate(text, max_new_tokens=6)
-    assert result.text == sync.text and result.stats.pruned

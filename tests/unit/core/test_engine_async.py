@@ -11,19 +11,19 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 
+from fakes import FakeSpeculator
 from specprefill import SpecPrefillConfig
 from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, StreamChunk
 from specprefill.engine import SpecPrefillEngine
 from specprefill.errors import ConfigurationError
 from specprefill.speculator import ImportanceResult
-from test_engine import CharSpeculator
 
 SCORE_SECONDS = 0.08
 PREFILL_SECONDS = 0.05
 CALLS = 12
 
 
-class SlowSpeculator(CharSpeculator):
+class SlowSpeculator(FakeSpeculator):
     """Scoring takes :data:`SCORE_SECONDS`; records when each prompt's scoring ended."""
 
     def __init__(self) -> None:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import pytest
-
-from conftest import needs_model
 from specprefill.bench.overhead import DtypeRow, format_dtype_table, measure_dtypes
 
 
@@ -60,16 +56,3 @@ def test_dtype_table_without_both_dtypes_has_no_ratio() -> None:
     table = format_dtype_table([DtypeRow(8, {"default": 2.0})], "bfloat16", {"default": 1.0})
     assert "bf16/fp32" not in table
     assert table.splitlines()[2].split() == ["8", "2.000"]
-
-
-@needs_model
-@pytest.mark.integration
-def test_overhead_bench_prints_default_float32_and_bfloat16_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
-    from specprefill.bench.overhead import main
-    from specprefill.models import default_dtype
-
-    assert main(["--lengths", "48", "--repeats", "1", "--lookahead", "2"]) == 0
-    out: Any = capsys.readouterr().out
-    picked = str(default_dtype("cpu")).removeprefix("torch.")
-    assert f"dtype=None picked {picked}" in out
-    assert f"default={picked} s" in out and "float32 s" in out and "bfloat16 s" in out

@@ -1,4 +1,4 @@
-"""SpecPrefillDocumentCompressor: hermetic tests with a letter-level fake, then the real embedded speculator."""
+"""SpecPrefillDocumentCompressor, hermetic: a letter-level fake (the real speculator: test_lc_compressor_real.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from typing import Any
 
 import pytest
 from langchain_core.documents import BaseDocumentCompressor, Document
-from lc_fakes import LetterSpeculator
-from lc_support import DOCUMENTS
 
-from conftest import needs_model
+from fakes import letter_speculator
 from langchain_specprefill import SpecPrefillDocumentCompressor
 from specprefill import SpecPrefillConfig
 
@@ -26,7 +24,7 @@ def docs() -> list[Document]:
 
 
 def compressor(**kwargs: Any) -> SpecPrefillDocumentCompressor:
-    return SpecPrefillDocumentCompressor(speculator=LetterSpeculator(), config=CONFIG, **kwargs)
+    return SpecPrefillDocumentCompressor(speculator=letter_speculator(), config=CONFIG, **kwargs)
 
 
 def test_is_a_document_compressor_and_loads_nothing_at_construction() -> None:
@@ -72,7 +70,7 @@ def test_minimum_per_document() -> None:
 
 
 def test_short_prompt_is_left_whole() -> None:
-    c = SpecPrefillDocumentCompressor(speculator=LetterSpeculator(), config=CONFIG, min_prompt_tokens=10_000)
+    c = SpecPrefillDocumentCompressor(speculator=letter_speculator(), config=CONFIG, min_prompt_tokens=10_000)
     inputs = docs()
     out = c.compress_documents(inputs, "q")
     assert [d.page_content for d in out] == [d.page_content for d in inputs]
@@ -95,28 +93,6 @@ async def test_async_matches_sync() -> None:
     assert [{k: v for k, v in d.metadata["specprefill"].items() if k not in strip} for d in got] == [
         {k: v for k, v in d.metadata["specprefill"].items() if k not in strip} for d in sync
     ]
-
-
-# --- the real speculator -----------------------------------------------------------------------------------
-@needs_model
-async def test_real_speculator_prunes_for_the_question(speculator: Any) -> None:
-    files = ["lanternfield_history.txt", "brightwell_kettle_faq.txt"]
-    inputs = [
-        Document(page_content=(DOCUMENTS / f).read_text(encoding="utf-8"), metadata={"source": f}, id=f) for f in files
-    ]
-    c = SpecPrefillDocumentCompressor(speculator=speculator, keep_rate=0.25, min_tokens_per_document=32)
-    question = "In which year was the stone bridge in Lanternfield completed?"
-    out = c.compress_documents(inputs, question)
-    assert [d.id for d in out] == files
-    stats = [d.metadata["specprefill"] for d in out]
-    assert all(s["pruned"] and 32 <= s["tokens_kept"] < s["tokens_in"] for s in stats)
-    total_in = sum(s["tokens_in"] for s in stats)
-    total_kept = sum(s["tokens_kept"] for s in stats)
-    assert 0.2 < total_kept / total_in < 0.45  # keep_rate of the document tokens, plus the per-document minimum
-    assert stats[0]["speculator_seconds"] > 0 and stats[0]["prompt_tokens_in"] > total_in
-    assert all(len(d.page_content) < len(i.page_content) for d, i in zip(out, inputs, strict=True))
-    again = await c.acompress_documents(inputs, question)
-    assert [d.page_content for d in again] == [d.page_content for d in out]
 
 
 def test_contextual_compression_retriever() -> None:

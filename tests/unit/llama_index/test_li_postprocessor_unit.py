@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import pytest
-from li_fakes import CharSpeculator
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.instrumentation import get_dispatcher
@@ -15,6 +14,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 
+from fakes import FakeSpeculator, hot_word_speculator, role_tags
 from llama_index.postprocessor.specprefill import (
     METADATA_KEY,
     SpecPrefillNodePostprocessor,
@@ -42,7 +42,7 @@ def _nodes() -> list[NodeWithScore]:
 
 def _pp(**kwargs: Any) -> SpecPrefillNodePostprocessor:
     kwargs.setdefault("config", SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
-    return SpecPrefillNodePostprocessor(kwargs.pop("speculator", CharSpeculator()), **kwargs)
+    return SpecPrefillNodePostprocessor(kwargs.pop("speculator", hot_word_speculator()), **kwargs)
 
 
 def test_one_output_per_input_with_identity_scores_and_metadata() -> None:
@@ -131,7 +131,7 @@ def test_min_tokens_per_node_keeps_every_node() -> None:
 
 
 def test_query_and_metadata_are_scored_but_never_output() -> None:
-    spec = CharSpeculator()
+    spec = hot_word_speculator()
     out = _pp(speculator=spec, keep_rate=0.2).postprocess_nodes(_nodes(), query_str="Which ANSWER is it?")
     assert len(spec.scored) == 1
     prompt = spec.scored[0]
@@ -139,13 +139,13 @@ def test_query_and_metadata_are_scored_but_never_output() -> None:
     assert "source: doc1.txt" in prompt  # LLM-visible metadata is shown to the speculator
     assert prompt.index("[1]") < prompt.index("[2]") < prompt.index("[3]") < prompt.index("Question:")
     assert all("Question" not in n.node.get_content() for n in out)
-    spec2 = CharSpeculator()
+    spec2 = hot_word_speculator()
     _pp(speculator=spec2, include_metadata=False).postprocess_nodes(_nodes(), query_str="q")
     assert "source:" not in spec2.scored[0]
 
 
 def test_without_a_query_the_passages_alone_are_scored() -> None:
-    spec = CharSpeculator()
+    spec = hot_word_speculator()
     out = _pp(speculator=spec, keep_rate=0.3).postprocess_nodes(_nodes())
     assert "Question:" not in spec.scored[0]
     assert out and out[0].node.node_id == "node-0"
@@ -174,12 +174,12 @@ def test_nodes_without_text_pass_through_and_empty_list() -> None:
 def test_speculator_failure_falls_back_to_unpruned_nodes(caplog: pytest.LogCaptureFixture) -> None:
     nodes = _nodes()
     with caplog.at_level(logging.WARNING):
-        out = _pp(speculator=CharSpeculator(fail=True), keep_rate=0.1).postprocess_nodes(nodes, query_str="q")
+        out = _pp(speculator=hot_word_speculator(fail=True), keep_rate=0.1).postprocess_nodes(nodes, query_str="q")
     assert [n.node.get_content() for n in out] == [n.node.get_content() for n in nodes]
     assert out[0].node.metadata[METADATA_KEY]["fallback"] is True
     strict = SpecPrefillConfig(min_prompt_tokens=0, fallback_on_error=False)
     with pytest.raises(Exception, match="scripted speculator failure"):
-        _pp(speculator=CharSpeculator(fail=True), config=strict).postprocess_nodes(nodes, query_str="q")
+        _pp(speculator=hot_word_speculator(fail=True), config=strict).postprocess_nodes(nodes, query_str="q")
 
 
 def test_construction_is_lazy_and_loading_happens_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,9 +187,9 @@ def test_construction_is_lazy_and_loading_happens_once(monkeypatch: pytest.Monke
 
     calls: list[str] = []
 
-    def fake_load(name: str, **kwargs: Any) -> CharSpeculator:
+    def fake_load(name: str, **kwargs: Any) -> FakeSpeculator:
         calls.append(name)
-        return CharSpeculator()
+        return hot_word_speculator()
 
     monkeypatch.setattr(specprefill.models, "load_speculator", fake_load)
     pp = SpecPrefillNodePostprocessor("some-speculator", keep_rate=0.2,
@@ -204,7 +204,7 @@ def test_construction_is_lazy_and_loading_happens_once(monkeypatch: pytest.Monke
 def test_unloadable_speculator_falls_back_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     import specprefill.models
 
-    def broken(name: str, **kwargs: Any) -> CharSpeculator:
+    def broken(name: str, **kwargs: Any) -> FakeSpeculator:
         raise ModelLoadError(f"no model called {name!r}")
 
     monkeypatch.setattr(specprefill.models, "load_speculator", broken)
@@ -306,11 +306,12 @@ def test_async_matches_sync(collected: list[BaseEvent]) -> None:
     assert asyncio.run(pp.apostprocess_nodes([], query_str="q")) == []
 
 
-class _UpperCaseTemplate(CharSpeculator):
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        return super().render_chat([{**m, "content": str(m["content"]).upper()} for m in messages])
+def _upper_case_template() -> FakeSpeculator:
+    spec = hot_word_speculator()
+    spec.template = lambda messages: role_tags([{**m, "content": str(m["content"]).upper()} for m in messages])
+    return spec
 
 
 def test_a_template_that_changes_contents_is_refused() -> None:
     with pytest.raises(PromptError, match="changes the passages text"):
-        _pp(speculator=_UpperCaseTemplate()).postprocess_nodes(_nodes(), query_str="q")
+        _pp(speculator=_upper_case_template()).postprocess_nodes(_nodes(), query_str="q")

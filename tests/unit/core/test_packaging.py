@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 HEAVY = ["torch", "transformers", "vllm", "langchain_core", "llama_index.core", "openai", "tiktoken", "gguf"]
 

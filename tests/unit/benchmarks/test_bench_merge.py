@@ -12,7 +12,7 @@ import pytest
 from benchmarks import merge
 from specprefill.errors import ConfigurationError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _row(task: str, seed: int, method: str, rate: float, kept: int) -> dict[str, Any]:

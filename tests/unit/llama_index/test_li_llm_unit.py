@@ -6,13 +6,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from li_fakes import CharSpeculator, ScriptedBackend
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.callbacks.token_counting import get_tokens_from_response
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.prompts import PromptTemplate
 
+from fakes import FakeBackend, answering_backend, hot_word_speculator
 from llama_index.llms.specprefill import STATS_KEY, SpecPrefillLLM
 from specprefill import SpecPrefillConfig, SpecPrefillEngine
 from specprefill.errors import ConfigurationError, PromptError, UnknownArgumentError
@@ -20,10 +20,10 @@ from specprefill.errors import ConfigurationError, PromptError, UnknownArgumentE
 LONG = "filler words that do not matter at all. " * 20 + "The ANSWER is forty-two. " + "more filler text here. " * 20
 
 
-def _llm(**kwargs: Any) -> tuple[SpecPrefillLLM, ScriptedBackend]:
-    base = ScriptedBackend()
+def _llm(**kwargs: Any) -> tuple[SpecPrefillLLM, FakeBackend]:
+    base = answering_backend()
     config = SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8, protect_question_tokens=16)
-    engine = SpecPrefillEngine(CharSpeculator(), base, config)
+    engine = SpecPrefillEngine(hot_word_speculator(), base, config)
     return SpecPrefillLLM(engine, **kwargs), base
 
 
@@ -53,7 +53,7 @@ def test_metadata_is_a_chat_model_named_after_the_base() -> None:
     assert meta.context_window == 4096  # the base's max_position_embeddings
     assert meta.num_output == 64
     assert SpecPrefillLLM.class_name() == "SpecPrefillLLM"
-    engine = SpecPrefillEngine(CharSpeculator(), ScriptedBackend(max_positions=None))
+    engine = SpecPrefillEngine(hot_word_speculator(), answering_backend(max_positions=None))
     assert SpecPrefillLLM(engine).metadata.context_window == DEFAULT_CONTEXT_WINDOW
     assert SpecPrefillLLM(engine, model="mine", context_window=1000).metadata.model_name == "mine"
 
@@ -65,7 +65,7 @@ def test_chat_prunes_messages_and_reports_stats() -> None:
     assert response.message.content == "Forty-two."
     _check_stats(response.additional_kwargs)
     assert response.additional_kwargs[STATS_KEY]["keep_ratio"] < 0.5
-    request, params = base.requests[-1]
+    request, params = base.requests[-1], base.params[-1]
     assert request.messages is not None
     assert [m["role"] for m in request.messages] == ["system", "user"]
     assert request.messages[0]["content"] == "Answer briefly."  # system prompt protected
@@ -82,7 +82,7 @@ def test_complete_sends_one_user_message() -> None:
     response = llm.complete(LONG + " Question: what is the answer?")
     assert response.text == "Forty-two."
     _check_stats(response.additional_kwargs)
-    request, _ = base.requests[-1]
+    request = base.requests[-1]
     assert request.messages is not None and [m["role"] for m in request.messages] == ["user"]
 
 
@@ -121,7 +121,7 @@ def test_async_endpoints() -> None:
 def test_call_kwargs_override_generation_and_config() -> None:
     llm, base = _llm(temperature=0.5, stop=["\n"], seed=3, max_kept_tokens=40)
     llm.chat(_messages(), max_tokens=12, keep_rate=0.5, top_p=0.9)
-    _, params = base.requests[-1]
+    params = base.params[-1]
     assert (params.max_new_tokens, params.temperature, params.top_p, params.stop, params.seed) == (
         12, 0.5, 0.9, ("\n",), 3
     )
@@ -141,7 +141,7 @@ def test_message_roles_and_blocks() -> None:
         ChatMessage(role=MessageRole.USER, content="And now?"),
     ]
     llm.chat(messages)
-    request, _ = base.requests[-1]
+    request = base.requests[-1]
     assert request.messages is not None
     assert [m["role"] for m in request.messages] == ["system", "user", "assistant", "user"]
     with pytest.raises(PromptError, match="text"):
@@ -152,7 +152,7 @@ def test_predict_with_a_prompt_template_uses_chat_and_system_prompt() -> None:
     llm, base = _llm(system_prompt="You are terse.")
     answer = llm.predict(PromptTemplate("Context: {context}\nQuestion: {q}"), context=LONG, q="answer?")
     assert answer == "Forty-two."
-    request, _ = base.requests[-1]
+    request = base.requests[-1]
     assert request.messages is not None
     assert request.messages[0] == {"role": "system", "content": "You are terse."}
 
@@ -173,7 +173,7 @@ def test_construction_errors() -> None:
         SpecPrefillLLM()
     with pytest.raises(ConfigurationError, match="SpecPrefillEngine"):
         SpecPrefillLLM("not an engine")  # type: ignore[arg-type]
-    engine = SpecPrefillEngine(CharSpeculator(), ScriptedBackend())
+    engine = SpecPrefillEngine(hot_word_speculator(), answering_backend())
     with pytest.raises(ConfigurationError, match="on the engine"):
         SpecPrefillLLM(engine, base_url="http://127.0.0.1:1/v1")
     with pytest.raises(ConfigurationError, match="invalid SpecPrefillLLM"):
@@ -187,7 +187,7 @@ def test_base_url_builds_an_openai_backend_without_network() -> None:
     from specprefill.backends.openai import OpenAIBackend
 
     llm = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served", api_key="sk-secret-123",
-                         speculator=CharSpeculator(), config=SpecPrefillConfig(keep_rate=0.4))
+                         speculator=hot_word_speculator(), config=SpecPrefillConfig(keep_rate=0.4))
     assert isinstance(llm.engine.base, OpenAIBackend)
     assert llm.engine.base.base_url == "http://127.0.0.1:9/v1"
     assert llm.engine.config.keep_rate == 0.4

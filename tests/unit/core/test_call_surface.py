@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import needs_model
-from specprefill import SpecPrefillConfig, UnknownArgumentError, load_engine, split_call_kwargs
+from specprefill import UnknownArgumentError, load_engine, split_call_kwargs
 from specprefill.backends.base import MAX_SEED, GenerationParams, finish_reason
 from specprefill.errors import BackendError, ConfigurationError
 from specprefill.factory import same_model
@@ -94,24 +92,9 @@ def test_same_model_is_alias_aware(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert same_model(copy, str(copy) + "/")
 
 
-@needs_model
-@pytest.mark.integration
-def test_load_engine_shares_the_weights_of_one_model(speculator: Any) -> None:
-    from specprefill.backends.transformers import TransformersBackend
-
-    engine = load_engine(speculator, config=SpecPrefillConfig(keep_rate=0.5))
-    assert isinstance(engine.base, TransformersBackend)
-    assert engine.base.model is speculator.model and engine.base.tokenizer is speculator.tokenizer
-    assert engine.speculator is speculator and engine.config.keep_rate == 0.5
-    assert engine.base.model_name == speculator.name == "smollm2-135m"
-    aliased = load_engine(speculator, base="SmolLM2")
-    assert aliased.base.model is speculator.model and aliased.base.model_name == "SmolLM2"
-    assert engine.base.same_tokenizer(speculator)
-
-
 def test_load_engine_takes_a_ready_base() -> None:
-    from test_engine import CharSpeculator, RecordingBackend
+    from fakes import FakeSpeculator, recording_backend
 
-    base = RecordingBackend()
-    engine = load_engine(CharSpeculator(), base=base)
+    base = recording_backend()
+    engine = load_engine(FakeSpeculator(), base=base)
     assert engine.base is base and engine.speculator_name == "char-spec"

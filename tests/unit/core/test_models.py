@@ -1,4 +1,4 @@
-"""Model resolution and precision: the per-device default dtype, the exact dense GGUF cache."""
+"""Model resolution and precision: the per-device default dtype, the exact dense GGUF cache (no model loaded)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from conftest import needs_model
 from specprefill._precision import choose_dtype, cpu_flags, cpu_has_native_bf16
 from specprefill.errors import ModelLoadError
 
@@ -232,39 +231,3 @@ def test_cached_dense_dir_finds_only_a_finished_current_copy(monkeypatch: pytest
     assert models.cached_dense_dir("gemma3-270m") is None  # pieces never assembled here
     with pytest.raises(KeyError):
         models.cached_dense_dir("not-a-model")
-
-
-@needs_model
-@pytest.mark.integration
-def test_dense_copy_holds_the_gguf_values_exactly() -> None:
-    import gguf
-    import numpy as np
-    import torch
-    from safetensors import safe_open
-
-    from specprefill.models import embedded_gguf_path, resolve_model_dir
-
-    reader = gguf.GGUFReader(embedded_gguf_path("smollm2-135m"))
-    wanted = {
-        "token_embd.weight": "model.embed_tokens.weight",
-        "blk.0.attn_norm.weight": "model.layers.0.input_layernorm.weight",
-    }
-    with safe_open(str(Path(resolve_model_dir("smollm2-135m")) / "model.safetensors"), "pt") as stored:
-        for tensor in reader.tensors:
-            if tensor.name in wanted:
-                expected = torch.from_numpy(np.array(gguf.dequantize(tensor.data, tensor.tensor_type)))
-                got = stored.get_tensor(wanted[tensor.name])
-                assert got.dtype in (torch.float16, torch.float32)
-                assert torch.equal(got.to(torch.float32), expected.reshape(got.shape)), tensor.name
-
-
-@needs_model
-@pytest.mark.integration
-def test_load_speculator_default_dtype_is_the_device_default() -> None:
-    from specprefill.hf import HFSpeculator
-    from specprefill.models import DEFAULT_SPECULATOR, default_dtype, load_speculator
-
-    spec = load_speculator()
-    assert isinstance(spec, HFSpeculator)
-    assert spec.name == DEFAULT_SPECULATOR
-    assert next(spec.model.parameters()).dtype is default_dtype("cpu")

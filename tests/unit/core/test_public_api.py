@@ -17,7 +17,7 @@ import tomllib
 import specprefill
 from specprefill import errors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 EXPECTED_ALL = {
     # configuration, results, pure functions

@@ -13,7 +13,7 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NAMESPACE_DIRS = ["llama_index", "llama_index/postprocessor", "llama_index/llms", "llama_index/embeddings"]
 
 PACKAGES = sorted(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
-from specprefill import EmptyPromptError, PromptError, SpecPrefillConfig, Speculator
+from fakes import BosSpeculator, WordSpeculator, chatml
+from specprefill import EmptyPromptError, PromptError, SpecPrefillConfig
 from specprefill.prompts import (
     ScoredPrompt,
     check_spans,
@@ -23,12 +23,6 @@ from specprefill.prompts import (
     validate_messages,
 )
 from specprefill.speculator import ImportanceResult
-
-
-def chatml(messages: list[dict[str, Any]]) -> str:
-    """A ChatML-like template that strips white space around contents, like many real ones."""
-    body = "".join(f"<|im_start|>{m['role']}\n{str(m['content']).strip()}<|im_end|>\n" for m in messages)
-    return body + "<|im_start|>assistant\n"
 
 
 def char_offsets(text: str) -> list[tuple[int, int]]:
@@ -244,50 +238,11 @@ def test_validate_messages_scrubs_surrogates() -> None:
 
 
 # --- Speculator.prune with model-free speculators (hermetic) -----------------------------------------------
-class CharSpeculator(Speculator):
-    """One token per character; upper-case letters are important. Token 0 is a zero-width BOS."""
-
-    name = "char-fake"
-
-    def __init__(self, template: Callable[[list[dict[str, Any]]], str] = chatml) -> None:
-        self.template = template
-
-    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        return [min(ord(c), 998) + 1 for c in text], [(i, i + 1) for i in range(len(text))]
-
-    def encode_with_specials(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        ids, offsets = self.encode(text)
-        return [0, *ids], [(0, 0), *offsets]
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return "".join("<s>" if t == 0 else chr(t - 1) for t in token_ids)
-
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        return self.template(messages)
-
-    def score(self, input_ids: Sequence[int], config: SpecPrefillConfig) -> ImportanceResult:
-        imp = np.array([1.0 if chr(max(t - 1, 0)).isupper() else 0.01 for t in input_ids], dtype=np.float32)
-        return ImportanceResult(imp, [], queries=1, windows=1)
-
-    @property
-    def vocab_size(self) -> int:
-        return 1000
-
-
-class WordSpeculator(CharSpeculator):
-    """One token per word, with offsets that leave out the spaces (as some tokenizers report them)."""
-
-    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        offsets = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
-        ids = [ord(text[s]) + 1 if text[s:e].isupper() else 2 for s, e in offsets]
-        return ids, offsets
-
-
 FAST = {"min_prompt_tokens": 0, "chunk_size": 4, "lookahead": 1}
 
 
 def test_fake_prune_text_keeps_important_chunks() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     prompt = "abcdefghXYZWijklmnop"  # BOS + 20 chars = 21 tokens; the chunk of tokens 8..11 holds "hXYZ"
     r = spec.prune(prompt, keep_rate=0.1, **FAST)
     assert r.kept_indices.tolist() == [8, 9, 10, 11] == r.position_ids
@@ -296,7 +251,7 @@ def test_fake_prune_text_keeps_important_chunks() -> None:
 
 
 def test_fake_prune_messages_locate_real_content() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     messages = [{"role": "user", "content": "user"}, {"role": "assistant", "content": "ok"},
                 {"role": "user", "content": "xx QQ yy"}]
     prepared = spec.prepare(messages)
@@ -315,7 +270,7 @@ def test_fake_prune_template_that_rewrites_content_keeps_it_whole() -> None:
     def shouting(messages: list[dict[str, Any]]) -> str:
         return "".join(f"[{m['role']}] {m['content'].upper()}\n" for m in messages)
 
-    spec = CharSpeculator(template=shouting)
+    spec = BosSpeculator(template=shouting)
     messages = [{"role": "user", "content": "keep me " * 5}]
     r = spec.prune(messages, keep_rate=0.1, **FAST)
     assert r.messages is not None
@@ -323,7 +278,7 @@ def test_fake_prune_template_that_rewrites_content_keeps_it_whole() -> None:
 
 
 def test_fake_prune_token_ids_decodes_kept_runs() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     ids = spec.encode("abcdABCDefgh")[0]
     r = spec.prune(ids, keep_rate=0.1, **FAST)
     assert r.kept_indices.tolist() == [4, 5, 6, 7]
@@ -339,7 +294,7 @@ def test_fake_prune_offsets_without_spaces_do_not_add_markers() -> None:
 
 
 def test_fake_prune_stats_for_passthrough_and_fallback(caplog: pytest.LogCaptureFixture) -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     r = spec.prune("short prompt")
     assert not r.stats.pruned and r.stats.windows == 0 and r.text == "short prompt"
 
@@ -363,7 +318,7 @@ def test_prompt_kind_is_decided_once() -> None:
 
 
 def test_score_prompt_scores_without_selecting_and_select_equals_prune() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     prompt = "abcdefghXYZWijklmnop"
     scored = spec.score_prompt(prompt, **FAST)
     assert isinstance(scored, ScoredPrompt) and scored.kind == "text" and scored.text == prompt
@@ -382,7 +337,7 @@ def test_score_prompt_scores_without_selecting_and_select_equals_prune() -> None
 
 
 def test_score_prompt_short_and_failing_prompts_are_not_scored() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     short = spec.score_prompt("short prompt")
     assert short.importance is None and not short.fallback and short.windows == 0
 
@@ -396,7 +351,7 @@ def test_score_prompt_short_and_failing_prompts_are_not_scored() -> None:
 
 
 def test_caller_segments_restart_the_grid() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     prompt = "abcXYZdefghijklm"  # BOS + 16 characters; character i is token i + 1
     paper = spec.prune(prompt, keep_rate=0.1, **FAST)
     assert paper.text == "… XYZd …"  # the paper's chunk (4, 8) straddles the passage end
@@ -411,7 +366,7 @@ def test_caller_segments_restart_the_grid() -> None:
 
 
 def test_segment_by_levels_from_config() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     text = "ab. XY cd.\n\nef"
     assert spec.score_prompt(text, segment_by="paragraphs", **FAST).segments == [13]
     assert spec.score_prompt(text, segment_by="sentences", **FAST).segments == [4, 13]
@@ -425,7 +380,7 @@ def test_segment_by_levels_from_config() -> None:
 
 
 async def test_ascore_prompt_matches_score_prompt() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     a = await spec.ascore_prompt("abcXYZdefghijklm", segments=[(3, 6)], **FAST)
     b = spec.score_prompt("abcXYZdefghijklm", segments=[(3, 6)], **FAST)
     assert a.segments == b.segments and a.importance is not None and b.importance is not None
@@ -433,7 +388,7 @@ async def test_ascore_prompt_matches_score_prompt() -> None:
 
 
 def test_score_prompt_accepts_a_prepared_or_scored_prompt() -> None:
-    spec = CharSpeculator()
+    spec = BosSpeculator()
     prepared = spec.prepare("abcXYZdefghijklm")
     scored = spec.score_prompt(prepared, protected_spans=[(0, 2)], segments=[3], **FAST)
     assert scored.protected.tolist()[:4] == [True, True, True, False]  # the zero-width BOS sits at 0
