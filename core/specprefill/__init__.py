@@ -28,6 +28,7 @@ from specprefill.errors import (
 )
 from specprefill.factory import load_engine
 from specprefill.models import load_speculator
+from specprefill.prompts import ScoredPrompt
 from specprefill.result import PruneResult, PruneStats
 from specprefill.scoring import avg_pool1d, chunk_scores, importance_from_attention, select_chunks
 from specprefill.speculator import Speculator
@@ -48,6 +49,7 @@ __all__ = [
     "PromptTooLongError",
     "PruneResult",
     "PruneStats",
+    "ScoredPrompt",
     "SpecPrefillConfig",
     "SpecPrefillEngine",
     "SpecPrefillError",

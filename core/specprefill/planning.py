@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from specprefill.backends.base import BaseRequest
-from specprefill.errors import EmptyPromptError
-from specprefill.prompts import Prompt, validate_messages
+from specprefill.errors import EmptyPromptError, PromptError
+from specprefill.prompts import Prompt, prompt_kind, validate_messages
 from specprefill.result import PruneResult, PruneStats
 
 __all__ = ["Plan", "bare_prune", "fallback_plan", "full_request", "is_token_ids", "plan_request"]
@@ -33,10 +33,10 @@ class Plan:
 
 def is_token_ids(prompt: Prompt) -> bool:
     """Whether ``prompt`` is a non-empty sequence of integer token ids (not text, not messages)."""
-    if isinstance(prompt, (str, bytes, bytearray)):
+    try:
+        return prompt_kind(prompt)[0] == "token_ids"
+    except PromptError:
         return False
-    items = list(prompt)
-    return bool(items) and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in items)
 
 
 def plan_request(prompt: Prompt, pruned: PruneResult, *, same_tokenizer: bool, speculator_name: str) -> Plan:

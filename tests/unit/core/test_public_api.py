@@ -24,6 +24,7 @@ EXPECTED_ALL = {
     "SpecPrefillConfig",
     "PruneResult",
     "PruneStats",
+    "ScoredPrompt",
     "Speculator",
     "avg_pool1d",
     "chunk_scores",
