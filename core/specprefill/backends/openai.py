@@ -25,15 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from specprefill._deps import require
-from specprefill.backends.base import (
-    BaseBackend,
-    BaseOutput,
-    BaseRequest,
-    GenerationParams,
-    PositionMode,
-    StreamChunk,
-    finish_reason,
-)
+from specprefill.backends import base
+from specprefill.backends.base import BaseRequest, GenerationParams, StreamChunk, finish_reason
 from specprefill.backends.openai_errors import translate_openai_error
 from specprefill.backends.openai_http import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -64,7 +57,7 @@ class _Call:
 
     chat: bool
     kwargs: dict[str, Any]
-    positions: PositionMode
+    positions: base.PositionMode
     prompt_tokens: int
 
 
@@ -73,7 +66,7 @@ def _check_timeout(name: str, value: float | None) -> None:
         raise ConfigurationError(f"{name} must be a positive number of seconds or None, got {value!r}")
 
 
-class OpenAIBackend(ServerProbes, BaseBackend):
+class OpenAIBackend(ServerProbes, base.BaseBackend):
     """A model behind an OpenAI-compatible HTTP API as the base model.
 
     Args:
@@ -350,7 +343,7 @@ class OpenAIBackend(ServerProbes, BaseBackend):
             positions = request.position_ids
             full = length == len(ids) and (positions is None or list(positions) == list(range(len(ids))))
             extra = None if full else self.restored_positions_body(request)
-            mode: PositionMode = "full" if full else "original" if extra else "compacted"
+            mode: base.PositionMode = "full" if full else "original" if extra else "compacted"
             if extra:
                 kwargs["extra_body"] = extra
             return _Call(chat=False, kwargs={**kwargs, "prompt": ids}, positions=mode, prompt_tokens=len(ids))
@@ -360,10 +353,10 @@ class OpenAIBackend(ServerProbes, BaseBackend):
             return _Call(False, {**kwargs, "prompt": request.text}, "compacted", 0)
         raise PromptError("the request has neither token_ids, text nor messages")
 
-    def _output(self, call: _Call, progress: Progress) -> BaseOutput:
+    def _output(self, call: _Call, progress: Progress) -> base.BaseOutput:
         end = time.perf_counter()
         first = progress.first if progress.first is not None else end
-        return BaseOutput(
+        return base.BaseOutput(
             text="".join(progress.pieces),
             finish_reason=finish_reason(progress.finish, source=f"the server at {self.base_url}"),
             prompt_tokens=progress.prompt_tokens if progress.prompt_tokens is not None else call.prompt_tokens,

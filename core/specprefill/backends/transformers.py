@@ -17,16 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from specprefill._deps import require
-from specprefill.backends.base import (
-    BaseBackend,
-    BaseOutput,
-    BaseRequest,
-    GenerationParams,
-    PositionMode,
-    StreamChunk,
-    translate_errors,
-    vocab_matches,
-)
+from specprefill.backends import base
+from specprefill.backends.base import BaseRequest, GenerationParams, StreamChunk, translate_errors, vocab_matches
 from specprefill.backends.decoding import IncrementalDetokenizer, StopChecker
 from specprefill.backends.requests import tokenize_request_text, validate_token_request
 from specprefill.errors import BackendError, PromptTooLongError
@@ -42,10 +34,10 @@ class _Prepared:
     ids: list[int]
     positions: list[int]
     next_position: int
-    mode: PositionMode
+    mode: base.PositionMode
 
 
-class TransformersBackend(BaseBackend):
+class TransformersBackend(base.BaseBackend):
     """A transformers causal LM as the base model, with exact original positions for pruned prompts.
 
     Build it from an already loaded model and tokenizer (the model may be shared with a speculator), or
@@ -198,7 +190,7 @@ class TransformersBackend(BaseBackend):
                 finish = "stop"
             final_text = detok.text if cut is None else detok.text[:cut]
         tail = final_text[emitted:]
-        output = BaseOutput(
+        output = base.BaseOutput(
             text=final_text,
             token_ids=generated,
             finish_reason=finish,

@@ -31,12 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from specprefill._deps import require
+from specprefill.backends import base
 from specprefill.backends.base import (
-    BaseBackend,
-    BaseOutput,
     BaseRequest,
     GenerationParams,
-    PositionMode,
     StreamChunk,
     atranslate_errors,
     finish_reason,
@@ -58,7 +56,7 @@ EngineKind = Literal["llm", "async"]
 class _Prepared:
     prompt: dict[str, Any]
     extra_args: dict[str, Any]
-    mode: PositionMode
+    mode: base.PositionMode
     prompt_tokens: int
 
 
@@ -72,7 +70,7 @@ class _Progress:
     prompt_tokens: int | None = None
 
 
-class VLLMBackend(BaseBackend):
+class VLLMBackend(base.BaseBackend):
     """A vLLM engine in this process as the base model, with exact original positions for pruned prompts.
 
     Args:
@@ -361,10 +359,10 @@ class VLLMBackend(BaseBackend):
             progress.finish = str(reason)
         return text
 
-    def _output(self, prepared: _Prepared, progress: _Progress) -> BaseOutput:
+    def _output(self, prepared: _Prepared, progress: _Progress) -> base.BaseOutput:
         end = time.perf_counter()
         first = progress.first if progress.first is not None else end
-        return BaseOutput(
+        return base.BaseOutput(
             text="".join(progress.text),
             token_ids=list(progress.token_ids),
             finish_reason=finish_reason(progress.finish, source=f"vLLM base {self.model_name!r}"),
