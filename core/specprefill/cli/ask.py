@@ -23,13 +23,14 @@ __all__ = ["add_parser", "run", "stream_answer"]
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``ask`` under the top-level subparsers."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = options.add_command(
+        subparsers,
         "ask",
         help="answer a question from a folder of text files (speculator prunes, base model answers)",
         description="Read every text file under FOLDER, prune the documents against QUESTION with the "
         "speculator, and let the base model answer from the kept chunks at their original positions.",
+        handler=run,
     )
-    options.add_common(parser)
     parser.add_argument("folder", metavar="FOLDER", help="folder of text files (read recursively)")
     parser.add_argument("question", metavar="QUESTION", help="the question to answer")
     parser.add_argument(
@@ -58,7 +59,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     gen.add_argument(
         "--json", action="store_true", help="print one JSON object (answer, stats, sources) on stdout and nothing else"
     )
-    parser.set_defaults(handler=run)
     return parser
 
 

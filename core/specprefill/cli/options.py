@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from specprefill.config import SpecPrefillConfig
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_WINDOW_TOKENS",
     "SECONDS_PER_1K_TOKENS",
     "SIZE_LIMIT_TOKENS",
+    "add_command",
     "add_common",
     "add_force",
     "add_pruning",
@@ -60,6 +62,21 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="show log messages (and tracebacks of errors)",
     )
+
+
+def add_command(
+    subparsers: Any, name: str, *, help: str, description: str, handler: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """Register subcommand ``name`` with the common options; ``handler`` runs it (``args.handler``).
+
+    Returns:
+        The new subcommand parser, for its own arguments.
+
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=description)
+    add_common(parser)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_force(parser: argparse.ArgumentParser) -> None:

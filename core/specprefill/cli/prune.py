@@ -21,13 +21,14 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``prune`` under the top-level subparsers."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = options.add_command(
+        subparsers,
         "prune",
         help="score a text file with the speculator and show what a base model would see",
         description="Score a text file (or stdin) with the speculator and print the kept text; stats go to "
         "stderr. With --question the file is pruned as a document and the question is protected.",
+        handler=run,
     )
-    options.add_common(parser)
     parser.add_argument(
         "file", nargs="?", default="-", metavar="FILE", help="text file to prune, or - for stdin (default -)"
     )
@@ -50,7 +51,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="OUT.html",
         help="also write a self-contained HTML page of kept/dropped tokens shaded by importance",
     )
-    parser.set_defaults(handler=run)
     return parser
 
 
