@@ -36,14 +36,7 @@ from specprefill.passages import (
 from specprefill.spans import Span
 from specprefill.speculator import Speculator
 
-__all__ = [
-    "DEFAULT_INSTRUCTION",
-    "DEFAULT_LOOKAHEAD",
-    "METADATA_KEY",
-    "NodePruneStats",
-    "PostprocessStats",
-    "SpecPrefillNodePostprocessor",
-]
+__all__ = ["DEFAULT_LOOKAHEAD", "METADATA_KEY", "SpecPrefillNodePostprocessor"]
 
 logger = logging.getLogger("specprefill.llama_index")
 dispatcher = get_dispatcher(__name__)
