@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, ValidationError
@@ -47,6 +49,23 @@ METADATA_KEY = "specprefill"
 DEFAULT_LOOKAHEAD = 16
 """Look-ahead of the default config: a small speculator first restates the question ("The stone bridge in
 Lanternfield ..."); its queries reach the answer tokens only after about ten generated tokens."""
+
+
+@dataclass
+class _Run:
+    """One postprocess call: config, query and passages in; the pruning and the output nodes out."""
+
+    cfg: SpecPrefillConfig
+    query: str | None
+    passages: list[Passage]
+    prunable: bool
+    pruned: PrunedPassages | None = None
+    out: list[NodeWithScore] = field(default_factory=list)
+
+    @property
+    def args(self) -> tuple[list[Passage], str | None, SpecPrefillConfig]:
+        """``(passages, question, config)``, as :func:`~specprefill.passages.prune_passages` takes them."""
+        return self.passages, self.query, self.cfg
 
 
 class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
@@ -181,42 +200,45 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
     # --- LlamaIndex contract ------------------------------------------------------------------------
     @dispatcher.span
     def _postprocess_nodes(
-        self,
-        nodes: list[NodeWithScore],
-        query_bundle: QueryBundle | None = None,
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         """Prune the nodes' texts for the query (see the class docstring)."""
-        if not nodes:
-            return []
-        cfg, query, passages = self._begin(nodes, query_bundle)
-        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            pruned: PrunedPassages | None = None
-            if self._prunable(passages):
-                try:
-                    pruned = prune_passages(self.speculator, passages, query, cfg, **self._passage_options())
-                except Exception as exc:
-                    self._fallback_or_raise(cfg, exc)
-            return self._finish(nodes, passages, pruned, cfg, event)
+        with self._pruning(nodes, query_bundle) as run:
+            if run.prunable:
+                run.pruned = prune_passages(self.speculator, *run.args, **self._passage_options())
+        return run.out
 
     @dispatcher.span
     async def _apostprocess_nodes(
-        self,
-        nodes: list[NodeWithScore],
-        query_bundle: QueryBundle | None = None,
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         """Async pruning: the speculator loads and scores in worker threads."""
+        with self._pruning(nodes, query_bundle) as run:
+            if run.prunable:
+                speculator = self._speculator or await asyncio.to_thread(lambda: self.speculator)
+                run.pruned = await aprune_passages(speculator, *run.args, **self._passage_options())
+        return run.out
+
+    # --- shared by the sync and async paths ---------------------------------------------------------
+    @contextmanager
+    def _pruning(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> Iterator[_Run]:
+        """Everything around the pruning, which the ``with`` body does and stores in ``run.pruned``.
+
+        Empty input yields a run that is not prunable and returns no nodes, without events. A failure in the
+        body falls back to the unpruned nodes or is raised (see :meth:`_fallback_or_raise`); either way the
+        callback and instrumentation events close, and ``run.out`` holds the output nodes.
+        """
         if not nodes:
-            return []
+            yield _Run(SpecPrefillConfig(), None, [], prunable=False)
+            return
         cfg, query, passages = self._begin(nodes, query_bundle)
+        run = _Run(cfg, query, passages, prunable=self._prunable(passages))
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            pruned: PrunedPassages | None = None
-            if self._prunable(passages):
-                try:
-                    speculator = self._speculator or await asyncio.to_thread(lambda: self.speculator)
-                    pruned = await aprune_passages(speculator, passages, query, cfg, **self._passage_options())
-                except Exception as exc:
-                    self._fallback_or_raise(cfg, exc)
-            return self._finish(nodes, passages, pruned, cfg, event)
+            try:
+                yield run
+            except Exception as exc:
+                self._fallback_or_raise(cfg, exc)
+            run.out = self._finish(nodes, passages, run.pruned, cfg, event)
 
     # --- shared by the sync and async paths ---------------------------------------------------------
     def _begin(
