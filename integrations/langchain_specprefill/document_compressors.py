@@ -118,10 +118,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
 
     # --- LangChain API --------------------------------------------------------------------------------
     def compress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         """Prune the documents for ``query``.
 
@@ -146,10 +143,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         return self._split(docs, pruned)
 
     async def acompress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         """Async :meth:`compress_documents`: loading and scoring run in worker threads, the loop stays free.
 
