@@ -27,9 +27,9 @@ import numpy as np
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompts import ScoredPrompt, scrub_surrogates, validate_messages
+from specprefill.prompts import ScoredPrompt, scrub_surrogates, select_scored, validate_messages
 from specprefill.result import Message, PruneResult
-from specprefill.scoring import chunk_bounds, fill_chunks, select_chunks
+from specprefill.scoring import chunk_bounds, fill_chunks
 from specprefill.segments import token_starts
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
 from specprefill.speculator import Speculator
@@ -211,16 +211,7 @@ def select_passages(
         keep = np.ones(n, dtype=np.bool_)
     else:
         keep = np.zeros(n, dtype=np.bool_)
-        keep[
-            select_chunks(
-                scored.importance,
-                keep_rate=config.keep_rate,
-                chunk_size=config.chunk_size,
-                protected=scored.protected,
-                max_kept_tokens=config.max_kept_tokens,
-                segments=scored.segments,
-            )
-        ] = True
+        keep[select_scored(scored, config)] = True
         if min_tokens_per_passage > 0:
             bounds = chunk_bounds(n, config.chunk_size, scored.segments)
             added = [

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import EmptyPromptError, PromptError
 from specprefill.result import Message
+from specprefill.scoring import select_chunks
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, merge_spans
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "prompt_kind",
     "protection_for_messages",
     "scrub_surrogates",
+    "select_scored",
     "validate_messages",
 ]
 
@@ -95,6 +97,28 @@ class ScoredPrompt(PreparedPrompt):
     def fallback(self) -> bool:
         """True when the speculator failed and the full prompt is to be used."""
         return self.fallback_reason is not None
+
+
+
+def select_scored(
+    scored: ScoredPrompt, config: SpecPrefillConfig, *, budget_protected: bool = False
+) -> npt.NDArray[np.int64]:
+    """Kept token indices: :func:`~specprefill.scoring.select_chunks` with ``config``'s settings.
+
+    Uses the keep rate, chunk size and token cap of ``config``, and ``scored``'s protected tokens and chunk
+    grid; ``budget_protected`` is ``protected_count_toward_budget``. An unscored prompt keeps every token.
+    """
+    if scored.importance is None:
+        return np.arange(scored.n_tokens, dtype=np.int64)
+    return select_chunks(
+        scored.importance,
+        keep_rate=config.keep_rate,
+        chunk_size=config.chunk_size,
+        protected=scored.protected,
+        max_kept_tokens=config.max_kept_tokens,
+        protected_count_toward_budget=budget_protected,
+        segments=scored.segments,
+    )
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -25,10 +25,11 @@ from specprefill.prompts import (
     prompt_kind,
     protection_for_messages,
     scrub_surrogates,
+    select_scored,
     validate_messages,
 )
 from specprefill.result import Message, PruneResult, PruneStats
-from specprefill.scoring import chunk_bounds, protected_mask, select_chunks
+from specprefill.scoring import chunk_bounds, protected_mask
 from specprefill.segments import check_segments, segment_starts
 from specprefill.spans import Span, char_spans_to_token_mask, index_runs, join_runs, join_spans, kept_char_spans
 
@@ -215,18 +216,7 @@ class Speculator(ABC):
         """
         cfg = _as_config(config).with_overrides(**overrides)
         start = time.perf_counter()
-        if scored.importance is None:
-            kept = np.arange(scored.n_tokens, dtype=np.int64)
-        else:
-            kept = select_chunks(
-                scored.importance,
-                keep_rate=cfg.keep_rate,
-                chunk_size=cfg.chunk_size,
-                protected=scored.protected,
-                max_kept_tokens=cfg.max_kept_tokens,
-                protected_count_toward_budget=cfg.protected_count_toward_budget,
-                segments=scored.segments,
-            )
+        kept = select_scored(scored, cfg, budget_protected=cfg.protected_count_toward_budget)
         return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start)
 
     def prune(
