@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from specprefill.errors import BackendError
 from specprefill.vllm_plugin.guard import check_request_map
 from specprefill.vllm_plugin.positions import PositionMap, PositionSpecError
 
-__all__ = ["VLLMPluginError", "map_for_request", "prompt_length", "unsupported_reason"]
+__all__ = [
+    "HOOK_MARK",
+    "VLLMPluginError",
+    "hook_installed",
+    "map_for_request",
+    "prompt_length",
+    "remove_hook",
+    "set_hook",
+    "unsupported_reason",
+]
 
 logger = logging.getLogger("specprefill.vllm_plugin")
+
+HOOK_MARK = "__specprefill_hook__"
+"""Attribute set on the functions the hooks install, so installing twice and uninstalling are safe."""
 
 _MAX_LOGGED = 20
 _logged = 0
@@ -19,6 +32,29 @@ _logged = 0
 
 class VLLMPluginError(BackendError):
     """The vLLM position plugin cannot work here (hook point missing, unsupported model, plugin not loaded)."""
+
+
+def hook_installed(owner: Callable[[], Any], name: str) -> bool:
+    """Whether attribute ``name`` of ``owner()`` is our hook (False when the hook point cannot be imported)."""
+    try:
+        target = owner()
+    except VLLMPluginError:
+        return False
+    return bool(getattr(getattr(target, name, None), HOOK_MARK, False))
+
+
+def set_hook(target: Any, name: str, hook: Callable[..., Any]) -> None:
+    """Mark ``hook`` as ours and put it in place of attribute ``name`` of ``target``."""
+    setattr(hook, HOOK_MARK, True)
+    setattr(target, name, hook)
+
+
+def remove_hook(owner: Callable[[], Any], name: str) -> None:
+    """Put back the function our hook wraps at attribute ``name`` of ``owner()`` (nothing when not hooked)."""
+    target = owner()
+    current = getattr(target, name, None)
+    if getattr(current, HOOK_MARK, False):
+        setattr(target, name, current.__wrapped__)  # type: ignore[union-attr]
 
 
 def unsupported_reason(vllm_config: Any) -> str | None:

@@ -20,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from specprefill.vllm_plugin.common import VLLMPluginError, map_for_request, prompt_length, unsupported_reason
+from specprefill.vllm_plugin.common import (
+    HOOK_MARK,
+    VLLMPluginError,
+    hook_installed,
+    map_for_request,
+    prompt_length,
+    remove_hook,
+    set_hook,
+    unsupported_reason,
+)
 from specprefill.vllm_plugin.positions import PositionMap
 from specprefill.vllm_plugin.torchmap import restore_request
 
@@ -29,7 +38,7 @@ __all__ = ["HOOK_POINT", "install", "installed", "rewrite_positions", "runner_st
 logger = logging.getLogger("specprefill.vllm_plugin")
 
 HOOK_POINT = "vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs"
-_MARK = "__specprefill_hook__"
+_MARK = HOOK_MARK
 
 
 @dataclass
@@ -109,11 +118,7 @@ def _runner_class() -> Any:
 
 def installed() -> bool:
     """Whether the V1 runner hook is in place in this process."""
-    try:
-        cls = _runner_class()
-    except VLLMPluginError:
-        return False
-    return bool(getattr(getattr(cls, "_prepare_inputs", None), _MARK, False))
+    return hook_installed(_runner_class, "_prepare_inputs")
 
 
 def install() -> None:
@@ -139,16 +144,12 @@ def install() -> None:
         rewrite_positions(self, scheduler_output, num_scheduled_tokens)
         return result
 
-    setattr(_prepare_inputs, _MARK, True)
-    cls._prepare_inputs = _prepare_inputs
+    set_hook(cls, "_prepare_inputs", _prepare_inputs)
 
 
 def uninstall() -> None:
     """Restore the original ``_prepare_inputs`` (runners created afterwards are stock again)."""
-    cls = _runner_class()
-    current = getattr(cls, "_prepare_inputs", None)
-    if getattr(current, _MARK, False):
-        cls._prepare_inputs = current.__wrapped__  # type: ignore[union-attr]
+    remove_hook(_runner_class, "_prepare_inputs")
 
 
 def runner_status(runner: Any) -> dict[str, Any]:

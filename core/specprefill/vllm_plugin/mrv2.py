@@ -26,7 +26,16 @@ import functools
 import logging
 from typing import Any, cast
 
-from specprefill.vllm_plugin.common import VLLMPluginError, map_for_request, prompt_length, unsupported_reason
+from specprefill.vllm_plugin.common import (
+    HOOK_MARK,
+    VLLMPluginError,
+    hook_installed,
+    map_for_request,
+    prompt_length,
+    remove_hook,
+    set_hook,
+    unsupported_reason,
+)
 from specprefill.vllm_plugin.torchmap import RunTable
 
 __all__ = [
@@ -42,7 +51,7 @@ __all__ = [
 logger = logging.getLogger("specprefill.vllm_plugin")
 
 HOOK_POINT = "vllm.v1.worker.gpu.model_states.resolve_model_state_cls"
-_MARK = "__specprefill_hook__"
+_MARK = HOOK_MARK
 _CLASSES: dict[type, type] = {}
 
 
@@ -167,11 +176,7 @@ def _default_state() -> type:
 
 def installed() -> bool:
     """Whether the V2 hook is in place in this process."""
-    try:
-        module = _module()
-    except VLLMPluginError:
-        return False
-    return bool(getattr(getattr(module, "resolve_model_state_cls", None), _MARK, False))
+    return hook_installed(_module, "resolve_model_state_cls")
 
 
 def install() -> None:
@@ -211,16 +216,12 @@ def install() -> None:
             )
         return cls
 
-    setattr(resolve_model_state_cls, _MARK, True)
-    module.resolve_model_state_cls = resolve_model_state_cls
+    set_hook(module, "resolve_model_state_cls", resolve_model_state_cls)
 
 
 def uninstall() -> None:
     """Restore the original ``resolve_model_state_cls`` (engines started afterwards are stock again)."""
-    module = _module()
-    current = getattr(module, "resolve_model_state_cls", None)
-    if getattr(current, _MARK, False):
-        module.resolve_model_state_cls = current.__wrapped__  # type: ignore[union-attr]
+    remove_hook(_module, "resolve_model_state_cls")
 
 
 def runner_status(runner: Any) -> dict[str, Any]:
