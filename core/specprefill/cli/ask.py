@@ -23,14 +23,7 @@ __all__ = ["add_parser", "run", "stream_answer"]
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``ask`` under the top-level subparsers."""
-    parser = options.add_command(
-        subparsers,
-        "ask",
-        help="answer a question from a folder of text files (speculator prunes, base model answers)",
-        description="Read every text file under FOLDER, prune the documents against QUESTION with the "
-        "speculator, and let the base model answer from the kept chunks at their original positions.",
-        handler=run,
-    )
+    parser = options.add_command(subparsers, "ask", run)
     parser.add_argument("folder", metavar="FOLDER", help="folder of text files (read recursively)")
     parser.add_argument("question", metavar="QUESTION", help="the question to answer")
     parser.add_argument(

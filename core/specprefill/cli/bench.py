@@ -38,14 +38,7 @@ BENCHMARKS: dict[str, BenchCommand] = {
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` under the top-level subparsers."""
     listing = "; ".join(f"{name}: {cmd.help}" for name, cmd in BENCHMARKS.items())
-    parser = options.add_command(
-        subparsers,
-        "bench",
-        help="benchmarks measured side by side in one run (e.g. 'bench overhead')",
-        description="Run a benchmark; arguments after NAME go to the benchmark (see 'specprefill bench NAME "
-        "--help'). The evaluation harness runs from a repository checkout: python -m benchmarks.quality.",
-        handler=run,
-    )
+    parser = options.add_command(subparsers, "bench", run)
     parser.add_argument("name", metavar="NAME", help=f"benchmark to run ({listing})")
     parser.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the benchmark")
     return parser

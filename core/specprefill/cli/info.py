@@ -29,14 +29,7 @@ _DISTRIBUTION = {"langchain_core": "langchain-core", "llama_index.core": "llama-
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``info`` under the top-level subparsers."""
-    parser = options.add_command(
-        subparsers,
-        "info",
-        help="show version, installed extras, embedded models and cache folder",
-        description="Show the version, which optional extras are installed, the embedded "
-        "models and whether their packages are installed, and the cache folder.",
-        handler=run,
-    )
+    parser = options.add_command(subparsers, "info", run)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

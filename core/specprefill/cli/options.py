@@ -16,6 +16,7 @@ from specprefill.errors import PromptTooLongError
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "COMMAND_TEXTS",
     "DEFAULT_WINDOW_TOKENS",
     "SECONDS_PER_1K_TOKENS",
     "SIZE_LIMIT_TOKENS",
@@ -34,6 +35,31 @@ __all__ = [
 ]
 
 logger = logging.getLogger("specprefill")
+
+COMMAND_TEXTS: dict[str, tuple[str, str]] = {
+    "prune": (
+        "score a text file with the speculator and show what a base model would see",
+        "Score a text file (or stdin) with the speculator and print the kept text; stats go to "
+        "stderr. With --question the file is pruned as a document and the question is protected.",
+    ),
+    "ask": (
+        "answer a question from a folder of text files (speculator prunes, base model answers)",
+        "Read every text file under FOLDER, prune the documents against QUESTION with the "
+        "speculator, and let the base model answer from the kept chunks at their original positions.",
+    ),
+    "bench": (
+        "benchmarks measured side by side in one run (e.g. 'bench overhead')",
+        "Run a benchmark; arguments after NAME go to the benchmark (see 'specprefill bench NAME "
+        "--help'). The evaluation harness runs from a repository checkout: python -m benchmarks.quality.",
+    ),
+    "info": (
+        "show version, installed extras, embedded models and cache folder",
+        "Show the version, which optional extras are installed, the embedded "
+        "models and whether their packages are installed, and the cache folder.",
+    ),
+}
+"""Each subcommand's ``(help, description)``: the one-line summary in ``specprefill --help`` and the text
+atop ``specprefill NAME --help``."""
 
 SIZE_LIMIT_TOKENS = 50_000
 """Above about this many prompt tokens ``prune`` and ``ask`` stop and ask for ``--force``."""
@@ -64,16 +90,15 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_command(
-    subparsers: Any, name: str, *, help: str, description: str, handler: Callable[[argparse.Namespace], int]
-) -> argparse.ArgumentParser:
-    """Register subcommand ``name`` with the common options; ``handler`` runs it (``args.handler``).
+def add_command(subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """Register subcommand ``name`` (texts from :data:`COMMAND_TEXTS`) with the common options and its handler.
 
     Returns:
-        The new subcommand parser, for its own arguments.
+        The new subcommand parser, for its own arguments; ``args.handler`` is ``handler``.
 
     """
-    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=description)
+    help_text, description = COMMAND_TEXTS[name]
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text, description=description)
     add_common(parser)
     parser.set_defaults(handler=handler)
     return parser

@@ -21,14 +21,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``prune`` under the top-level subparsers."""
-    parser = options.add_command(
-        subparsers,
-        "prune",
-        help="score a text file with the speculator and show what a base model would see",
-        description="Score a text file (or stdin) with the speculator and print the kept text; stats go to "
-        "stderr. With --question the file is pruned as a document and the question is protected.",
-        handler=run,
-    )
+    parser = options.add_command(subparsers, "prune", run)
     parser.add_argument(
         "file", nargs="?", default="-", metavar="FILE", help="text file to prune, or - for stdin (default -)"
     )
