@@ -99,7 +99,6 @@ class ScoredPrompt(PreparedPrompt):
         return self.fallback_reason is not None
 
 
-
 def select_scored(
     scored: ScoredPrompt, config: SpecPrefillConfig, *, budget_protected: bool = False
 ) -> npt.NDArray[np.int64]:
