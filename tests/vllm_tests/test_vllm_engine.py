@@ -271,7 +271,8 @@ def test_engine_end_to_end_matches_transformers_base(
     stats = result.stats
     assert stats.pruned and stats.positions == "original" and stats.base_prompt_tokens == stats.tokens_kept
     assert stats.tokens_kept < stats.tokens_in and stats.speculator_seconds > 0
-    assert stats.ttft_seconds == pytest.approx(stats.speculator_seconds + stats.base_prefill_seconds)
+    # ttft counts from the moment the call entered the engine: scoring, any queue wait, then the base prefill
+    assert stats.speculator_seconds + stats.base_prefill_seconds <= stats.ttft_seconds <= stats.total_seconds
 
 
 def test_async_engine(engines: dict[str, Any], tiny_llama_dir: Path, reference_backend: Any):
