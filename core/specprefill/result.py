@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Message", "PruneResult", "PruneStats"]
+__all__ = ["STATS_KEY", "Message", "PruneResult", "PruneStats"]
+
+STATS_KEY = "specprefill"
+"""The one key under which every integration reports pruning stats (response metadata, node metadata)."""
 
 Message = dict[str, Any]
 """A chat message: ``{"role": ..., "content": ...}`` as in the OpenAI and Hugging Face chat formats."""

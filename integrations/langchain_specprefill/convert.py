@@ -12,10 +12,10 @@ from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from specprefill.engine import EngineResult
+from specprefill.result import STATS_KEY
 
 __all__ = ["chat_result", "json_instruction", "result_chunk", "to_chat_dicts", "with_instruction"]
 
-STATS_KEY = "specprefill"
 """Key of the engine statistics in ``response_metadata``."""
 
 

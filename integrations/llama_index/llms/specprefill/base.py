@@ -33,12 +33,11 @@ from specprefill.callargs import split_call_kwargs
 from specprefill.config import SpecPrefillConfig
 from specprefill.engine import EngineResult, SpecPrefillEngine
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.result import Message
+from specprefill.result import STATS_KEY, Message
 from specprefill.speculator import Speculator
 
 __all__ = ["STATS_KEY", "SpecPrefillLLM"]
 
-STATS_KEY = "specprefill"
 """Key of the pruning statistics (:meth:`EngineStats.to_dict <specprefill.engine.EngineStats.to_dict>`) in
 a response's ``additional_kwargs`` and ``raw``."""
 

@@ -35,6 +35,7 @@ from specprefill.passages import (
     aprune_passages,
     prune_passages,
 )
+from specprefill.result import STATS_KEY
 from specprefill.spans import Span
 from specprefill.speculator import Speculator
 
@@ -43,7 +44,7 @@ __all__ = ["DEFAULT_LOOKAHEAD", "METADATA_KEY", "SpecPrefillNodePostprocessor"]
 logger = logging.getLogger("specprefill.llama_index")
 dispatcher = get_dispatcher(__name__)
 
-METADATA_KEY = "specprefill"
+METADATA_KEY = STATS_KEY
 """Metadata key of the per-node pruning statistics (excluded from LLM and embedding text)."""
 
 DEFAULT_LOOKAHEAD = 16
