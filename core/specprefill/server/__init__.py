@@ -1,0 +1,1 @@
+"""Server-side SpecPrefill inside vLLM's OpenAI server."""
