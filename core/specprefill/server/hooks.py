@@ -196,8 +196,8 @@ async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: An
         logger.warning("specprefill: request served unpruned (%s): %s", reason, exc)
         return prompt, stats_object(n, n, fallback_reason=reason)
     kept = [int(i) for i in outcome.kept]
-    reason = f"error: {outcome.fallback_reason}" if outcome.fallback_reason else None  # the model failed
-    stats = stats_object(n, len(kept), speculator_seconds=outcome.seconds, fallback_reason=reason)
+    failure = f"error: {outcome.fallback_reason}" if outcome.fallback_reason else None  # the model failed
+    stats = stats_object(n, len(kept), speculator_seconds=outcome.seconds, fallback_reason=failure)
     if len(kept) == n:
         return prompt, stats
     xargs, _ = request_extras(kept, n, n_tokens=len(kept))
@@ -229,17 +229,20 @@ def _probe_ids(engine: Any) -> list[int] | None:
         return None
 
 
-@functools.cache
-def _refusal_of(config_id: int, reason: str | None) -> str | None:
-    if reason is not None:
-        logger.error("specprefill: pruning is off for this model: %s", reason)
-        return "positions_unsupported"
-    return None
+_refusals: dict[int, str | None] = {}
 
 
 def _refusal(engine: Any) -> str | None:
+    """``"positions_unsupported"`` when the served model cannot take restored positions (checked once)."""
     config = getattr(engine, "vllm_config", None)
-    return _refusal_of(id(config), unsupported_reason(config)) if config is not None else None
+    if config is None:
+        return None
+    if id(config) not in _refusals:
+        reason = unsupported_reason(config)
+        if reason is not None:
+            logger.error("specprefill: server-side pruning is off for this model: %s", reason)
+        _refusals[id(config)] = None if reason is None else "positions_unsupported"
+    return _refusals[id(config)]
 
 
 # --- installation --------------------------------------------------------------------------------
