@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
 
 from specprefill.errors import SpecPrefillError
 from specprefill.server.endpoint import PruneEndpointMiddleware
+from specprefill.server.settings import ServerSettings
 from specprefill.speculator import Speculator
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ class FakeService:
 
     def __init__(self, speculator: Speculator, *, config: dict[str, Any] | None = None, fail: str | None = None):
         self.speculator = speculator
-        self.settings = SimpleNamespace(config=dict(config or {}), keep_rate=None, min_prompt_tokens=None)
+        self.settings = ServerSettings(config=dict(config or {}))
         self.fail = fail
         self.tokens: list[int] = []
 

@@ -18,7 +18,6 @@ says ``"fallback": false``.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import secrets
@@ -94,19 +93,16 @@ class EndpointUnavailableError(SpeculatorError):
 def request_config(settings: object, request: PruneRequest) -> SpecPrefillConfig:
     """The config of one request: the server's, then the request's ``config``, ``keep_rate`` and ``max_kept_tokens``.
 
-    The server's is ``settings.config`` (a config or a mapping of fields) with the settings' ``keep_rate`` and
-    ``min_prompt_tokens`` shortcuts when they are set.
+    The server's is ``settings.prune_config()`` (:class:`~specprefill.server.settings.ServerSettings`: its
+    ``config`` with the shortcuts applied); the defaults when the settings could not be loaded.
 
     Raises:
         ConfigurationError: A field is unknown or out of range.
 
     """
-    base = getattr(settings, "config", None)
-    data: dict[str, Any] = dict(base.model_dump() if isinstance(base, SpecPrefillConfig) else base or {})
-    for name in ("keep_rate", "min_prompt_tokens"):
-        if getattr(settings, name, None) is not None:
-            data[name] = getattr(settings, name)
-    data.update(request.config)
+    prune_config = getattr(settings, "prune_config", None)
+    base = prune_config() if callable(prune_config) else SpecPrefillConfig()
+    data: dict[str, Any] = {**base.model_dump(), **request.config}
     if request.keep_rate is not None:
         data["keep_rate"] = request.keep_rate
     if request.max_kept_tokens is not None:
@@ -168,6 +164,14 @@ def _error(status: int, message: str, kind: str, param: str | None = None) -> tu
     return status, {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
+def _input_error(exc: BaseException) -> BaseException | None:
+    """The caller's mistake behind a failure, if it is one (the service wraps what ``fn`` raised as the cause)."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, (PromptError, ConfigurationError)):
+            return error
+    return None
+
+
 def _estimate_tokens(request: PruneRequest) -> int:
     """A rough token count for the service's queue accounting (about 4 characters a token)."""
     if isinstance(request.prompt, str):
@@ -196,9 +200,10 @@ async def handle_prune(body: object, service: ScoringRunner) -> tuple[int, dict[
     work = partial(prune_request, request=request, config=config)
     try:
         reply = await service.run(work, tokens=_estimate_tokens(request))
-    except (PromptError, ConfigurationError) as exc:
-        return _error(400, str(exc), "invalid_request_error", "prompt")
     except Exception as exc:  # scoring unavailable (queue full, deadline, load failure, speculator error)
+        bad_input = _input_error(exc)
+        if bad_input is not None:
+            return _error(400, str(bad_input), "invalid_request_error", "prompt")
         reason = f"{getattr(exc, 'reason', 'error')}: {type(exc).__name__}: {exc}"
         if not request.fallback:
             return _error(503, f"scoring is unavailable ({reason}); retry later", "scoring_unavailable")
@@ -228,8 +233,9 @@ class _Unavailable:
 
 def _default_service() -> ScoringRunner:
     try:
-        module = importlib.import_module("specprefill.server.service")  # the scoring service (h9-server)
-        service: ScoringRunner = module.get_service()
+        from specprefill.server.service import get_service
+
+        service: ScoringRunner = get_service()
     except Exception as exc:  # no service module, no speculator configured, settings invalid
         logger.warning("prune endpoint: no scoring service (%s: %s)", type(exc).__name__, exc)
         return _Unavailable(exc)

@@ -244,3 +244,42 @@ async def test_non_finite_importance_travels_as_null() -> None:
     assert wire["importance"][3] is None
     back = scored_from_wire(wire)
     assert back.importance is not None and np.isnan(back.importance[3])
+
+
+# --- with the real scoring service (worker thread, deadline) and a fake speculator --------------------------
+def real_service(speculator: Any, **settings: Any) -> Any:
+    from specprefill.server.service import ScoringService
+    from specprefill.server.settings import ServerSettings
+
+    return ScoringService(ServerSettings(config=CONFIG, **settings), loader=lambda: speculator)
+
+
+async def test_real_service_prunes_and_turns_a_bad_prompt_into_a_400() -> None:
+    svc = real_service(BosSpeculator(template=plain_chat))
+    status, body = await handle_prune({"prompt": TEXT, "keep_rate": 0.25}, svc)
+    assert status == 200 and body["stats"]["pruned"] is True
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    status, body = await handle_prune({"prompt": image}, svc)
+    assert status == 400 and "only text parts" in body["error"]["message"]
+
+
+async def test_real_service_deadline_falls_back_or_503s() -> None:
+    svc = real_service(FakeSpeculator(delay=0.5), deadline_seconds=0.05)
+    status, body = await handle_prune({"prompt": TEXT}, svc)
+    assert status == 200 and body["stats"]["fallback"] is True
+    assert body["stats"]["fallback_reason"].startswith("deadline")
+    status, body = await handle_prune({"prompt": TEXT, "fallback": False}, svc)
+    assert status == 503 and "deadline" in body["error"]["message"]
+
+
+async def test_real_service_failed_load_falls_back() -> None:
+    from specprefill.server.service import ScoringService
+    from specprefill.server.settings import ServerSettings
+
+    def broken() -> Any:
+        raise OSError("no such model folder")
+
+    svc = ScoringService(ServerSettings(config=CONFIG), loader=broken)
+    status, body = await handle_prune({"prompt": TEXT}, svc)
+    assert status == 200 and body["stats"]["fallback_reason"].startswith("load_failed")
+    assert "no such model folder" in body["stats"]["fallback_reason"]
