@@ -327,7 +327,8 @@ class PruneReply:
     stats: dict[str, Any]
     """The stats object (:data:`STATS_KEYS`)."""
     scored: ScoredPrompt | None = None
-    """The scored prompt when the request asked for it (None after a fallback)."""
+    """The scored prompt when the request asked for it (None after a fallback); with a ``question`` it is the
+    rendered question prompt (instruction, the text as one passage, the question), not the bare text."""
     messages: list[Message] | None = None
     """For chat prompts: the messages cut down to their kept spans."""
 

@@ -265,7 +265,7 @@ class PruneEndpointMiddleware:
     ) -> None:
         self.app = app
         self._service = service
-        self.max_body_bytes = max_body_bytes or int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
+        self.max_body_bytes = max_body_bytes or _env_bytes()
         self._api_keys = api_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -328,6 +328,16 @@ class PruneEndpointMiddleware:
         digest = hashlib.sha256(token.encode()).digest()
         matches = [secrets.compare_digest(digest, hashlib.sha256(k.encode()).digest()) for k in keys]
         return scheme.lower() == "bearer" and any(matches)
+
+
+def _env_bytes() -> int:
+    """:data:`MAX_BODY_ENV` as a positive int; the default (with a warning) when it is not one."""
+    raw = os.environ.get(MAX_BODY_ENV, "")
+    if raw.strip().isdigit() and int(raw) > 0:
+        return int(raw)
+    if raw:
+        logger.warning("%s=%r is not a positive number of bytes; using %d", MAX_BODY_ENV, raw, DEFAULT_MAX_BODY_BYTES)
+    return DEFAULT_MAX_BODY_BYTES
 
 
 def _server_api_keys(scope: Scope) -> list[str]:

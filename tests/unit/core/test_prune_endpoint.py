@@ -283,3 +283,10 @@ async def test_real_service_failed_load_falls_back() -> None:
     status, body = await handle_prune({"prompt": TEXT}, svc)
     assert status == 200 and body["stats"]["fallback_reason"].startswith("load_failed")
     assert "no such model folder" in body["stats"]["fallback_reason"]
+
+
+def test_max_body_bytes_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPECPREFILL_SERVER_MAX_PRUNE_BYTES", "1234")
+    assert middleware(service()).max_body_bytes == 1234
+    monkeypatch.setenv("SPECPREFILL_SERVER_MAX_PRUNE_BYTES", "lots")
+    assert middleware(service()).max_body_bytes == 8 * 2**20
