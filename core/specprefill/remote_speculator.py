@@ -55,6 +55,7 @@ __all__ = [
     "RemoteResponseError",
     "RemoteSpeculator",
     "RemoteSpeculatorError",
+    "fallback_passages",
 ]
 
 logger = logging.getLogger("specprefill")
