@@ -22,15 +22,17 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompts import ScoredPrompt, scrub_surrogates, select_scored, validate_messages
+from specprefill.prompts import PreparedPrompt, ScoredPrompt, scrub_surrogates, select_scored, validate_messages
 from specprefill.result import Message, PruneResult
 from specprefill.scoring import chunk_bounds, fill_chunks
-from specprefill.segments import token_starts
+from specprefill.segments import check_segments, segment_starts, token_starts
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
 from specprefill.speculator import Speculator
 
@@ -40,8 +42,12 @@ __all__ = [
     "PassageLayout",
     "PassageOutcome",
     "PrunedPassages",
+    "ResultBuilder",
     "aprune_passages",
+    "checked_layout",
     "layout_passages",
+    "protect_passages",
+    "protect_scored_passages",
     "prune_passages",
     "score_passages",
     "select_passages",
@@ -52,6 +58,21 @@ DEFAULT_INSTRUCTION = "Answer the question using the numbered passages below."
 
 PASSAGES_HEADER = "Passages:"
 QUESTION_HEADER = "Question:"
+
+
+class ResultBuilder(Protocol):
+    """What builds the result of a selection: a :class:`~specprefill.speculator.Speculator`, or a remote one."""
+
+    def build_result(
+        self,
+        scored: ScoredPrompt,
+        kept: npt.NDArray[np.int64],
+        config: SpecPrefillConfig | None = None,
+        *,
+        seconds: float = 0.0,
+    ) -> PruneResult:
+        """The result of keeping ``kept`` of ``scored`` (see :func:`specprefill.assemble.assemble_result`)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -161,12 +182,27 @@ def score_passages(speculator: Speculator, layout: PassageLayout, config: SpecPr
 
     """
     prepared = speculator.prepare(layout.messages, config=config)
+    protected, windows = protect_passages(prepared, layout, speculator.name)
+    return speculator.score_prompt(replace(prepared, protected=protected), config, segments=windows)
+
+
+def protect_passages(
+    prepared: PreparedPrompt, layout: PassageLayout, speculator: str
+) -> tuple[npt.NDArray[np.bool_], list[Span]]:
+    """The protection mask of a rendered passage prompt, and each passage's character window in the rendering.
+
+    Everything outside the passages is protected, and so are the passages' protected spans.
+
+    Raises:
+        PromptError: The chat template of ``speculator`` (its name, for the message) changes the passages' text.
+
+    """
     spans = prepared.content_spans or []
     offset = spans[1][0] if len(spans) > 1 else -1
     text, offsets = prepared.text or "", prepared.offsets or []
     if offset < 0 or text[offset : offset + len(layout.content)] != layout.content:
         raise PromptError(
-            f"the chat template of speculator {speculator.name!r} changes the passages text, so kept spans "
+            f"the chat template of speculator {speculator!r} changes the passages text, so kept spans "
             "cannot be mapped back; use a speculator whose template keeps message contents verbatim"
         )
     windows = [(s + offset, e + offset) for s, e in layout.windows]
@@ -174,12 +210,35 @@ def score_passages(speculator: Speculator, layout: PassageLayout, config: SpecPr
     for lo, hi in _token_ranges(offsets, windows):
         inside[lo:hi] = True
     extra = char_spans_to_token_mask(offsets, [(s + offset, e + offset) for s, e in layout.protected])
-    protected = ~inside | extra
-    return speculator.score_prompt(replace(prepared, protected=protected), config, segments=windows)
+    return ~inside | extra, windows
+
+
+def protect_scored_passages(scored: ScoredPrompt, layout: PassageLayout, config: SpecPrefillConfig) -> ScoredPrompt:
+    """A passage prompt scored elsewhere (e.g. by a server, as plain messages) with the passages' protection.
+
+    Gives what :func:`score_passages` gives for the same speculator: the protection of
+    :func:`protect_passages`, the chunk grid restarting at every passage (and at ``config.segment_by``), and no
+    importance when the prompt is shorter than ``config.min_prompt_tokens``. Importance does not depend on
+    protection or segments, so the server's scores are used as they are.
+
+    Raises:
+        PromptError: The template changed the passages' text.
+
+    """
+    protected, windows = protect_passages(scored, layout, scored.speculator)
+    segments = segment_starts(
+        scored.offsets,
+        scored.text,
+        config.segment_by,
+        content_spans=scored.content_spans or (),
+        extra=check_segments(windows),
+    )
+    short = scored.n_tokens < max(config.min_prompt_tokens, 1)
+    return replace(scored, protected=protected, segments=segments, importance=None if short else scored.importance)
 
 
 def select_passages(
-    speculator: Speculator,
+    speculator: ResultBuilder,
     scored: ScoredPrompt,
     layout: PassageLayout,
     passages: Sequence[Passage],
@@ -264,7 +323,7 @@ def prune_passages(
         SpeculatorError: Scoring failed and ``config.fallback_on_error`` is off.
 
     """
-    layout = _checked_layout(passages, question, instruction, config)
+    layout = checked_layout(passages, question, instruction, config)
     scored = score_passages(speculator, layout, config)
     return select_passages(speculator, scored, layout, passages, config, min_tokens_per_passage=min_tokens_per_passage)
 
@@ -279,14 +338,20 @@ async def aprune_passages(
     min_tokens_per_passage: int = 0,
 ) -> PrunedPassages:
     """Async :func:`prune_passages`: scoring runs in a worker thread so the event loop stays free."""
-    layout = _checked_layout(passages, question, instruction, config)
+    layout = checked_layout(passages, question, instruction, config)
     scored = await asyncio.to_thread(score_passages, speculator, layout, config)
     return select_passages(speculator, scored, layout, passages, config, min_tokens_per_passage=min_tokens_per_passage)
 
 
-def _checked_layout(
+def checked_layout(
     passages: Sequence[Passage], question: str | None, instruction: str, config: SpecPrefillConfig
 ) -> PassageLayout:
+    """:func:`layout_passages` after checking that ``config`` suits passage pruning.
+
+    Raises:
+        ConfigurationError: ``protected_count_toward_budget`` is set.
+
+    """
     if config.protected_count_toward_budget:
         raise ConfigurationError(
             "passage pruning does not support protected_count_toward_budget: headers, the instruction and the "

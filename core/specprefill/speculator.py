@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from specprefill.assemble import assemble_result
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, EmptyPromptError, PromptError, SpecPrefillError, SpeculatorError
 from specprefill.prompts import (
@@ -20,7 +21,6 @@ from specprefill.prompts import (
     Prompt,
     ScoredPrompt,
     check_spans,
-    cut_messages,
     locate_contents_by_template,
     prompt_kind,
     protection_for_messages,
@@ -28,10 +28,9 @@ from specprefill.prompts import (
     select_scored,
     validate_messages,
 )
-from specprefill.result import Message, PruneResult, PruneStats
-from specprefill.scoring import chunk_bounds, protected_mask
+from specprefill.result import Message, PruneResult
 from specprefill.segments import check_segments, segment_starts
-from specprefill.spans import Span, char_spans_to_token_mask, index_runs, join_runs, join_spans, kept_char_spans
+from specprefill.spans import Span, char_spans_to_token_mask
 
 __all__ = ["ImportanceResult", "Speculator"]
 
@@ -312,53 +311,10 @@ class Speculator(ABC):
         """The :class:`PruneResult` of keeping ``kept`` (sorted token indices) of a scored prompt.
 
         For callers that select tokens themselves (e.g. :mod:`specprefill.passages`); ``seconds`` (the time
-        their selection took) is added to ``scored.speculator_seconds`` in the stats.
+        their selection took) is added to ``scored.speculator_seconds`` in the stats. See
+        :func:`~specprefill.assemble.assemble_result`.
         """
-        cfg = _as_config(config)
-        ids = scored.input_ids
-        n = len(ids)
-        spans: list[Span] = []
-        messages: list[Message] | None = None
-        if scored.text is not None and scored.offsets is not None:
-            spans = kept_char_spans(scored.offsets, kept)
-            text = join_spans(scored.text, spans, cfg.gap_marker) if len(kept) < n else scored.text
-            if scored.messages is not None and scored.content_spans is not None:
-                messages = cut_messages(scored.messages, scored.content_spans, spans, scored.text, cfg.gap_marker)
-        else:
-            whole = [(0, n)] if len(kept) == n else index_runs(kept)
-            text = join_runs(n, whole, lambda s, e: self.decode(ids[s:e]), cfg.gap_marker)
-        bounds = chunk_bounds(n, cfg.chunk_size, scored.segments)
-        kept_mask = protected_mask(n, kept)
-        stats = PruneStats(
-            tokens_in=n,
-            tokens_kept=len(kept),
-            keep_ratio=len(kept) / n if n else 1.0,
-            keep_rate=cfg.keep_rate,
-            chunks_total=len(bounds),
-            chunks_kept=sum(bool(kept_mask[s:e].any()) for s, e in bounds),
-            protected_tokens=int(scored.protected.sum()),
-            lookahead_queries=scored.queries,
-            windows=scored.windows,
-            speculator_seconds=scored.speculator_seconds + seconds,
-            pruned=scored.importance is not None and len(kept) < n,
-            fallback=scored.fallback,
-            fallback_reason=scored.fallback_reason,
-            speculator=self.name,
-        )
-        return PruneResult(
-            original_length=n,
-            input_ids=list(ids),
-            kept_indices=kept,
-            kept_token_ids=[ids[i] for i in kept],
-            text=text,
-            stats=stats,
-            importance=scored.importance,
-            source_text=scored.text,
-            offsets=scored.offsets,
-            kept_spans=spans,
-            messages=messages,
-            lookahead_token_ids=scored.lookahead_token_ids,
-        )
+        return assemble_result(scored, kept, _as_config(config), name=self.name, seconds=seconds, decode=self.decode)
 
 
 def _thread_kwargs(

@@ -14,12 +14,13 @@ from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import SpeculatorError
+from specprefill.errors import ConfigurationError, SpeculatorError
 from specprefill.passages import Passage, PrunedPassages, aprune_passages, prune_passages
+from specprefill.remote_speculator import RemoteSpeculator
 from specprefill.speculator import Speculator
 
 __all__ = ["SpecPrefillDocumentCompressor"]
@@ -39,7 +40,8 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
 
     Use it as ``base_compressor`` of LangChain's ``ContextualCompressionRetriever``, or call
     :meth:`compress_documents` directly. The speculator loads on first use; pass a loaded
-    :class:`~specprefill.speculator.Speculator` (e.g. ``chat.get_engine().speculator``) to share one.
+    :class:`~specprefill.speculator.Speculator` (e.g. ``chat.get_engine().speculator``) to share one. With
+    ``base_url`` (a ``specprefill serve`` server) the server's speculator scores and no model loads here.
 
     Every output document gets ``metadata["specprefill"]`` (see ``metadata_key``) with ``tokens_in``,
     ``tokens_kept``, ``keep_ratio`` and ``pruned`` for that document, plus the call's ``prompt_tokens_in``,
@@ -53,8 +55,17 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
 
     """
 
-    speculator: str | Speculator = DEFAULT_MODEL
-    """The speculator: an embedded name (default ``"smollm2-135m"``), folder, hub id, or a loaded one."""
+    speculator: str | Speculator | RemoteSpeculator = DEFAULT_MODEL
+    """The speculator: an embedded name (default ``"smollm2-135m"``), folder, hub id, a loaded one, or a remote one."""
+
+    base_url: str | None = None
+    """Root URL of a specprefill server that scores instead of a local model (give it or ``speculator``)."""
+
+    api_key: SecretStr | None = None
+    """Bearer token of that server (``--api-key``)."""
+
+    timeout: float = Field(default=60.0, gt=0.0)
+    """Seconds to wait for that server."""
 
     keep_rate: float = Field(default=0.3, gt=0.0, le=1.0)
     """Fraction of the documents' tokens to keep, across all documents together."""
@@ -84,6 +95,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
     """torch dtype name when the speculator is loaded by name (None: bfloat16)."""
 
     _loaded: Speculator | None = PrivateAttr(default=None)
+    _remote: RemoteSpeculator | None = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -91,6 +103,13 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
     @model_validator(mode="after")
     def _check_config(self) -> Self:
         self._config()  # fail at construction on invalid settings
+        if self.base_url is not None:
+            if "speculator" in self.model_fields_set:
+                raise ConfigurationError("pass either speculator= (a local model) or base_url= (a server), not both")
+            key = self.api_key.get_secret_value() if self.api_key else None
+            self._remote = RemoteSpeculator(self.base_url, timeout=self.timeout, api_key=key)
+        elif isinstance(self.speculator, RemoteSpeculator):
+            self._remote = self.speculator
         return self
 
     def get_speculator(self) -> Speculator:
@@ -101,8 +120,11 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
 
         Raises:
             ModelLoadError: The named speculator cannot be loaded.
+            ConfigurationError: The compressor scores on a server (``base_url``); it has no local model.
 
         """
+        if self._remote is not None:
+            raise ConfigurationError(f"this compressor scores on the server at {self._remote.base_url}; no local model")
         if isinstance(self.speculator, Speculator):
             return self.speculator
         if self._loaded is None:
@@ -139,6 +161,8 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         if not docs:
             return []
         passages = [Passage(text=d.page_content) for d in docs]
+        if self._remote is not None:
+            return self._split(docs, self._remote.prune_passages(passages, query, self._config(), **self._options()))
         pruned = prune_passages(self.get_speculator(), passages, query, self._config(), **self._options())
         return self._split(docs, pruned)
 
@@ -159,6 +183,10 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         docs = list(documents)
         if not docs:
             return []
+        if self._remote is not None:
+            passages = [Passage(text=d.page_content) for d in docs]
+            pruned = await self._remote.aprune_passages(passages, query, self._config(), **self._options())
+            return self._split(docs, pruned)
         speculator = self._loaded if isinstance(self.speculator, str) else self.speculator
         if speculator is None:
             speculator = await asyncio.to_thread(self.get_speculator)

@@ -75,6 +75,10 @@ CORE_MODULES = [
     "specprefill.backends.openai_http",
     "specprefill.backends.openai_probes",
     "specprefill.backends.requests",
+    "specprefill.assemble",
+    "specprefill.wire",
+    "specprefill.remote_speculator",
+    "specprefill.server.endpoint",
 ]
 
 

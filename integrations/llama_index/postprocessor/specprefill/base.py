@@ -35,6 +35,7 @@ from specprefill.passages import (
     aprune_passages,
     prune_passages,
 )
+from specprefill.remote_speculator import RemoteSpeculator
 from specprefill.result import STATS_KEY
 from specprefill.spans import Span
 from specprefill.speculator import Speculator
@@ -95,7 +96,13 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
     Args:
         speculator: A loaded :class:`~specprefill.speculator.Speculator`, or a name/path for
             :func:`specprefill.load_speculator`, loaded on first use (default: the embedded
-            ``"smollm2-135m"``). Constructing the postprocessor never loads a model.
+            ``"smollm2-135m"``), or a :class:`~specprefill.remote_speculator.RemoteSpeculator`. Constructing
+            the postprocessor never loads a model.
+        base_url: Root URL of a specprefill server (``specprefill serve``): the joint prompt is scored by the
+            server's speculator (``POST /specprefill/v1/prune``) and selected here, so no model loads in this
+            process. Give either ``speculator`` or ``base_url``.
+        api_key: Bearer token of that server (``--api-key``).
+        timeout: Seconds to wait for the server.
         keep_rate: Fraction of the node texts' tokens to keep, in (0, 1] (default: ``config.keep_rate``).
         max_kept_tokens: Token budget for the node texts. Given alone, it is the only budget
             (``keep_rate`` becomes 1.0); given with ``keep_rate``, both apply.
@@ -135,16 +142,33 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
         default_factory=lambda: SpecPrefillConfig(lookahead=DEFAULT_LOOKAHEAD), description="Pruning settings."
     )
 
+    base_url: str | None = Field(default=None, description="Root URL of the specprefill server that scores.")
+
     _speculator: Speculator | None = PrivateAttr(default=None)
+    _remote: RemoteSpeculator | None = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def __init__(self, speculator: Speculator | str = "smollm2-135m", **kwargs: Any) -> None:
-        if not isinstance(speculator, (Speculator, str)):
+    def __init__(
+        self,
+        speculator: Speculator | RemoteSpeculator | str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        if speculator is not None and base_url is not None:
+            raise ConfigurationError("pass either speculator= (a local model) or base_url= (a server), not both")
+        if base_url is not None:
+            speculator = RemoteSpeculator(base_url, timeout=timeout, api_key=api_key)
+        speculator = "smollm2-135m" if speculator is None else speculator
+        if not isinstance(speculator, (Speculator, RemoteSpeculator, str)):
             raise ConfigurationError(
-                f"speculator must be a Speculator or a model name, got {type(speculator).__name__}"
+                f"speculator must be a Speculator, a RemoteSpeculator or a model name, got {type(speculator).__name__}"
             )
         name = speculator if isinstance(speculator, str) else speculator.name
-        fields: dict[str, Any] = {"speculator_name": name, **kwargs}
+        remote_url = speculator.base_url if isinstance(speculator, RemoteSpeculator) else None
+        fields: dict[str, Any] = {"speculator_name": name, "base_url": remote_url, **kwargs}
         try:
             super().__init__(**fields)
         except ValidationError as exc:
@@ -156,6 +180,8 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
             )
         if isinstance(speculator, Speculator):
             self._speculator = speculator
+        elif isinstance(speculator, RemoteSpeculator):
+            self._remote = speculator
 
     @classmethod
     def class_name(cls) -> str:
@@ -169,8 +195,11 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
 
         Raises:
             ModelLoadError: The named speculator cannot be loaded.
+            ConfigurationError: The postprocessor scores on a server (``base_url``); it has no local model.
 
         """
+        if self._remote is not None:
+            raise ConfigurationError(f"this postprocessor scores on the server at {self.base_url}; it loads no model")
         if self._speculator is None:
             with self._load_lock:
                 if self._speculator is None:
@@ -205,7 +234,9 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         """Prune the nodes' texts for the query (see the class docstring)."""
         with self._pruning(nodes, query_bundle) as run:
-            if run.prunable:
+            if run.prunable and self._remote is not None:
+                run.pruned = self._remote.prune_passages(*run.args, **self._passage_options())
+            elif run.prunable:
                 run.pruned = prune_passages(self.speculator, *run.args, **self._passage_options())
         return run.out
 
@@ -215,7 +246,9 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         """Async pruning: the speculator loads and scores in worker threads."""
         with self._pruning(nodes, query_bundle) as run:
-            if run.prunable:
+            if run.prunable and self._remote is not None:
+                run.pruned = await self._remote.aprune_passages(*run.args, **self._passage_options())
+            elif run.prunable:
                 speculator = self._speculator or await asyncio.to_thread(lambda: self.speculator)
                 run.pruned = await aprune_passages(speculator, *run.args, **self._passage_options())
         return run.out

@@ -1,0 +1,93 @@
+"""Building a :class:`~specprefill.result.PruneResult` from a scored prompt and the kept token indices.
+
+Pure: no model in it. :meth:`Speculator.build_result <specprefill.speculator.Speculator.build_result>` and the
+remote client (:mod:`specprefill.remote_speculator`, which selects locally on a prompt the server scored)
+both call :func:`assemble_result`, so a prompt scored in another process prunes exactly as one scored here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from specprefill.config import SpecPrefillConfig
+from specprefill.errors import PromptError
+from specprefill.prompts import ScoredPrompt, cut_messages
+from specprefill.result import Message, PruneResult, PruneStats
+from specprefill.scoring import chunk_bounds, protected_mask
+from specprefill.spans import Span, index_runs, join_runs, join_spans, kept_char_spans
+
+__all__ = ["assemble_result"]
+
+
+def assemble_result(
+    scored: ScoredPrompt,
+    kept: npt.NDArray[np.int64],
+    config: SpecPrefillConfig,
+    *,
+    name: str,
+    seconds: float = 0.0,
+    decode: Callable[[Sequence[int]], str] | None = None,
+) -> PruneResult:
+    """The :class:`PruneResult` of keeping ``kept`` (sorted token indices) of a scored prompt.
+
+    Args:
+        scored: The scored prompt.
+        kept: Sorted kept token indices.
+        config: Settings (``chunk_size`` for the chunk counts, ``gap_marker``, ``keep_rate`` for the stats).
+        name: Speculator name for the stats.
+        seconds: Time the selection took, added to ``scored.speculator_seconds``.
+        decode: Token ids to text; needed only for token-id prompts (which have no text).
+
+    Raises:
+        PromptError: A token-id prompt and no ``decode``.
+
+    """
+    ids = scored.input_ids
+    n = len(ids)
+    spans: list[Span] = []
+    messages: list[Message] | None = None
+    if scored.text is not None and scored.offsets is not None:
+        spans = kept_char_spans(scored.offsets, kept)
+        text = join_spans(scored.text, spans, config.gap_marker) if len(kept) < n else scored.text
+        if scored.messages is not None and scored.content_spans is not None:
+            messages = cut_messages(scored.messages, scored.content_spans, spans, scored.text, config.gap_marker)
+    else:
+        if decode is None:
+            raise PromptError("a token-id prompt needs the speculator's tokenizer to build its kept text")
+        whole = [(0, n)] if len(kept) == n else index_runs(kept)
+        text = join_runs(n, whole, lambda s, e: decode(ids[s:e]), config.gap_marker)
+    bounds = chunk_bounds(n, config.chunk_size, scored.segments)
+    kept_mask = protected_mask(n, kept)
+    stats = PruneStats(
+        tokens_in=n,
+        tokens_kept=len(kept),
+        keep_ratio=len(kept) / n if n else 1.0,
+        keep_rate=config.keep_rate,
+        chunks_total=len(bounds),
+        chunks_kept=sum(bool(kept_mask[s:e].any()) for s, e in bounds),
+        protected_tokens=int(scored.protected.sum()),
+        lookahead_queries=scored.queries,
+        windows=scored.windows,
+        speculator_seconds=scored.speculator_seconds + seconds,
+        pruned=scored.importance is not None and len(kept) < n,
+        fallback=scored.fallback,
+        fallback_reason=scored.fallback_reason,
+        speculator=name,
+    )
+    return PruneResult(
+        original_length=n,
+        input_ids=list(ids),
+        kept_indices=kept,
+        kept_token_ids=[ids[i] for i in kept],
+        text=text,
+        stats=stats,
+        importance=scored.importance,
+        source_text=scored.text,
+        offsets=scored.offsets,
+        kept_spans=spans,
+        messages=messages,
+        lookahead_token_ids=scored.lookahead_token_ids,
+    )

@@ -1,0 +1,292 @@
+"""The prune endpoint (specprefill.server.endpoint): the handler with a fake service, and the ASGI middleware."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from fakes import BosSpeculator, FakeSpeculator
+from remote_fakes import FakeService, call_asgi, middleware
+from specprefill import SpecPrefillConfig
+from specprefill.prompts import plain_chat, select_scored
+from specprefill.server.endpoint import PRUNE_PATH, PruneEndpointMiddleware, handle_prune
+from specprefill.wire import PruneReply
+
+CONFIG = {"chunk_size": 4, "lookahead": 1, "min_prompt_tokens": 0, "gap_marker": "|"}
+CFG = SpecPrefillConfig(**CONFIG)
+TEXT = "some filler text here. The KEY FACT is HERE. more filler text follows and ends."
+
+
+def service(**kwargs: Any) -> FakeService:
+    return FakeService(BosSpeculator(template=plain_chat), config=CONFIG, **kwargs)
+
+
+async def post(app: Any, body: Any, *, headers: dict[str, str] | None = None, chunks: int = 1) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = httpx.Request("POST", "http://test" + PRUNE_PATH, content=content, headers=headers)
+    return await call_asgi(app, request, chunks=chunks)
+
+
+# --- the handler ----------------------------------------------------------------------------------------
+async def test_text_prompt_prunes_exactly_as_speculator_prune() -> None:
+    svc = service()
+    status, body = await handle_prune({"prompt": TEXT, "keep_rate": 0.25}, svc)
+    expected = BosSpeculator(template=plain_chat).prune(TEXT, CFG, keep_rate=0.25)
+    assert status == 200
+    assert body["text"] == expected.text
+    assert body["kept_spans"] == [list(s) for s in expected.kept_spans]
+    assert "KEY FACT" in body["text"] and "HERE" in body["text"] and len(body["text"]) < len(TEXT)
+    assert body["stats"]["tokens_in"] == expected.stats.tokens_in
+    assert body["stats"]["tokens_kept"] == expected.stats.tokens_kept
+    assert body["stats"]["pruned"] is True and body["stats"]["fallback"] is False
+    assert body["stats"]["positions"] == "none"
+    assert body["scored"] is None
+    assert svc.tokens == [len(TEXT) // 4 + 1]
+
+
+async def test_returned_scores_select_to_the_same_kept_spans() -> None:
+    status, body = await handle_prune({"prompt": TEXT, "keep_rate": 0.25, "return_scores": True}, service())
+    reply = PruneReply.from_wire(json.loads(json.dumps(body)))
+    assert status == 200 and reply.scored is not None
+    kept = select_scored(reply.scored, CFG.with_overrides(keep_rate=0.25))
+    local = BosSpeculator(template=plain_chat).build_result(reply.scored, kept, CFG)
+    assert local.kept_spans == reply.kept_spans
+    assert local.text == reply.text
+
+
+async def test_question_steers_and_spans_are_in_the_prompt_text() -> None:
+    text = "alpha beta gamma delta. The ANSWER is FORTY TWO. epsilon zeta eta theta iota."
+    body = {"prompt": text, "question": "What is it?", "keep_rate": 0.3, "protected_spans": [[0, 5]]}
+    status, reply = await handle_prune(body, service())
+    assert status == 200
+    spans = reply["kept_spans"]
+    assert spans[0][0] == 0 and spans[0][1] >= 5  # the protected span
+    assert all(0 <= s < e <= len(text) for s, e in spans)
+    assert "ANSWER is FORTY TWO" in reply["text"]
+    assert "What is it?" not in reply["text"] and reply["text"] != text
+    assert reply["text"].startswith(text[: spans[0][1]]) and all(text[s:e] in reply["text"] for s, e in spans)
+
+
+async def test_messages_prune_the_rendered_chat_and_return_cut_messages() -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": TEXT}]
+    status, body = await handle_prune({"prompt": messages, "keep_rate": 0.25}, service())
+    expected = BosSpeculator(template=plain_chat).prune(messages, CFG, keep_rate=0.25)
+    assert status == 200
+    assert body["kept_spans"] == [list(s) for s in expected.kept_spans]
+    assert body["messages"] == expected.messages
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": 42}, "prompt"),
+        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": TEXT, "keep_rate": 0}, "keep_rate"),
+        ({"prompt": TEXT, "keep_rate": 1.5}, "keep_rate"),
+        ({"prompt": TEXT, "keep_rate": "half"}, "keep_rate"),
+        ({"prompt": TEXT, "keep_rate": True}, "keep_rate"),
+        ({"prompt": TEXT, "max_kept_tokens": 0}, "max_kept_tokens"),
+        ({"prompt": TEXT, "max_kept_tokens": 2.5}, "max_kept_tokens"),
+        ({"prompt": TEXT, "protected_spans": [[5, 2]]}, "protected_spans"),
+        ({"prompt": TEXT, "protected_spans": [[1, 2, 3]]}, "protected_spans"),
+        ({"prompt": TEXT, "segments": ["x"]}, "segments"),
+        ({"prompt": TEXT, "return_scores": "yes"}, "return_scores"),
+        ({"prompt": TEXT, "kepp_rate": 0.5}, "kepp_rate"),
+        ({"prompt": [{"role": "user", "content": "hi"}], "question": "q?"}, "question"),
+        ({"prompt": TEXT, "config": {"lookahead": 10_000}}, "config"),
+        ({"prompt": TEXT, "config": {"no_such_field": 1}}, "config"),
+        ({"prompt": TEXT, "config": [1]}, "config"),
+        ([TEXT], "body"),
+    ],
+)
+async def test_bad_input_is_a_400_naming_the_field(body: Any, param: str) -> None:
+    svc = service()
+    status, reply = await handle_prune(body, svc)
+    assert status == 400
+    assert reply["error"]["param"] == param
+    assert reply["error"]["type"] == "invalid_request_error" and reply["error"]["message"]
+    assert svc.tokens == []  # rejected before any scoring
+
+
+async def test_a_prompt_error_inside_scoring_is_a_400() -> None:
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    status, reply = await handle_prune({"prompt": image}, service())
+    assert status == 400 and "only text parts" in reply["error"]["message"]
+
+
+async def test_unavailable_scoring_keeps_everything_and_says_why() -> None:
+    status, body = await handle_prune({"prompt": TEXT}, service(fail="queue_full"))
+    assert status == 200
+    assert body["text"] == TEXT and body["kept_spans"] == [[0, len(TEXT)]]
+    assert body["stats"]["fallback"] is True and body["stats"]["pruned"] is False
+    assert body["stats"]["fallback_reason"].startswith("queue_full")
+
+
+async def test_unavailable_scoring_without_fallback_is_a_503() -> None:
+    status, body = await handle_prune({"prompt": TEXT, "fallback": False}, service(fail="deadline"))
+    assert status == 503
+    assert body["error"]["type"] == "scoring_unavailable" and "deadline" in body["error"]["message"]
+
+
+async def test_a_failing_speculator_with_fallback_config_is_flagged_not_an_error() -> None:
+    svc = FakeService(FakeSpeculator(fail=RuntimeError("CUDA out of memory")), config=CONFIG)
+    status, body = await handle_prune({"prompt": TEXT}, svc)
+    assert status == 200 and body["stats"]["fallback"] is True
+    assert "CUDA out of memory" in body["stats"]["fallback_reason"]
+    assert body["text"] == TEXT
+
+
+# --- the ASGI middleware --------------------------------------------------------------------------------
+async def test_middleware_answers_its_path_and_passes_everything_else_through() -> None:
+    app = middleware(service())
+    reply = await post(app, {"prompt": TEXT, "keep_rate": 0.25})
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+    assert "KEY FACT" in reply.json()["text"]
+    other = await call_asgi(app, httpx.Request("POST", "http://test/v1/completions", json={"prompt": "x"}))
+    assert other.status_code == 404 and other.content == b"inner"
+
+
+async def test_lifespan_and_other_scopes_pass_through() -> None:
+    seen: list[str] = []
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    await PruneEndpointMiddleware(inner, service=service())({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    assert seen == ["lifespan"]
+
+
+async def test_get_is_a_405() -> None:
+    reply = await call_asgi(middleware(service()), httpx.Request("GET", "http://test" + PRUNE_PATH))
+    assert reply.status_code == 405 and reply.headers["allow"] == "POST"
+
+
+async def test_a_declared_huge_body_is_a_413_before_reading_it() -> None:
+    svc = service()
+    big = json.dumps({"prompt": "x" * 5000}).encode()
+    reply = await post(middleware(svc, max_body_bytes=1000), big)
+    assert reply.status_code == 413 and "SPECPREFILL_SERVER_MAX_PRUNE_BYTES" in reply.json()["error"]["message"]
+    assert svc.tokens == []
+
+
+async def test_a_streamed_body_over_the_limit_is_a_413() -> None:
+    app = middleware(service(), max_body_bytes=1000)
+    request = httpx.Request("POST", "http://test" + PRUNE_PATH, content=b"x" * 5000)
+    request.headers.pop("content-length")
+    reply = await call_asgi(app, request, chunks=10)
+    assert reply.status_code == 413
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b'{"prompt": "abc', b"\xff\xfe not json", b"null"])
+async def test_empty_truncated_or_unparseable_bodies_are_400(raw: bytes) -> None:
+    reply = await post(middleware(service()), raw)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_api_key_is_checked_when_the_server_has_one() -> None:
+    app = middleware(service(), api_keys=["sekret"])
+    assert (await post(app, {"prompt": TEXT})).status_code == 401
+    bad = await post(app, {"prompt": TEXT}, headers={"authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    good = await post(app, {"prompt": TEXT}, headers={"authorization": "Bearer sekret"})
+    assert good.status_code == 200
+
+
+async def test_api_key_comes_from_the_vllm_app_args() -> None:
+    app = middleware(service())
+    vllm_app = types.SimpleNamespace(state=types.SimpleNamespace(args=types.SimpleNamespace(api_key=["k1"])))
+    request = httpx.Request("POST", "http://test" + PRUNE_PATH, json={"prompt": TEXT})
+
+    async def with_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await app({**scope, "app": vllm_app}, receive, send)
+
+    assert (await call_asgi(with_app, request)).status_code == 401
+
+
+async def test_without_a_scoring_service_the_request_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = types.ModuleType("specprefill.server.service")
+
+    def get_service() -> None:
+        raise RuntimeError("SPECPREFILL_SERVER_SPECULATOR is not set")
+
+    broken.get_service = get_service  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "specprefill.server.service", broken)
+    app = PruneEndpointMiddleware(lambda *a: None)  # type: ignore[arg-type,return-value]
+    reply = await post(app, {"prompt": TEXT})
+    assert reply.status_code == 200
+    stats = reply.json()["stats"]
+    assert stats["fallback"] is True and "SPECPREFILL_SERVER_SPECULATOR" in stats["fallback_reason"]
+    assert stats["fallback_reason"].startswith("load_failed")
+    refused = await post(app, {"prompt": TEXT, "fallback": False})
+    assert refused.status_code == 503
+
+
+async def test_non_finite_importance_travels_as_null() -> None:
+    spec = BosSpeculator(template=plain_chat)
+    scored = spec.score_prompt(TEXT, CFG)
+    assert scored.importance is not None
+    imp = scored.importance.copy()
+    imp[3] = np.nan
+    from dataclasses import replace
+
+    from specprefill.wire import scored_from_wire, scored_to_wire
+
+    wire = json.loads(json.dumps(scored_to_wire(replace(scored, importance=imp)), allow_nan=False))
+    assert wire["importance"][3] is None
+    back = scored_from_wire(wire)
+    assert back.importance is not None and np.isnan(back.importance[3])
+
+
+# --- with the real scoring service (worker thread, deadline) and a fake speculator --------------------------
+def real_service(speculator: Any, **settings: Any) -> Any:
+    from specprefill.server.service import ScoringService
+    from specprefill.server.settings import ServerSettings
+
+    return ScoringService(ServerSettings(config=CONFIG, **settings), loader=lambda: speculator)
+
+
+async def test_real_service_prunes_and_turns_a_bad_prompt_into_a_400() -> None:
+    svc = real_service(BosSpeculator(template=plain_chat))
+    status, body = await handle_prune({"prompt": TEXT, "keep_rate": 0.25}, svc)
+    assert status == 200 and body["stats"]["pruned"] is True
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    status, body = await handle_prune({"prompt": image}, svc)
+    assert status == 400 and "only text parts" in body["error"]["message"]
+
+
+async def test_real_service_deadline_falls_back_or_503s() -> None:
+    svc = real_service(FakeSpeculator(delay=0.5), deadline_seconds=0.05)
+    status, body = await handle_prune({"prompt": TEXT}, svc)
+    assert status == 200 and body["stats"]["fallback"] is True
+    assert body["stats"]["fallback_reason"].startswith("deadline")
+    status, body = await handle_prune({"prompt": TEXT, "fallback": False}, svc)
+    assert status == 503 and "deadline" in body["error"]["message"]
+
+
+async def test_real_service_failed_load_falls_back() -> None:
+    from specprefill.server.service import ScoringService
+    from specprefill.server.settings import ServerSettings
+
+    def broken() -> Any:
+        raise OSError("no such model folder")
+
+    svc = ScoringService(ServerSettings(config=CONFIG), loader=broken)
+    status, body = await handle_prune({"prompt": TEXT}, svc)
+    assert status == 200 and body["stats"]["fallback_reason"].startswith("load_failed")
+    assert "no such model folder" in body["stats"]["fallback_reason"]
+
+
+def test_max_body_bytes_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPECPREFILL_SERVER_MAX_PRUNE_BYTES", "1234")
+    assert middleware(service()).max_body_bytes == 1234
+    monkeypatch.setenv("SPECPREFILL_SERVER_MAX_PRUNE_BYTES", "lots")
+    assert middleware(service()).max_body_bytes == 8 * 2**20
