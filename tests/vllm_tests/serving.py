@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,18 @@ class ServerHandle:
     def log_tail(self, n: int = 6000) -> str:
         """The end of the server's log."""
         return self.log_path.read_text(errors="replace")[-n:]
+
+
+def post_json(url: str, data: bytes, *, timeout: float = 300) -> tuple[int, str, float]:
+    """POST a JSON body; ``(status, body text, seconds)``, also for 4xx/5xx answers."""
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    return status, text, time.perf_counter() - start
 
 
 def free_port() -> int:

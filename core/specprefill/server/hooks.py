@@ -307,6 +307,7 @@ def install_if_configured(settings: ServerSettings | None = None) -> bool:
         return False
     install()
     service = get_service()
+    service.on_batch = metrics.observe_batch
     if settings.preload:
         service.start()
     logger.info("specprefill: server-side pruning with speculator %r", settings.speculator)
