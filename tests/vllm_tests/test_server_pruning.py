@@ -136,6 +136,48 @@ def test_streams_carry_stats_on_the_final_chunk(spec_server: ServerHandle) -> No
         assert all("specprefill" not in c for c in chunks[:-2])
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_record",
+            "description": "Look up one shipping record by its number and return the barge and crate count.",
+            "parameters": {
+                "type": "object",
+                "properties": {"record": {"type": "integer", "description": "the record number"}},
+                "required": ["record"],
+            },
+        },
+    }
+]
+
+
+def test_a_pruned_chat_with_tools_keeps_the_whole_tools_block(spec_server: ServerHandle) -> None:
+    from transformers import AutoTokenizer
+
+    from specprefill.models import cached_dense_dir
+    from specprefill.vllm_plugin.positions import decode_runs
+
+    xargs = {"specprefill_return_kept": True}
+    reply = chat(spec_server, MESSAGES, tools=TOOLS, extra_body={"vllm_xargs": xargs})
+    stats = reply["specprefill"]
+    assert stats["pruned"] and stats["positions"] == "original"
+    rendered = {"model": MODEL, "messages": MESSAGES, "tools": TOOLS, "add_generation_prompt": True}
+    status, text, _ = post_json(f"{spec_server.root_url}/tokenize", json.dumps(rendered).encode())
+    assert status == 200, text[:300]
+    ids = json.loads(text)["tokens"]
+    assert len(ids) == stats["tokens_in"]
+    tokenizer = AutoTokenizer.from_pretrained(str(cached_dense_dir(MODEL)))
+    prompt = tokenizer.decode(ids)
+    encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    assert encoded["input_ids"] == ids
+    start, end = prompt.index("# Tools"), prompt.index("</tool_call><|im_end|>") + len("</tool_call><|im_end|>")
+    block = [i for i, (s, e) in enumerate(encoded["offset_mapping"]) if s < end and e > start]
+    kept = set(decode_runs(stats["kept_runs"]))
+    assert len(block) > 50 and all(i in kept for i in block)
+    assert len(kept) == stats["tokens_kept"] < stats["tokens_in"]
+
+
 def test_a_failing_speculator_still_answers_and_is_flagged(spec_server: ServerHandle) -> None:
     messages = [{"role": "user", "content": DOC + f" {FAIL_MARKER}" + QUESTION}]
     reply = chat(spec_server, messages)
