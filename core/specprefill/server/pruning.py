@@ -93,9 +93,10 @@ def wants_kept_runs(xargs: Mapping[str, Any] | None) -> bool:
 
     """
     value = (xargs or {}).get(XARG_RETURN_KEPT, False)
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"vllm_xargs.{XARG_RETURN_KEPT} must be true or false, got {value!r:.40}")
-    return value
+    # vLLM's request model turns JSON true/false into 1/0 (vllm_xargs holds str | int | float | list)
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    raise ConfigurationError(f"vllm_xargs.{XARG_RETURN_KEPT} must be true or false, got {value!r:.40}")
 
 
 def chat_messages(messages: Sequence[Any]) -> list[Message] | None:

@@ -142,8 +142,11 @@ async def test_stream_stats_go_on_final_chunks_only() -> None:
 
 def test_kept_runs_flag_must_be_a_boolean() -> None:
     assert wants_kept_runs({"specprefill_return_kept": True}) and not wants_kept_runs(None)
+    assert wants_kept_runs({"specprefill_return_kept": 1}) and not wants_kept_runs({"specprefill_return_kept": 0})
     with pytest.raises(ConfigurationError, match="true or false"):
         wants_kept_runs({"specprefill_return_kept": "yes"})
+    with pytest.raises(ConfigurationError, match="true or false"):
+        wants_kept_runs({"specprefill_return_kept": 2})
 
 
 def test_a_speculator_with_another_tokenizer_is_refused() -> None:
