@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-pytest.register_assert_rewrite("serving")  # before the import, so pytest_plugins below sees it rewritten
+pytest.register_assert_rewrite("serving", "vllm_helpers")  # before the imports, so pytest_plugins sees them
 from serving import ServerHandle, post_json  # noqa: E402
 from speculator_factories import FAIL_MARKER  # noqa: E402
 from vllm_helpers import needs_vllm  # noqa: E402
