@@ -188,6 +188,7 @@ def test_a_failing_speculator_still_answers_and_is_flagged(spec_server: ServerHa
 
 
 def test_sixteen_concurrent_requests_each_get_their_own_stats(spec_server: ServerHandle) -> None:
+    import httpx
     import openai
 
     async def one(api: Any, i: int) -> dict[str, Any]:
@@ -195,13 +196,28 @@ def test_sixteen_concurrent_requests_each_get_their_own_stats(spec_server: Serve
         reply = await api.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0.0)
         return body(reply)
 
-    async def run_all() -> list[dict[str, Any]]:
+    async def health_latencies(done: asyncio.Event) -> list[float]:
+        """``/health`` answer times while scoring runs: the event loop must stay free."""
+        seconds = []
+        async with httpx.AsyncClient(timeout=60) as http:
+            while not done.is_set():
+                start = time.perf_counter()
+                (await http.get(f"{spec_server.root_url}/health")).raise_for_status()
+                seconds.append(time.perf_counter() - start)
+                await asyncio.sleep(0.5)
+        return seconds
+
+    async def run_all() -> tuple[list[dict[str, Any]], list[float]]:
+        done = asyncio.Event()
+        poller = asyncio.ensure_future(health_latencies(done))
         api = openai.AsyncOpenAI(base_url=spec_server.base_url, api_key="EMPTY", max_retries=0, timeout=900)
         async with api:
-            return await asyncio.gather(*(one(api, i) for i in range(16)))
+            replies = await asyncio.gather(*(one(api, i) for i in range(16)))
+        done.set()
+        return replies, await poller
 
     start = time.perf_counter()
-    replies = asyncio.run(run_all())
+    replies, health = asyncio.run(run_all())
     elapsed = time.perf_counter() - start
     sizes = [r["specprefill"]["tokens_in"] for r in replies]
     assert sizes == [sizes[0] + i for i in range(16)], sizes  # each reply carries its own prompt's stats
@@ -209,7 +225,9 @@ def test_sixteen_concurrent_requests_each_get_their_own_stats(spec_server: Serve
         stats = reply["specprefill"]
         assert reply["usage"]["prompt_tokens"] == stats["tokens_kept"]
         assert stats["pruned"] or stats["fallback"]
-    print(f"16 concurrent pruned completions in {elapsed:.1f}s")
+    scoring = sum(r["specprefill"]["speculator_seconds"] for r in replies)
+    print(f"16 concurrent completions: {elapsed:.1f}s, scoring {scoring:.1f}s, /health max {max(health):.2f}s")
+    assert len(health) >= 2 and max(health) < 5.0  # one scoring alone takes longer: the loop was not blocked
 
 
 def _post(server: ServerHandle, path: str, payload: dict[str, Any]) -> tuple[int, str, float]:
