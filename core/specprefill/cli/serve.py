@@ -19,10 +19,14 @@ from typing import Any
 
 from specprefill.cli import options
 
-__all__ = ["MIDDLEWARE", "add_parser", "launch_command", "run"]
+__all__ = ["BODY_LIMIT_MIDDLEWARE", "MIDDLEWARE", "add_parser", "launch_command", "run"]
 
 MIDDLEWARE = "specprefill.server.endpoint.PruneEndpointMiddleware"
 """The prune endpoint's ASGI middleware, passed to vLLM with ``--middleware`` when it can be imported."""
+
+BODY_LIMIT_MIDDLEWARE = "specprefill.server.limits.BodyLimitMiddleware"
+"""Refuses request bodies over ``SPECPREFILL_SERVER_MAX_BODY_BYTES`` before FastAPI parses them. Passed after
+the endpoint's, so it is the outermost middleware (Starlette wraps the last one added around the others)."""
 
 _SETTING_FLAGS = {
     "speculator": "SPECULATOR",
@@ -61,8 +65,8 @@ def _served_model(model: str) -> tuple[str, list[str]]:
     return str(dense or resolve_model_dir(model)), ["--served-model-name", model]
 
 
-def _middleware_available() -> bool:
-    module_name, _, attr = MIDDLEWARE.rpartition(".")
+def _middleware_available(path: str) -> bool:
+    module_name, _, attr = path.rpartition(".")
     try:
         return hasattr(importlib.import_module(module_name), attr)
     except ImportError:
@@ -89,8 +93,9 @@ def launch_command(
     model, model_flags = _served_model(args.model)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *model_flags]
     argv += ["--host", str(args.host), "--port", str(args.port)]
-    if _middleware_available() and "--middleware" not in extra:
-        argv += ["--middleware", MIDDLEWARE]
+    for middleware in (MIDDLEWARE, BODY_LIMIT_MIDDLEWARE):  # the caller's own --middleware flags add to these
+        if _middleware_available(middleware):
+            argv += ["--middleware", middleware]
     argv += list(extra)
     return argv, env
 

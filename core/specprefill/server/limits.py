@@ -7,8 +7,9 @@ request is served. :class:`BodyLimitMiddleware` refuses such a body from its ``C
 (or, for a chunked upload, as soon as the bytes received pass the limit) with HTTP 413 and an
 OpenAI-style error object, before the body reaches the app.
 
-The limit comes from ``SPECPREFILL_SERVER_MAX_BODY_BYTES`` (default :data:`DEFAULT_MAX_BODY_BYTES`;
-``0`` turns it off). Raise it for large multimodal requests (base64 images count in full).
+The limit is the server setting ``max_body_bytes`` (``SPECPREFILL_SERVER_MAX_BODY_BYTES`` or the settings
+file; default :data:`DEFAULT_MAX_BODY_BYTES`, 16 MiB; ``0`` turns it off). Raise it for large multimodal
+requests (base64 images count in full).
 
 It is a plain ASGI middleware: vLLM's ``--middleware specprefill.server.limits.BodyLimitMiddleware`` loads it
 (``specprefill serve`` passes that flag), and so can any Starlette or FastAPI app.
@@ -17,16 +18,16 @@ It is a plain ASGI middleware: vLLM's ``--middleware specprefill.server.limits.B
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from specprefill.errors import ConfigurationError
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "ENV_MAX_BODY_BYTES", "BodyLimitMiddleware", "max_body_bytes_from_env"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ENV_MAX_BODY_BYTES", "BodyLimitMiddleware", "configured_max_body_bytes"]
 
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-"""32 MiB: a 128k-token prompt sent as token ids with a full position map is under 3 MB."""
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+"""16 MiB: a 128k-token prompt sent as token ids with a full position map is under 3 MB, while a list of
+10^7 integers is at least 20 MB of JSON. Raise it for requests with many base64 images."""
 
 ENV_MAX_BODY_BYTES = "SPECPREFILL_SERVER_MAX_BODY_BYTES"
 """Environment variable holding the limit in bytes (0 = no limit)."""
@@ -40,23 +41,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def max_body_bytes_from_env(environ: MutableMapping[str, str] | None = None) -> int:
-    """The body limit from ``SPECPREFILL_SERVER_MAX_BODY_BYTES`` (default 32 MiB; 0 = no limit).
+def configured_max_body_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """The server settings' ``max_body_bytes`` (``SPECPREFILL_SERVER_MAX_BODY_BYTES`` or the settings file).
 
     Raises:
-        ConfigurationError: The variable is not a non-negative integer.
+        ConfigurationError: The value (or another server setting) is invalid; the message names it.
 
     """
-    raw = (os.environ if environ is None else environ).get(ENV_MAX_BODY_BYTES, "").strip()
-    if not raw:
-        return DEFAULT_MAX_BODY_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigurationError(f"{ENV_MAX_BODY_BYTES}={raw!r}: give a byte count >= 0 (0 turns the limit off)")
-    return value
+    from specprefill.server.settings import ServerSettings
+
+    return ServerSettings.load(environ).max_body_bytes
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -73,7 +67,7 @@ def _declared_length(scope: Scope) -> int | None:
 def _error_body(limit: int, size: int | None) -> bytes:
     got = "more" if size is None else f"{size:,} bytes"
     message = (
-        f"request body too large: {got} over the server's limit of {limit:,} bytes. Send token ids or a "
+        f"specprefill: request body too large: {got} over the server's limit of {limit:,} bytes. Send token ids or a "
         f"position map for a shorter prompt, or raise {ENV_MAX_BODY_BYTES} on the server."
     )
     payload = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": 413}}
@@ -97,14 +91,14 @@ class BodyLimitMiddleware:
 
     Args:
         app: The wrapped ASGI app.
-        max_body_bytes: The limit; None reads ``SPECPREFILL_SERVER_MAX_BODY_BYTES`` (default 32 MiB).
+        max_body_bytes: The limit; None reads the server settings (default 16 MiB).
             0 passes everything through.
 
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes_from_env() if max_body_bytes is None else max_body_bytes
+        self.max_body_bytes = configured_max_body_bytes() if max_body_bytes is None else max_body_bytes
         if self.max_body_bytes < 0:
             raise ConfigurationError(f"max_body_bytes={max_body_bytes}: give a byte count >= 0")
 

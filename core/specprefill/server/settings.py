@@ -90,6 +90,13 @@ class ServerSettings(BaseModel):
     max_batch: int = Field(default=8, ge=1)
     """Queued requests the scoring worker takes per wake-up."""
 
+    max_body_bytes: int = Field(default=16 * 2**20, ge=0)
+    """Largest request body the server reads (:class:`~specprefill.server.limits.BodyLimitMiddleware`; 413
+    above it, before parsing; 0 = no limit). Raise it for requests with many base64 images."""
+
+    max_prune_bytes: int = Field(default=8 * 2**20, ge=1)
+    """Largest body of ``POST /specprefill/v1/prune`` (:mod:`specprefill.server.endpoint`)."""
+
     preload: bool = True
     """Load the speculator when the API server starts (else on the first request)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -106,8 +105,8 @@ def test_launch_command_sets_environment_and_passes_vllm_options() -> None:
     assert env["SPECPREFILL_SERVER_SPECULATOR"] == "org/small"
     assert env["SPECPREFILL_SERVER_KEEP_RATE"] == "0.1" and env["SPECPREFILL_SERVER_DEVICE"] == "cuda:0"
     assert "SPECPREFILL_SERVER_DEADLINE_SECONDS" not in env and env["HOME"] == "/h"
-    endpoint = importlib.util.find_spec("specprefill.server.endpoint") is not None
-    assert ("--middleware" in argv) == endpoint
+    middlewares = [argv[i + 1] for i, flag in enumerate(argv) if flag == "--middleware"]
+    assert middlewares == [serve.MIDDLEWARE, serve.BODY_LIMIT_MIDDLEWARE]  # the body limit is the outermost
 
 
 def test_serve_dry_run_prints_the_command(capsys: pytest.CaptureFixture[str]) -> None:
