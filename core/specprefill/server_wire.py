@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from specprefill.callargs import GENERATION_ALIASES
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import BackendError, ConfigurationError
 from specprefill.result import STATS_KEY
@@ -28,7 +29,9 @@ __all__ = [
     "ServerStatsError",
     "find_stats",
     "missing_stats_error",
+    "openai_call_kwargs",
     "read_stats",
+    "served_model",
     "server_xargs",
     "with_xargs",
 ]
@@ -87,6 +90,28 @@ def server_xargs(*, caller: str, **overrides: Any) -> dict[str, Any]:
     except ValidationError as exc:
         raise ConfigurationError(f"{caller}: invalid pruning override: {exc}") from exc
     return {SERVER_OVERRIDES[name]: getattr(checked, name) for name in given}
+
+
+def openai_call_kwargs(kwargs: Mapping[str, Any], *, caller: str) -> dict[str, Any]:
+    """A server-mode call's keyword arguments in OpenAI names (``max_new_tokens`` becomes ``max_tokens``).
+
+    ``keep_rate`` / ``max_kept_tokens`` stay (the clients turn them into ``vllm_xargs``); everything else
+    (``tools``, ``response_format``, ...) is the OpenAI client's business.
+
+    Raises:
+        ConfigurationError: ``protected_spans`` or another pruning setting, which only the server decides.
+
+    """
+    to_openai = {ours: theirs for theirs, ours in GENERATION_ALIASES.items()}
+    out = {to_openai.get(key, key): value for key, value in kwargs.items()}
+    server_owned = (set(SpecPrefillConfig.model_fields) | {"protected_spans"}) - set(SERVER_OVERRIDES)
+    refused = sorted(server_owned & set(out))
+    if refused:
+        raise ConfigurationError(
+            f"{caller} in server mode cannot set {refused} per call: the server decides them (it protects the "
+            f"chat template, system prompt, question and tools itself); only {sorted(SERVER_OVERRIDES)} travel"
+        )
+    return out
 
 
 def with_xargs(extra_body: Mapping[str, Any] | None, xargs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -164,3 +189,19 @@ def missing_stats_error(source: str) -> ServerStatsError:
         "set SPECPREFILL_SERVER_SPECULATOR for a plain vLLM server with specprefill installed). To prune in "
         "this process instead, also pass speculator=..."
     )
+
+
+def served_model(base_url: str, api_key: str, timeout: float | None) -> str:
+    """The first model a server lists at ``/v1/models`` (what ``model=None`` means in server mode).
+
+    Raises:
+        ConfigurationError: The server lists no model.
+
+    """
+    import openai
+
+    with openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=1) as client:
+        models = [m.id for m in client.models.list()]
+    if not models:
+        raise ConfigurationError(f"the server at {base_url} lists no model at /v1/models; pass model=...")
+    return models[0]

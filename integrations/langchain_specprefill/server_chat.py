@@ -23,15 +23,21 @@ from langchain_core.tools import BaseTool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field, SecretStr
 
-from specprefill.callargs import GENERATION_ALIASES
-from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 from specprefill.result import STATS_KEY
-from specprefill.server_wire import SERVER_OVERRIDES, find_stats, missing_stats_error, server_xargs, with_xargs
+from specprefill.server_wire import (
+    SERVER_OVERRIDES,
+    find_stats,
+    missing_stats_error,
+    openai_call_kwargs,
+    served_model,
+    server_xargs,
+    with_xargs,
+)
 
 from .structured import JsonByPromptMixin
 
-__all__ = ["ServerModeMixin", "SpecPrefillServerChat", "served_model", "server_call_kwargs"]
+__all__ = ["ServerModeMixin", "SpecPrefillServerChat", "server_call_kwargs"]
 
 
 class SpecPrefillServerChat(ChatOpenAI):
@@ -120,42 +126,14 @@ class SpecPrefillServerChat(ChatOpenAI):
             raise missing_stats_error(self.stats_source)
 
 
-def served_model(base_url: str, api_key: str, timeout: float | None) -> str:
-    """The first model a server lists at ``/v1/models`` (what ``model=None`` means in server mode).
-
-    Raises:
-        ConfigurationError: The server lists no model.
-
-    """
-    import openai
-
-    with openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=1) as client:
-        models = [m.id for m in client.models.list()]
-    if not models:
-        raise ConfigurationError(f"the server at {base_url} lists no model at /v1/models; pass model=...")
-    return models[0]
-
-
 def server_call_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``ChatSpecPrefill`` call's keyword arguments for :class:`SpecPrefillServerChat`.
-
-    ``max_new_tokens`` becomes ``max_tokens``; ``keep_rate`` / ``max_kept_tokens`` stay (the server client
-    turns them into ``vllm_xargs``); everything else (``tools``, ``response_format``, ...) goes to ``ChatOpenAI``.
+    """A ``ChatSpecPrefill`` call's keyword arguments for :class:`SpecPrefillServerChat` (OpenAI names).
 
     Raises:
         ConfigurationError: ``protected_spans`` or another pruning setting, which only the server decides.
 
     """
-    to_openai = {ours: theirs for theirs, ours in GENERATION_ALIASES.items()}  # max_new_tokens -> max_tokens
-    out = {to_openai.get(key, key): value for key, value in kwargs.items()}
-    server_only = sorted((set(SpecPrefillConfig.model_fields) | {"protected_spans"}) & set(out) - set(SERVER_OVERRIDES))
-    if server_only:
-        raise ConfigurationError(
-            f"ChatSpecPrefill in server mode cannot set {server_only} per call: the server decides them (it "
-            f"protects the chat template, system prompt, question and tools itself); per call only "
-            f"{sorted(SERVER_OVERRIDES)} travel to the server"
-        )
-    return out
+    return openai_call_kwargs(kwargs, caller="ChatSpecPrefill")
 
 
 class ServerModeMixin(JsonByPromptMixin):
