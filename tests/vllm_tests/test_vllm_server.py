@@ -8,10 +8,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ import pytest
 from specprefill.backends.base import BaseRequest, GenerationParams
 
 pytest.register_assert_rewrite("vllm_helpers")  # before the import, so pytest_plugins below sees it rewritten
+from serving import free_port, wait_healthy  # noqa: E402
 from vllm_helpers import (  # noqa: E402
     KV_CACHE_BYTES,
     MAX_MODEL_LEN,
@@ -42,13 +41,6 @@ pytest_plugins = ["vllm_helpers"]  # fixtures and the exactness report (no conft
 MODEL = "tiny"
 N = 300
 KEPT = list(range(0, 32)) + list(range(96, 160)) + list(range(256, 300))
-STARTUP_SECONDS = float(os.environ.get("SPECPREFILL_TEST_SERVER_TIMEOUT", "420"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -89,18 +81,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def wait(self) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {self.proc.returncode}:\n{self.tail()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(1.0)
-        raise RuntimeError(f"vLLM server not ready after {STARTUP_SECONDS}s:\n{self.tail()}")
+        wait_healthy(self.proc, f"http://127.0.0.1:{self.port}", self.tail)
 
     def tail(self, n: int = 4000) -> str:
         self._log_file.flush()

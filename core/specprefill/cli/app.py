@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from specprefill.cli import ask, bench, info, options, prune
+from specprefill.cli import ask, bench, info, options, prune, serve
 from specprefill.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, fail
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS: tuple[ModuleType, ...] = (prune, ask, bench, info)
+COMMANDS: tuple[ModuleType, ...] = (prune, ask, bench, serve, info)
 """The subcommand modules, in help order; each has ``add_parser(subparsers)`` and ``run(args) -> int``."""
 
 
@@ -49,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+        if extra and not getattr(args, "accepts_extra", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra_args = extra
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     verbose = options.verbose(args)

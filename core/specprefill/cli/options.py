@@ -52,6 +52,12 @@ COMMAND_TEXTS: dict[str, tuple[str, str]] = {
         "Run a benchmark; arguments after NAME go to the benchmark (see 'specprefill bench NAME "
         "--help'). The evaluation harness runs from a repository checkout: python -m benchmarks.quality.",
     ),
+    "serve": (
+        "start vLLM's OpenAI server with server-side pruning (speculator beside the base model)",
+        "Start vLLM's OpenAI-compatible API server (python -m vllm.entrypoints.openai.api_server) with "
+        "the SpecPrefill plugin configured: every chat/completion request is pruned by the speculator "
+        "and prefilled at its original positions. Unknown options go to vLLM unchanged.",
+    ),
     "info": (
         "show version, installed extras, embedded models and cache folder",
         "Show the version, which optional extras are installed, the embedded "

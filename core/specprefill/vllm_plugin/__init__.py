@@ -169,12 +169,16 @@ def register() -> None:
     """The ``vllm.general_plugins`` entry point: :func:`enable` unless ``SPECPREFILL_VLLM_PLUGIN=0``.
 
     vLLM calls it in every process it starts. A missing hook point stops vLLM with a clear message unless
-    ``SPECPREFILL_VLLM_STRICT=0``.
+    ``SPECPREFILL_VLLM_STRICT=0``. With ``SPECPREFILL_SERVER_SPECULATOR`` set, the API-server process also
+    gets server-side pruning (:mod:`specprefill.server`); other processes never load a speculator.
     """
     if _falsy(os.environ.get(ENV_DISABLE)):
         logger.info("specprefill: vLLM position plugin disabled by %s", ENV_DISABLE)
         return
     enable(strict=not _falsy(os.environ.get(ENV_STRICT)))
+    from specprefill.server.hooks import install_if_configured
+
+    install_if_configured()
 
 
 def process_status() -> dict[str, Any]:

@@ -1,0 +1,313 @@
+"""The request hook inside vLLM's OpenAI API server: prune the token ids vLLM rendered, before scheduling.
+
+Hook points (vLLM 0.32/0.33, read from its source):
+
+* ``OpenAIServingChat.create_chat_completion`` and ``OpenAIServingCompletion.create_completion`` are
+  wrapped: the wrapper validates the ``vllm_xargs`` overrides (a bad value is an HTTP 400 before any work),
+  puts a per-request :class:`Ticket` (the chat messages, the overrides) in a context variable, and adds the
+  ``specprefill`` stats object to the response: beside ``usage`` in a JSON reply, on the final chunk(s) of
+  a stream (the ``usage`` chunk and every chunk with a ``finish_reason``).
+* ``AsyncLLM.generate`` is wrapped: the serving handler calls it (inside the wrapped handler, so the ticket
+  is visible) with the prompt vLLM rendered (chat template, tools) and tokenised. The returned async
+  generator first awaits the :class:`~specprefill.server.service.ScoringService` (off the event loop),
+  replaces ``prompt_token_ids`` with the kept ids and puts their original positions into
+  ``SamplingParams.extra_args`` (:func:`specprefill.vllm_plugin.positions.request_extras`). The existing
+  front-end guard (:mod:`specprefill.vllm_plugin.frontend`) then bounds-checks that map and enforces the
+  cache salt, and the model-runner hooks restore the positions.
+
+If scoring is unavailable (queue full, deadline, speculator error) the request runs unpruned and its stats
+say ``fallback: true`` with the reason. Importing this module does not import vLLM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import json
+import logging
+import multiprocessing
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from specprefill.errors import ConfigurationError, PromptError
+from specprefill.server import metrics
+from specprefill.server.pruning import Outcome, chat_messages, merge_stats, parse_overrides, score_tokens, stats_object
+from specprefill.server.service import ScoringUnavailableError, get_service
+from specprefill.server.settings import ServerSettings
+from specprefill.speculator import Speculator
+from specprefill.vllm_plugin.common import HOOK_MARK, unsupported_reason
+from specprefill.vllm_plugin.guard import has_position_keys
+from specprefill.vllm_plugin.positions import request_extras
+
+__all__ = ["STATS_FIELD", "Ticket", "install", "install_if_configured", "installed", "uninstall"]
+
+logger = logging.getLogger("specprefill.server")
+
+STATS_FIELD = "specprefill"
+"""Top-level key of the stats object in responses and final stream chunks."""
+
+_TARGETS = (
+    ("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat", "create_chat_completion"),
+    ("vllm.entrypoints.openai.completion.serving", "OpenAIServingCompletion", "create_completion"),
+    ("vllm.v1.engine.async_llm", "AsyncLLM", "generate"),
+)
+_PROBE = "SpecPrefill tokenizer probe: naïve café, 12345, <tag>"
+
+
+class TokenizerMismatchError(PromptError):
+    """The speculator's tokenizer differs from the served model's; server-side pruning needs the same one."""
+
+
+@dataclass
+class Ticket:
+    """One HTTP request's pruning context, shared by its handler and the ``generate`` calls it makes."""
+
+    overrides: dict[str, Any]
+    messages: list[dict[str, Any]] | None = None
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def response_stats(self) -> dict[str, Any] | None:
+        """The stats object of the response (merged over the prompts of a batched completion request)."""
+        return merge_stats([self.stats[k] for k in sorted(self.stats)])
+
+
+_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("specprefill_ticket", default=None)
+_checked: dict[int, bool] = {}
+
+
+# --- request handlers ----------------------------------------------------------------------------
+def _wrap_handler(original: Callable[..., Any], *, chat: bool) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def handler(self: Any, request: Any, raw_request: Any = None) -> Any:
+        try:
+            overrides = parse_overrides(getattr(request, "vllm_xargs", None))
+        except ConfigurationError as exc:
+            return self.create_error_response(str(exc), param="vllm_xargs")
+        messages = chat_messages(request.messages) if chat else None
+        ticket = Ticket(overrides=overrides, messages=messages)
+        token = _ticket.set(ticket)
+        try:
+            result = await original(self, request, raw_request)
+        finally:
+            _ticket.reset(token)
+        return _attach(result, ticket)
+
+    return handler
+
+
+def _attach(result: Any, ticket: Ticket) -> Any:
+    if hasattr(result, "__aiter__"):
+        return _stream_with_stats(result, ticket)
+    stats = ticket.response_stats()
+    if stats is not None and hasattr(result, "usage"):
+        setattr(result, STATS_FIELD, stats)
+    return result
+
+
+def _final_chunk(payload: str) -> bool:
+    if '"usage"' in payload and '"usage":null' not in payload:
+        return True
+    return '"finish_reason"' in payload and payload.count('"finish_reason":null') < payload.count('"finish_reason"')
+
+
+async def _stream_with_stats(stream: AsyncIterator[str], ticket: Ticket) -> AsyncIterator[str]:
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async for item in stream:
+            if isinstance(item, str) and item.startswith("data: {") and _final_chunk(item):
+                item = _with_stats(item, ticket)
+            yield item
+
+
+def _with_stats(item: str, ticket: Ticket) -> str:
+    stats = ticket.response_stats()
+    if stats is None:
+        return item
+    try:
+        chunk = json.loads(item[len("data: ") :])
+    except ValueError:
+        return item
+    if not isinstance(chunk, dict) or "error" in chunk:
+        return item
+    chunk[STATS_FIELD] = stats
+    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+
+
+# --- the engine client ---------------------------------------------------------------------------
+def _wrap_generate(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def generate(self: Any, prompt: Any, sampling_params: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        ticket = _ticket.get()
+        if ticket is None or not _token_prompt(prompt) or not hasattr(sampling_params, "extra_args"):
+            return original(self, prompt, sampling_params, request_id, *args, **kwargs)
+        return _pruned_generate(self, original, ticket, prompt, sampling_params, request_id, args, kwargs)
+
+    return generate
+
+
+def _token_prompt(prompt: Any) -> bool:
+    return (
+        isinstance(prompt, dict)
+        and prompt.get("type", "token") == "token"
+        and isinstance(prompt.get("prompt_token_ids"), list)
+    )
+
+
+async def _pruned_generate(
+    engine: Any,
+    original: Callable[..., Any],
+    ticket: Ticket,
+    prompt: dict[str, Any],
+    params: Any,
+    request_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> AsyncIterator[Any]:
+    prompt, stats = await _prune(engine, ticket, prompt, params)
+    ticket.stats[request_id] = stats
+    metrics.observe(stats)
+    async with contextlib.aclosing(original(engine, prompt, params, request_id, *args, **kwargs)) as outputs:
+        async for output in outputs:
+            yield output
+
+
+async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: Any) -> tuple[dict[str, Any], Any]:
+    ids: list[int] = prompt["prompt_token_ids"]
+    n = len(ids)
+    service = get_service()
+    extra = params.extra_args
+    if has_position_keys(extra):  # already pruned by the client: its map is checked by the guard
+        return prompt, stats_object(n, n)
+    config = service.settings.prune_config().with_overrides(**ticket.overrides)
+    if (config.keep_rate >= 1.0 and config.max_kept_tokens is None) or n < max(config.min_prompt_tokens, 1):
+        return prompt, stats_object(n, n)
+    refused = _refusal(engine)
+    if refused is not None:
+        return prompt, stats_object(n, n, fallback_reason=refused)
+    text = prompt.get("prompt") if isinstance(prompt.get("prompt"), str) else None
+    probe = _probe_ids(engine)
+    job = functools.partial(_score_job, ids=ids, config=config, text=text, messages=ticket.messages, probe=probe)
+    try:
+        outcome: Outcome = await service.run(job, tokens=n)
+    except ScoringUnavailableError as exc:
+        reason = "tokenizer_mismatch" if isinstance(exc.__cause__, TokenizerMismatchError) else exc.reason
+        logger.warning("specprefill: request served unpruned (%s): %s", reason, exc)
+        return prompt, stats_object(n, n, fallback_reason=reason)
+    kept = [int(i) for i in outcome.kept]
+    failure = f"error: {outcome.fallback_reason}" if outcome.fallback_reason else None  # the model failed
+    stats = stats_object(n, len(kept), speculator_seconds=outcome.seconds, fallback_reason=failure)
+    if len(kept) == n:
+        return prompt, stats
+    xargs, _ = request_extras(kept, n, n_tokens=len(kept))
+    params.extra_args = {**(extra or {}), **xargs}
+    pruned = {k: v for k, v in prompt.items() if k != "prompt_token_offsets"}
+    pruned["prompt_token_ids"] = [ids[i] for i in kept]
+    return pruned, stats
+
+
+def _score_job(speculator: Speculator, *, ids: list[int], probe: list[int] | None, **kwargs: Any) -> Outcome:
+    key = id(speculator)
+    if key not in _checked and probe is not None:
+        _checked[key] = list(speculator.encode(_PROBE)[0]) == probe
+    if not _checked.get(key, True):
+        raise TokenizerMismatchError(
+            f"speculator {speculator.name!r} does not share the served model's tokenizer; server-side pruning needs "
+            "a speculator of the same family (e.g. Llama-3.1-8B-Instruct for Llama-3.1-70B-Instruct)"
+        )
+    return score_tokens(speculator, ids, **kwargs)
+
+
+def _probe_ids(engine: Any) -> list[int] | None:
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    try:
+        return [int(t) for t in tokenizer.encode(_PROBE, add_special_tokens=False)]
+    except Exception:  # a tokenizer without that signature: skip the check, scoring still validates ids
+        return None
+
+
+_refusals: dict[int, str | None] = {}
+
+
+def _refusal(engine: Any) -> str | None:
+    """``"positions_unsupported"`` when the served model cannot take restored positions (checked once)."""
+    config = getattr(engine, "vllm_config", None)
+    if config is None:
+        return None
+    if id(config) not in _refusals:
+        reason = unsupported_reason(config)
+        if reason is not None:
+            logger.error("specprefill: server-side pruning is off for this model: %s", reason)
+        _refusals[id(config)] = None if reason is None else "positions_unsupported"
+    return _refusals[id(config)]
+
+
+# --- installation --------------------------------------------------------------------------------
+def _targets() -> list[tuple[Any, str]]:
+    out = []
+    for module_name, class_name, method in _TARGETS:
+        module = importlib.import_module(module_name)
+        out.append((getattr(module, class_name), method))
+    return out
+
+
+def install() -> None:
+    """Wrap the chat/completion handlers and ``AsyncLLM.generate`` in this process (idempotent).
+
+    Raises:
+        ImportError: vLLM or one of the hook points is missing.
+
+    """
+    for cls, method in _targets():
+        current = getattr(cls, method)
+        if getattr(current, HOOK_MARK, False):
+            continue
+        if method == "generate":
+            hook = _wrap_generate(current)
+        else:
+            hook = _wrap_handler(current, chat=method == "create_chat_completion")
+        setattr(hook, HOOK_MARK, True)
+        setattr(cls, method, hook)
+
+
+def uninstall() -> None:
+    """Put the original methods back."""
+    for cls, method in _targets():
+        current = getattr(cls, method)
+        if getattr(current, HOOK_MARK, False):
+            setattr(cls, method, current.__wrapped__)
+
+
+def installed() -> bool:
+    """Whether the hooks are in place in this process."""
+    try:
+        return all(getattr(getattr(cls, m), HOOK_MARK, False) for cls, m in _targets())
+    except (ImportError, AttributeError):
+        return False
+
+
+def install_if_configured(settings: ServerSettings | None = None) -> bool:
+    """Install the hooks and start loading the speculator, in the API-server process and when configured.
+
+    vLLM calls the plugin entry point in its engine-core and worker processes too; those are child
+    processes and never load a speculator here.
+
+    Returns:
+        True when server-side pruning is now active in this process.
+
+    Raises:
+        ConfigurationError: The settings are invalid (vLLM then stops at start-up with the message).
+
+    """
+    settings = settings or ServerSettings.load()
+    if not settings.enabled or multiprocessing.parent_process() is not None:
+        return False
+    install()
+    service = get_service()
+    if settings.preload:
+        service.start()
+    logger.info("specprefill: server-side pruning with speculator %r", settings.speculator)
+    return True

@@ -1,0 +1,69 @@
+"""Prometheus counters and histograms of server-side pruning, shown by vLLM's ``/metrics``.
+
+They are registered with ``prometheus_client``'s default registry, the one vLLM's ``/metrics`` route serves
+(with ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus_client writes them to that folder, where vLLM collects them).
+
+==========================================  ======================================================
+``specprefill_requests_total{outcome}``     requests: ``pruned``, ``passed_through``, ``fallback``
+``specprefill_fallbacks_total{reason}``     fallbacks by reason (``queue_full``, ``deadline``, ...)
+``specprefill_prompt_tokens_in_total``      prompt tokens vLLM rendered for requests seen
+``specprefill_prompt_tokens_kept_total``    prompt tokens sent to the base model
+``specprefill_speculator_seconds``          histogram of speculator time per scored request
+==========================================  ======================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["METRIC_NAMES", "observe"]
+
+METRIC_NAMES = (
+    "specprefill_requests_total",
+    "specprefill_fallbacks_total",
+    "specprefill_prompt_tokens_in_total",
+    "specprefill_prompt_tokens_kept_total",
+    "specprefill_speculator_seconds",
+)
+"""Names as they appear on ``/metrics`` (counters carry the ``_total`` suffix there)."""
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_metrics: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _registered() -> dict[str, Any]:
+    with _lock:
+        if not _metrics:
+            prom: Any = importlib.import_module("prometheus_client")
+            _metrics["requests"] = prom.Counter(
+                "specprefill_requests", "Requests seen by SpecPrefill, by outcome", ["outcome"]
+            )
+            _metrics["fallbacks"] = prom.Counter(
+                "specprefill_fallbacks", "Requests served unpruned because scoring failed, by reason", ["reason"]
+            )
+            _metrics["tokens_in"] = prom.Counter("specprefill_prompt_tokens_in", "Prompt tokens before pruning")
+            _metrics["tokens_kept"] = prom.Counter("specprefill_prompt_tokens_kept", "Prompt tokens after pruning")
+            _metrics["seconds"] = prom.Histogram(
+                "specprefill_speculator_seconds", "Speculator time per scored request", buckets=_BUCKETS
+            )
+        return _metrics
+
+
+def observe(stats: Mapping[str, Any]) -> None:
+    """Count one request from its stats object (see :func:`specprefill.server.pruning.stats_object`)."""
+    metrics = _registered()
+    reason = stats.get("fallback_reason")
+    outcome = "fallback" if stats.get("fallback") else "pruned" if stats.get("pruned") else "passed_through"
+    metrics["requests"].labels(outcome=outcome).inc()
+    if reason:
+        metrics["fallbacks"].labels(reason=str(reason).split(":", 1)[0]).inc()
+    metrics["tokens_in"].inc(int(stats.get("tokens_in", 0)))
+    metrics["tokens_kept"].inc(int(stats.get("tokens_kept", 0)))
+    seconds = float(stats.get("speculator_seconds", 0.0))
+    if seconds > 0:
+        metrics["seconds"].observe(seconds)

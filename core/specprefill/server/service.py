@@ -1,0 +1,244 @@
+"""The scoring service: one speculator per API-server process, used from the event loop without blocking it.
+
+:func:`get_service` builds a process-wide :class:`ScoringService` from :meth:`ServerSettings.load()
+<specprefill.server.settings.ServerSettings.load>` the first time it is called. The speculator is loaded on
+the service's own worker thread, never at import time, so vLLM's engine-core and worker processes (which
+import the plugin too) never load one. Coroutines hand work to the thread through a bounded queue with
+:meth:`ScoringService.run` and wait at most ``deadline_seconds``; instead of blocking forever they get a
+:class:`ScoringUnavailableError` whose ``reason`` says why (``queue_full``, ``deadline``, ``load_failed``,
+``error``), and the caller serves the request unpruned.
+
+Micro-batching: on each wake-up the worker takes up to ``max_batch`` queued jobs at once and runs them back
+to back (a job whose caller already gave up is skipped). The speculator has no batched forward pass yet, so
+grouping saves only the hand-offs; :attr:`ScoringService.batches` counts the group sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import logging
+import queue
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from specprefill.errors import ConfigurationError, SpecPrefillError
+from specprefill.server.settings import ServerSettings
+from specprefill.speculator import Speculator
+
+__all__ = [
+    "ScoringReason",
+    "ScoringService",
+    "ScoringUnavailableError",
+    "get_service",
+    "load_configured_speculator",
+    "reset_service",
+]
+
+logger = logging.getLogger("specprefill.server")
+
+T = TypeVar("T")
+
+ScoringReason = Literal["queue_full", "deadline", "load_failed", "error"]
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ScoringUnavailableError(SpecPrefillError, RuntimeError):
+    """The speculator could not score in time (or at all); serve the request unpruned.
+
+    Attributes:
+        reason: ``"queue_full"``, ``"deadline"``, ``"load_failed"`` or ``"error"``.
+
+    """
+
+    def __init__(self, reason: ScoringReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: ScoringReason = reason
+
+
+def load_configured_speculator(settings: ServerSettings) -> Speculator:
+    """Load the speculator that ``settings.speculator`` names (a ``module:callable`` factory or a model).
+
+    Raises:
+        ConfigurationError: No speculator configured, or the factory cannot be imported or returns no Speculator.
+        ModelLoadError: The model cannot be loaded.
+
+    """
+    name = settings.speculator
+    if not name:
+        raise ConfigurationError("no speculator configured; set SPECPREFILL_SERVER_SPECULATOR")
+    if _FACTORY.match(name):
+        module_name, attr = name.split(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(f"speculator factory {name!r} cannot be imported: {exc}") from exc
+        made = factory()
+        if not isinstance(made, Speculator):
+            raise ConfigurationError(f"speculator factory {name!r} returned {type(made).__name__}, not a Speculator")
+        return made
+    from specprefill.models import load_speculator
+
+    return load_speculator(name, device=settings.device, dtype=settings.dtype)
+
+
+@dataclass
+class _Job:
+    fn: Callable[[Speculator], Any]
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class ScoringService:
+    """Runs speculator work on one worker thread, behind a bounded queue and a per-request deadline.
+
+    Args:
+        settings: Limits and the speculator to load.
+        loader: Builds the speculator on the worker thread (default: :func:`load_configured_speculator`).
+
+    """
+
+    def __init__(self, settings: ServerSettings, *, loader: Callable[[], Speculator] | None = None) -> None:
+        self.settings = settings
+        self._loader = loader or (lambda: load_configured_speculator(settings))
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.queue_size)
+        self._speculator: Speculator | None = None
+        self._load_error: str | None = None
+        self._loaded = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batches: Counter[int] = Counter()
+        """How many worker wake-ups took 1, 2, ... jobs at once."""
+        self.load_seconds: float | None = None
+        """How long loading the speculator took (None until loaded)."""
+
+    @property
+    def speculator(self) -> Speculator | None:
+        """The loaded speculator (None while loading or after a failed load)."""
+        return self._speculator
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the speculator could not be loaded (None: loaded or still loading)."""
+        return self._load_error
+
+    def start(self) -> None:
+        """Start the worker thread, which loads the speculator first (idempotent)."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="specprefill-scoring", daemon=True)
+                self._thread.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until the speculator is loaded or failed to load; True when it is usable."""
+        self.start()
+        self._loaded.wait(timeout)
+        return self._speculator is not None
+
+    async def run(self, fn: Callable[[Speculator], T], *, tokens: int = 0) -> T:
+        """Run ``fn(speculator)`` on the worker thread and return its result, without blocking the loop.
+
+        Args:
+            fn: The work; it runs on the scoring thread with the loaded speculator.
+            tokens: Prompt tokens involved (for logs).
+
+        Raises:
+            ScoringUnavailableError: The queue is full, the deadline passed (queue time included), the
+                speculator failed to load, or ``fn`` raised (then ``reason="error"`` and the cause is chained).
+
+        """
+        self.start()
+        if self._load_error is not None:
+            raise ScoringUnavailableError("load_failed", f"the speculator could not be loaded: {self._load_error}")
+        job = _Job(fn)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise ScoringUnavailableError(
+                "queue_full", f"{self.settings.queue_size} requests already wait for the speculator"
+            ) from None
+        deadline = self.settings.deadline_seconds
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job.future), timeout=deadline)
+        except TimeoutError:
+            logger.warning("specprefill: scoring %d tokens missed the %.3gs deadline", tokens, deadline)
+            raise ScoringUnavailableError("deadline", f"scoring took longer than {deadline:g}s") from None
+        except ScoringUnavailableError:
+            raise
+        except Exception as exc:
+            raise ScoringUnavailableError("error", f"{type(exc).__name__}: {exc}") from exc
+
+    # --- worker thread ---------------------------------------------------------------------------
+    def _load(self) -> None:
+        start = time.perf_counter()
+        try:
+            self._speculator = self._loader()
+        except Exception as exc:  # any failure: requests run unpruned with reason "load_failed"
+            self._load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("specprefill: speculator %r failed to load: %s", self.settings.speculator, self._load_error)
+        else:
+            self.load_seconds = time.perf_counter() - start
+            logger.info("specprefill: speculator %r loaded in %.1fs", self.settings.speculator, self.load_seconds)
+        finally:
+            self._loaded.set()
+
+    def _take_batch(self) -> list[_Job]:
+        batch = [self._queue.get()]
+        while len(batch) < self.settings.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _work(self) -> None:
+        self._load()
+        while True:
+            batch = self._take_batch()
+            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if live:
+                self.batches[len(live)] += 1
+            for job in live:
+                self._run_job(job)
+
+    def _run_job(self, job: _Job) -> None:
+        speculator = self._speculator
+        if speculator is None:
+            job.future.set_exception(
+                ScoringUnavailableError("load_failed", f"the speculator could not be loaded: {self._load_error}")
+            )
+            return
+        try:
+            job.future.set_result(job.fn(speculator))
+        except BaseException as exc:  # handed to the waiting coroutine, never kills the worker
+            job.future.set_exception(exc)
+
+
+_service: ScoringService | None = None
+_service_lock = threading.Lock()
+
+
+def get_service() -> ScoringService:
+    """The process-wide :class:`ScoringService`, built from :meth:`ServerSettings.load` on first use.
+
+    The worker thread (and with it the speculator) starts on the first :meth:`ScoringService.run`, or when
+    the caller calls :meth:`ScoringService.start`.
+    """
+    global _service
+    with _service_lock:
+        if _service is None:
+            _service = ScoringService(ServerSettings.load())
+        return _service
+
+
+def reset_service(service: ScoringService | None = None) -> None:
+    """Replace the process-wide service (tests; a running worker thread of the old one is left to finish)."""
+    global _service
+    with _service_lock:
+        _service = service

@@ -1,0 +1,132 @@
+"""Pure parts of server-side pruning: overrides, chat protection, stats object, stream stats (no vLLM)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fakes import FakeSpeculator, chatml
+from specprefill.config import SpecPrefillConfig
+from specprefill.errors import ConfigurationError, PromptError
+from specprefill.server import hooks
+from specprefill.server.pruning import chat_messages, merge_stats, parse_overrides, score_tokens, stats_object
+
+STATS_KEYS = {
+    "tokens_in",
+    "tokens_kept",
+    "keep_ratio",
+    "speculator_seconds",
+    "positions",
+    "fallback",
+    "fallback_reason",
+    "pruned",
+}
+
+
+def test_overrides_are_read_and_validated() -> None:
+    assert parse_overrides(None) == {} and parse_overrides({"other": 1}) == {}
+    got = parse_overrides({"specprefill_keep_rate": 1, "specprefill_max_kept_tokens": 64.0})
+    assert got == {"keep_rate": 1.0, "max_kept_tokens": 64}
+
+
+@pytest.mark.parametrize(
+    "xargs",
+    [
+        {"specprefill_keep_rate": -0.1},
+        {"specprefill_keep_rate": 0},
+        {"specprefill_keep_rate": 1.01},
+        {"specprefill_keep_rate": math.nan},
+        {"specprefill_keep_rate": math.inf},
+        {"specprefill_keep_rate": "0.3"},
+        {"specprefill_keep_rate": True},
+        {"specprefill_keep_rate": [0.3]},
+        {"specprefill_max_kept_tokens": 0},
+        {"specprefill_max_kept_tokens": 2.5},
+        {"specprefill_max_kept_tokens": "many"},
+        {"specprefill_max_kept_tokens": -5},
+    ],
+)
+def test_hostile_overrides_are_refused(xargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="vllm_xargs"):
+        parse_overrides(xargs)
+
+
+def test_stats_object_has_the_wire_keys() -> None:
+    pruned = stats_object(100, 30, speculator_seconds=0.5)
+    assert set(pruned) == STATS_KEYS
+    assert pruned["positions"] == "original" and pruned["pruned"] and not pruned["fallback"]
+    failed = stats_object(100, 100, fallback_reason="deadline")
+    assert failed["positions"] == "none" and failed["fallback"] and failed["keep_ratio"] == 1.0
+    merged = merge_stats([pruned, failed])
+    assert merged is not None and merged["tokens_in"] == 200 and merged["tokens_kept"] == 130
+    assert merged["fallback_reason"] == "deadline" and len(merged["prompts"]) == 2
+    assert merge_stats([]) is None and merge_stats([pruned]) == pruned
+
+
+def test_chat_messages_keep_text_and_refuse_images() -> None:
+    got = chat_messages(
+        [
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        ]
+    )
+    assert got == [{"role": "user", "content": "ab"}, {"role": "assistant", "content": ""}]
+    assert chat_messages([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]) is None
+
+
+def test_chat_protection_keeps_template_system_and_question_tail() -> None:
+    spec = FakeSpeculator(ramp=(0.0, 0.0))
+    document = "x" * 400
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": document + " Why?"}]
+    text = chatml(messages)
+    ids = [ord(c) for c in text]
+    config = SpecPrefillConfig(keep_rate=0.1, chunk_size=8, min_prompt_tokens=0, protect_question_tokens=5, lookahead=1)
+    outcome = score_tokens(spec, ids, config, text=text, messages=messages)
+    kept = set(outcome.kept.tolist())
+    doc_start = text.index(document)
+    assert outcome.fallback_reason is None and len(kept) < len(ids)
+    assert all(i in kept for i in range(doc_start))  # template + system prompt
+    assert all(i in kept for i in range(text.index("Why?") - 1, len(text)))  # question tail + template
+    assert sum(i in kept for i in range(doc_start, doc_start + len(document))) < len(document) // 2
+
+
+def test_scoring_passes_short_prompts_and_falls_back_on_failure() -> None:
+    ids = [ord(c) for c in "abcdefgh" * 10]
+    short = score_tokens(FakeSpeculator(), ids, SpecPrefillConfig(min_prompt_tokens=1000))
+    assert np.array_equal(short.kept, np.arange(len(ids))) and short.fallback_reason is None
+    failing = FakeSpeculator(fail=RuntimeError("gpu fell off"))
+    out = score_tokens(failing, ids, SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
+    assert len(out.kept) == len(ids) and "gpu fell off" in str(out.fallback_reason)
+
+
+def test_chat_needs_the_speculator_to_tokenise_vllm_ids() -> None:
+    messages = [{"role": "user", "content": "hello"}]
+    text = chatml(messages)
+    with pytest.raises(PromptError, match="tokenise"):
+        score_tokens(FakeSpeculator(), [1, 2, 3], SpecPrefillConfig(), text=text, messages=messages)
+
+
+async def _sse(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def test_stream_stats_go_on_final_chunks_only() -> None:
+    ticket = hooks.Ticket(overrides={})
+    ticket.stats["r"] = stats_object(10, 4)
+    chunks = [
+        'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+        'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        'data: {"choices":[],"usage":{"prompt_tokens":4}}\n\n',
+        'data: {"error":{"message":"x"},"usage":{"prompt_tokens":4}}\n\n',
+        "data: [DONE]\n\n",
+    ]
+    out = [item async for item in hooks._attach(_sse(chunks), ticket)]
+    assert out[0] == chunks[0] and out[3:] == chunks[3:]
+    for item in out[1:3]:
+        assert json.loads(item[len("data: ") :])["specprefill"] == ticket.stats["r"]

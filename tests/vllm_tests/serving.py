@@ -1,0 +1,142 @@
+"""A real ``specprefill serve`` (vLLM's OpenAI server with server-side pruning) on 127.0.0.1, for tests.
+
+:func:`running_server` starts one through the launcher, waits for ``/health`` and kills it on exit. The
+session-scoped :func:`spec_server` fixture shares ONE such server across modules (start-up costs a minute or
+more on the CI machines): SmolLM2-135M as base and speculator, keep rate 0.3, float32 everywhere, and the
+speculator :func:`speculator_factories.fail_on_marker` (the real SmolLM2, except that a prompt containing
+``FAIL_MARKER`` fails, so fallback is testable on the same server). Use it from a test module with
+``pytest_plugins = ["serving"]`` (there is no ``conftest.py`` in this folder; see ``vllm_helpers``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+STARTUP_SECONDS = float(os.environ.get("SPECPREFILL_TEST_SERVER_TIMEOUT", "600"))
+MAX_MODEL_LEN = 4096
+SPEC_SERVER_SPECULATOR = "speculator_factories:fail_on_marker"
+"""The shared server's speculator: SmolLM2 float32 that fails on ``speculator_factories.FAIL_MARKER``."""
+
+
+@dataclass
+class ServerHandle:
+    """A started server: ``base_url`` ends in ``/v1`` (what the ``openai`` client takes)."""
+
+    base_url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def root_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (for ``/health``, ``/metrics``, ``/specprefill/...``)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, n: int = 6000) -> str:
+        """The end of the server's log."""
+        return self.log_path.read_text(errors="replace")[-n:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: this checkout's code and this folder on PYTHONPATH, both CPU cores."""
+    env = dict(os.environ)
+    root = HERE.parents[1]
+    paths = [str(root / "core"), str(root / "integrations"), str(HERE), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["SPECPREFILL_SERVER_DTYPE"] = "float32"
+    env.setdefault("SPECPREFILL_SERVER_DEADLINE_SECONDS", "300")
+    env.setdefault("SPECPREFILL_SERVER_MIN_PROMPT_TOKENS", "256")
+    env.update(extra or {})
+    return env
+
+
+def wait_healthy(process: subprocess.Popen[bytes], root_url: str, tail: Callable[[], str]) -> None:
+    """Poll ``root_url/health`` until it answers 200; raise with the log ``tail()`` if the process dies or times out."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{tail()}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{root_url}/health", timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(1.0)
+    raise RuntimeError(f"server not healthy after {STARTUP_SECONDS:.0f}s:\n{tail()}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(
+    model: str = "smollm2-135m",
+    *,
+    speculator: str = "smollm2-135m",
+    keep_rate: float = 0.3,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    log_dir: Path | None = None,
+) -> Iterator[ServerHandle]:
+    """Start ``specprefill serve MODEL --speculator ... --keep-rate ...`` on a free port; stop it on exit.
+
+    vLLM runs eagerly in float32 with a small KV cache (``MAX_MODEL_LEN`` tokens, 16 sequences); pass
+    ``extra_args`` to add or override vLLM options and ``env`` for ``SPECPREFILL_SERVER_*`` settings.
+    """
+    port = free_port()
+    folder = log_dir or Path(tempfile.mkdtemp(prefix="specprefill-serve-"))
+    log_path = folder / f"server-{port}.log"
+    cmd = [
+        sys.executable, "-m", "specprefill.cli", "serve", model,
+        "--speculator", speculator, "--keep-rate", str(keep_rate),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
+        "--kv-cache-memory-bytes", str(1 << 29), "--max-num-seqs", "16",
+        *extra_args,
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(env))
+    handle = ServerHandle(f"http://127.0.0.1:{port}/v1", port, process, log_path)
+    try:
+        wait_healthy(process, handle.root_url, handle.log_tail)
+        yield handle
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def spec_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """ONE shared pruning server for the session (see the module docstring)."""
+    from vllm_helpers import HAS_EMBEDDED, HAS_HF, HAS_VLLM, VLLM_REASON
+
+    if not (HAS_VLLM and HAS_HF and HAS_EMBEDDED):
+        pytest.skip(VLLM_REASON)
+    with running_server(speculator=SPEC_SERVER_SPECULATOR, log_dir=tmp_path_factory.mktemp("spec-server")) as handle:
+        yield handle
