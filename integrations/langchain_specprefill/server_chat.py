@@ -112,7 +112,7 @@ class SpecPrefillServerChat(ChatOpenAI):
     def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         seen = False
         for chunk in super()._stream(*args, **kwargs):
-            seen = seen or STATS_KEY in chunk.message.response_metadata
+            seen = _stats_once(chunk, seen)
             yield chunk
         if not seen:
             raise missing_stats_error(self.stats_source)
@@ -120,10 +120,23 @@ class SpecPrefillServerChat(ChatOpenAI):
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         seen = False
         async for chunk in super()._astream(*args, **kwargs):
-            seen = seen or STATS_KEY in chunk.message.response_metadata
+            seen = _stats_once(chunk, seen)
             yield chunk
         if not seen:
             raise missing_stats_error(self.stats_source)
+
+
+def _stats_once(chunk: ChatGenerationChunk, seen: bool) -> bool:
+    """Whether a stream has carried stats, with ``chunk``; later copies are dropped from ``chunk``.
+
+    A server may repeat the object (finish-reason chunk and usage chunk); LangChain merges chunks by
+    concatenating strings, so a second copy would turn ``"original"`` into ``"originaloriginal"``.
+    """
+    if STATS_KEY not in chunk.message.response_metadata:
+        return seen
+    if seen:
+        del chunk.message.response_metadata[STATS_KEY]
+    return True
 
 
 def server_call_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 It speaks just enough of the OpenAI API for ``ChatOpenAI`` / ``OpenAILike`` (``/v1/models`` and
 ``/v1/chat/completions``, plain and SSE) and answers with the wire contract of server-side pruning: a
-top-level ``"specprefill"`` stats object beside ``"usage"`` (streams: on the usage chunk when
-``stream_options.include_usage``, else on the chunk with the finish reason). The stats follow the request's
-``vllm_xargs`` keep rate (``tokens_in`` 200, ``tokens_kept = round(200 * keep_rate)``), so tests can see that
-overrides arrived. ``stats_mode`` breaks the contract on purpose: ``"missing"``, ``"not_object"``,
-``"bad_types"``.
+top-level ``"specprefill"`` stats object beside ``"usage"``; streams carry it on the chunk with the finish
+reason and again on the usage chunk (``stream_options.include_usage``), as ``specprefill serve`` does. The
+stats follow the request's ``vllm_xargs`` keep rate (``tokens_in`` 200, ``tokens_kept = round(200 *
+keep_rate)``), so tests can see that overrides arrived. ``stats_mode`` breaks the contract on purpose:
+``"missing"``, ``"not_object"``, ``"bad_types"``.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ class FakeVLLMServer:
         ]
         chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        if (body.get("stream_options") or {}).get("include_usage"):
-            chunks.append({**base, "choices": [], "usage": self.usage_for(body)})
         chunks[-1] = self.with_stats(chunks[-1], body)
+        if (body.get("stream_options") or {}).get("include_usage"):  # the stats again, as the real server does
+            chunks.append(self.with_stats({**base, "choices": [], "usage": self.usage_for(body)}, body))
         return chunks
 
 

@@ -109,17 +109,20 @@ def test_model_defaults_to_the_first_served_model(fake_vllm: FakeVLLMServer) -> 
 
 
 # --- streaming and async -------------------------------------------------------------------------------------
-def test_stream_puts_the_stats_on_the_usage_chunk(fake_vllm: FakeVLLMServer) -> None:
+def test_stream_carries_the_stats_once(fake_vllm: FakeVLLMServer) -> None:
     chunks = list(server_chat(fake_vllm).stream(MESSAGES, keep_rate=0.5))
     assert "".join(str(c.content) for c in chunks) == "Hello there friend"
     with_stats = [c for c in chunks if "specprefill" in c.response_metadata]
-    assert len(with_stats) == 1 and with_stats[0].usage_metadata is not None
+    assert len(with_stats) == 1  # the server sends it twice (finish and usage chunks): kept once
     assert with_stats[0].response_metadata["specprefill"]["tokens_kept"] == 100
     assert chunks[-1].chunk_position == "last"
     merged = chunks[0]
     for chunk in chunks[1:]:
         merged += chunk
-    assert merged.response_metadata["specprefill"]["keep_ratio"] == 0.5
+    assert merged.response_metadata["specprefill"] == fake_vllm.stats_for(
+        {"vllm_xargs": {"specprefill_keep_rate": 0.5}}
+    )
+    assert merged.usage_metadata is not None and merged.usage_metadata["input_tokens"] == 100
     assert fake_vllm.requests[-1]["stream_options"] == {"include_usage": True}
 
 
