@@ -95,7 +95,8 @@ class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
     ``base_url``; its config is the starting point for the pruning fields below."""
 
     base_url: str | None = None
-    """Root of an OpenAI-compatible API including ``/v1``; when set, the base model is that server."""
+    """Root of an OpenAI-compatible API including ``/v1``; when set, the base model is that server (and
+    without a ``speculator``, that server prunes too: server mode)."""
 
     api_key: SecretStr | None = None
     """API key for ``base_url`` (None: ``$OPENAI_API_KEY``, else ``"EMPTY"`` as local servers expect)."""
@@ -106,7 +107,7 @@ class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
 
     request_timeout: float | None = Field(default=DEFAULT_REQUEST_TIMEOUT, gt=0)
     """Overall deadline of one request to ``base_url`` in seconds, retries and a slowly trickling stream
-    included; None: no overall deadline."""
+    included; None: no overall deadline. Not applied in server mode (``timeout`` bounds each attempt there)."""
 
     max_retries: int = Field(default=2, ge=0)
     """Retries of failed requests to ``base_url`` (connection errors, 429, 5xx), inside ``request_timeout``."""

@@ -10,6 +10,7 @@ import pytest
 from fake_vllm_server import FakeVLLMServer
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.tools import tool
+from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel
 
 from fakes import fake_engine
@@ -192,3 +193,28 @@ def test_structured_output_json_schema_goes_to_the_server(fake_vllm: FakeVLLMSer
     }
     assert body["vllm_xargs"] == {"specprefill_keep_rate": 0.1}
     assert "Respond with a single JSON object" not in str(body["messages"])  # no JSON-by-prompt in server mode
+
+
+# --- LangChain's standard unit suite in server mode (hermetic: nothing is sent) ---------------------------------
+class TestChatSpecPrefillServerModeUnit(ChatModelUnitTests):
+    """Server mode declares tool calling and structured output: both go through the server."""
+
+    @property
+    def chat_model_class(self) -> type[ChatSpecPrefill]:
+        return ChatSpecPrefill
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"base_url": "http://127.0.0.1:9/v1", "model": "served-model", "keep_rate": 0.3}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
