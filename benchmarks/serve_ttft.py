@@ -39,7 +39,17 @@ from typing import Any
 
 from benchmarks.ttft_vllm import SHAPES
 
-__all__ = ["SERVE_SHAPES", "SETTINGS", "Summary", "main", "parse_args", "percentile", "shaped_speculator", "summarize"]
+__all__ = [
+    "SERVE_SHAPES",
+    "SETTINGS",
+    "Summary",
+    "kv_cache_bytes",
+    "main",
+    "parse_args",
+    "percentile",
+    "shaped_speculator",
+    "summarize",
+]
 
 SERVE_SHAPES: dict[str, dict[str, int]] = {
     **SHAPES,
@@ -133,6 +143,14 @@ def _base_folder(shape: str, max_len: int, folder: Path) -> Path:
     return folder
 
 
+def kv_cache_bytes(shape: dict[str, int], tokens: int, dtype: str) -> int:
+    """KV-cache bytes for ``tokens`` tokens of ``shape`` (keys and values of every layer), plus a quarter."""
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    per_token = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * head_dim
+    width = 4 if dtype in ("float32", "float") else 2
+    return int(per_token * width * tokens * 1.25)
+
+
 def server_command(args: argparse.Namespace, model: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The ``specprefill serve`` command line and environment for ``args``."""
     speculator = args.speculator
@@ -151,6 +169,9 @@ def server_command(args: argparse.Namespace, model: str, port: int) -> tuple[lis
     ]  # fmt: skip
     if args.base in SERVE_SHAPES:
         cmd += ["--load-format", "dummy", "--served-model-name", f"dummy-{args.base}"]
+        if not any(a.startswith(("--kv-cache-memory", "--gpu-memory-utilization")) for a in args.vllm_args):
+            need = kv_cache_bytes(SERVE_SHAPES[args.base], args.requests * (args.tokens + 512), args.dtype)
+            cmd += ["--kv-cache-memory-bytes", str(need)]
     if args.device == "cpu":
         cmd += ["--enforce-eager"]
     return cmd + list(args.vllm_args), env

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.serve_ttft import SERVE_SHAPES, SETTINGS, parse_args, percentile, summarize, table
+from benchmarks.serve_ttft import SERVE_SHAPES, SETTINGS, kv_cache_bytes, parse_args, percentile, summarize, table
 
 
 def test_defaults_are_the_issue_setup_and_vllm_options_pass_through() -> None:
@@ -41,3 +41,9 @@ def test_summary_and_table_ratios_against_pruning_off() -> None:
     assert rows[0].split()[:3] == ["setting", "TTFT", "p50"]
     assert rows[3].split()[0:2] == ["keep", "10%"]
     assert rows[3].split()[-3:] == ["2.50", f"{5.9 / 2.9:.2f}", "2.00"]  # p50, p95 (5.9 s vs 2.9 s), req/s
+
+
+def test_kv_cache_sized_from_the_shape() -> None:
+    shape = SERVE_SHAPES["1.7b"]  # 24 layers x 32 KV heads x 64 dims, keys and values
+    assert kv_cache_bytes(shape, 1000, "bfloat16") == int(2 * 24 * 32 * 64 * 2 * 1000 * 1.25)
+    assert kv_cache_bytes(shape, 1000, "float32") == 2 * kv_cache_bytes(shape, 1000, "bfloat16")
