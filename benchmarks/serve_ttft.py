@@ -78,6 +78,8 @@ class Summary:
     tokens_in: float
     tokens_kept: float
     speculator_seconds: float
+    fallbacks: tuple[str, ...] = ()
+    """``fallback_reason`` of every request the server ran unpruned although pruning was asked for."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -105,6 +107,7 @@ def summarize(label: str, keep_rate: float, results: Sequence[dict[str, Any]], w
         tokens_in=statistics.fmean(s["tokens_in"] for s in stats),
         tokens_kept=statistics.fmean(s["tokens_kept"] for s in stats),
         speculator_seconds=statistics.fmean(s["speculator_seconds"] for s in stats),
+        fallbacks=tuple(str(s["fallback_reason"]) for s in stats if s.get("fallback")),
     )
 
 
@@ -163,7 +166,7 @@ def server_command(args: argparse.Namespace, model: str, port: int) -> tuple[lis
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     cmd = [
         sys.executable, "-m", "specprefill.cli", "serve", model, "--speculator", speculator, "--keep-rate", "0.3",
-        "--min-prompt-tokens", "256", "--device", args.device, "--port", str(port),
+        "--min-prompt-tokens", "256", "--device", args.device, "--port", str(port), "--deadline", str(args.deadline),
         "--dtype", args.dtype, "--max-model-len", str(args.tokens + 512), "--max-num-seqs", str(args.requests),
         "--no-enable-prefix-caching",
     ]  # fmt: skip
@@ -295,6 +298,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens generated per request (default 16)")
     parser.add_argument("--device", default="cpu", help='speculator device, e.g. "cuda:0" (default cpu)')
     parser.add_argument("--dtype", default="bfloat16", help="base and speculator dtype (default bfloat16)")
+    parser.add_argument("--deadline", type=float, default=600.0, help="server's scoring deadline, s (default 600)")
     parser.add_argument("--startup-timeout", type=float, default=1800.0, help="seconds to wait for /health")
     parser.add_argument("--log", help="server log file (default: a temporary file)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -319,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"base {args.base}, speculator {args.speculator}, {args.requests} concurrent x ~{args.tokens} tokens, "
           f"{args.max_tokens} generated, device {args.device}, dtype {args.dtype}")  # fmt: skip
     print(table(rows))
+    for row in rows:
+        if row.fallbacks:
+            print(f"{row.label}: {len(row.fallbacks)} request(s) ran unpruned: {sorted(set(row.fallbacks))}")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 0
