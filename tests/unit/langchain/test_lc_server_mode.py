@@ -7,17 +7,19 @@ import sys
 from typing import Any
 
 import pytest
-from fake_vllm_server import FakeVLLMServer
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.tools import tool
 from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel
 
+from fake_vllm_server import FakeVLLMServer
 from fakes import fake_engine
 from langchain_specprefill import ChatSpecPrefill
 from langchain_specprefill.server_chat import SpecPrefillServerChat
 from specprefill.errors import ConfigurationError
 from specprefill.server_wire import ServerStatsError
+
+pytest_plugins = ["fake_vllm_server"]  # the fake_vllm fixture
 
 MESSAGES = [SystemMessage("Be brief."), HumanMessage("Long context. " * 20 + "Question: why?")]
 

@@ -7,14 +7,16 @@ import sys
 from typing import Any
 
 import pytest
-from fake_vllm_server import FakeVLLMServer
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
+from fake_vllm_server import FakeVLLMServer
 from llama_index.llms.specprefill import STATS_KEY, SpecPrefillLLM
 from llama_index.llms.specprefill.server import SpecPrefillOpenAILike
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 from specprefill.server_wire import ServerStatsError
+
+pytest_plugins = ["fake_vllm_server"]  # the fake_vllm fixture
 
 MESSAGES = [
     ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),

@@ -1,4 +1,4 @@
-"""A scripted stand-in for a vLLM server that prunes with specprefill, on 127.0.0.1 (unit tests only).
+"""A scripted stand-in for a vLLM server that prunes with specprefill, on 127.0.0.1 (for unit tests only).
 
 It speaks just enough of the OpenAI API for ``ChatOpenAI`` / ``OpenAILike`` (``/v1/models`` and
 ``/v1/chat/completions``, plain and SSE) and answers with the wire contract of server-side pruning: a
@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-__all__ = ["FakeVLLMServer", "StatsMode"]
+import pytest
+
+__all__ = ["FakeVLLMServer", "StatsMode", "fake_vllm"]
 
 StatsMode = Literal["ok", "missing", "not_object", "bad_types"]
 
@@ -111,6 +114,17 @@ class FakeVLLMServer:
         if (body.get("stream_options") or {}).get("include_usage"):  # the stats again, as the real server does
             chunks.append(self.with_stats({**base, "choices": [], "usage": self.usage_for(body)}, body))
         return chunks
+
+
+@pytest.fixture
+def fake_vllm() -> Iterator[FakeVLLMServer]:
+    """A fresh scripted server on 127.0.0.1 (stats in every answer until ``stats_mode`` says otherwise).
+
+    Test modules load it with ``pytest_plugins = ["fake_vllm_server"]`` (a ``conftest.py`` in a subfolder
+    would shadow ``tests/conftest.py`` for ``from conftest import ...``).
+    """
+    with FakeVLLMServer() as server:
+        yield server
 
 
 def _handler(server: FakeVLLMServer) -> type[BaseHTTPRequestHandler]:
