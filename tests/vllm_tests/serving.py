@@ -2,10 +2,12 @@
 
 :func:`running_server` starts one through the launcher, waits for ``/health`` and kills it on exit. The
 session-scoped :func:`spec_server` fixture shares ONE such server across modules (start-up costs a minute or
-more on the CI machines): SmolLM2-135M as base and speculator, keep rate 0.3, float32 everywhere, and the
+more on the CI machines): SmolLM2-135M as base and speculator, keep rate 0.3, float32 everywhere, the
 speculator :func:`speculator_factories.fail_on_marker` (the real SmolLM2, except that a prompt containing
-``FAIL_MARKER`` fails, so fallback is testable on the same server). Use it from a test module with
-``pytest_plugins = ["serving"]`` (there is no ``conftest.py`` in this folder; see ``vllm_helpers``).
+``FAIL_MARKER`` fails, so fallback is testable on the same server), and a chat template that renders tools
+with the Hermes tool-call parser (:data:`SPEC_SERVER_ARGS`), so tool calling works through it. Use it from a
+test module with ``pytest_plugins = ["serving"]`` (there is no ``conftest.py`` in this folder; see
+``vllm_helpers``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +32,10 @@ STARTUP_SECONDS = float(os.environ.get("SPECPREFILL_TEST_SERVER_TIMEOUT", "600")
 MAX_MODEL_LEN = 4096
 SPEC_SERVER_SPECULATOR = "speculator_factories:fail_on_marker"
 """The shared server's speculator: SmolLM2 float32 that fails on ``speculator_factories.FAIL_MARKER``."""
+TOOLS_TEMPLATE = HERE / "smollm2_tools.jinja"
+"""SmolLM2's chat template plus a tools block and Hermes-style tool calls (identical without tools)."""
+SPEC_SERVER_ARGS = ("--chat-template", str(TOOLS_TEMPLATE), "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+"""vLLM options of the shared server: tools are rendered (in the system turn) and tool calls parsed."""
 
 
 @dataclass
@@ -48,6 +55,18 @@ class ServerHandle:
     def log_tail(self, n: int = 6000) -> str:
         """The end of the server's log."""
         return self.log_path.read_text(errors="replace")[-n:]
+
+
+def post_json(url: str, data: bytes, *, timeout: float = 300) -> tuple[int, str, float]:
+    """POST a JSON body; ``(status, body text, seconds)``, also for 4xx/5xx answers."""
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    return status, text, time.perf_counter() - start
 
 
 def free_port() -> int:
@@ -138,5 +157,6 @@ def spec_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHand
 
     if not (HAS_VLLM and HAS_HF and HAS_EMBEDDED):
         pytest.skip(VLLM_REASON)
-    with running_server(speculator=SPEC_SERVER_SPECULATOR, log_dir=tmp_path_factory.mktemp("spec-server")) as handle:
+    logs = tmp_path_factory.mktemp("spec-server")
+    with running_server(speculator=SPEC_SERVER_SPECULATOR, extra_args=SPEC_SERVER_ARGS, log_dir=logs) as handle:
         yield handle

@@ -12,9 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,8 @@ import pytest
 
 from specprefill.backends.base import BaseRequest, GenerationParams
 
-pytest.register_assert_rewrite("vllm_helpers")  # before the import, so pytest_plugins below sees it rewritten
-from serving import free_port, wait_healthy  # noqa: E402
+pytest.register_assert_rewrite("vllm_helpers", "serving")  # before the imports, so pytest_plugins sees them rewritten
+from serving import free_port, post_json, wait_healthy  # noqa: E402
 from vllm_helpers import (  # noqa: E402
     KV_CACHE_BYTES,
     MAX_MODEL_LEN,
@@ -187,16 +184,7 @@ def test_openai_backend_probes_the_plugin_and_sends_positions(servers: dict[str,
 
 
 def _post(server: Server, body: bytes) -> tuple[int, str, float]:
-    request = urllib.request.Request(
-        f"{server.base_url}/completions", data=body, headers={"Content-Type": "application/json"}
-    )
-    start = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            status, text = response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        status, text = exc.code, exc.read().decode()
-    return status, text, time.perf_counter() - start
+    return post_json(f"{server.base_url}/completions", body, timeout=120)
 
 
 def _completion(runs: Any, orig_len: Any, prompt: Any = None) -> bytes:

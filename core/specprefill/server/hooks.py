@@ -34,13 +34,21 @@ from typing import Any
 
 from specprefill.errors import ConfigurationError, PromptError
 from specprefill.server import metrics
-from specprefill.server.pruning import Outcome, chat_messages, merge_stats, parse_overrides, score_tokens, stats_object
+from specprefill.server.pruning import (
+    Outcome,
+    chat_messages,
+    merge_stats,
+    parse_overrides,
+    score_tokens,
+    stats_object,
+    wants_kept_runs,
+)
 from specprefill.server.service import ScoringUnavailableError, get_service
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator import Speculator
 from specprefill.vllm_plugin.common import HOOK_MARK, unsupported_reason
 from specprefill.vllm_plugin.guard import has_position_keys
-from specprefill.vllm_plugin.positions import request_extras
+from specprefill.vllm_plugin.positions import XARG_RUNS, request_extras
 
 __all__ = ["STATS_FIELD", "Ticket", "install", "install_if_configured", "installed", "uninstall"]
 
@@ -67,6 +75,7 @@ class Ticket:
 
     overrides: dict[str, Any]
     messages: list[dict[str, Any]] | None = None
+    kept_runs: bool = False
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def response_stats(self) -> dict[str, Any] | None:
@@ -82,12 +91,13 @@ _checked: dict[int, bool] = {}
 def _wrap_handler(original: Callable[..., Any], *, chat: bool) -> Callable[..., Any]:
     @functools.wraps(original)
     async def handler(self: Any, request: Any, raw_request: Any = None) -> Any:
+        xargs = getattr(request, "vllm_xargs", None)
         try:
-            overrides = parse_overrides(getattr(request, "vllm_xargs", None))
+            overrides, kept_runs = parse_overrides(xargs), wants_kept_runs(xargs)
         except ConfigurationError as exc:
             return self.create_error_response(str(exc), param="vllm_xargs")
         messages = chat_messages(request.messages) if chat else None
-        ticket = Ticket(overrides=overrides, messages=messages)
+        ticket = Ticket(overrides=overrides, messages=messages, kept_runs=kept_runs)
         token = _ticket.set(ticket)
         try:
             result = await original(self, request, raw_request)
@@ -165,7 +175,10 @@ async def _pruned_generate(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> AsyncIterator[Any]:
+    client_map = has_position_keys(params.extra_args)  # a client's map is not echoed (the guard checks it)
     prompt, stats = await _prune(engine, ticket, prompt, params)
+    if ticket.kept_runs and not client_map:
+        stats["kept_runs"] = list((params.extra_args or {}).get(XARG_RUNS) or [0, stats["tokens_in"]])
     ticket.stats[request_id] = stats
     metrics.observe(stats)
     async with contextlib.aclosing(original(engine, prompt, params, request_id, *args, **kwargs)) as outputs:
@@ -307,6 +320,7 @@ def install_if_configured(settings: ServerSettings | None = None) -> bool:
         return False
     install()
     service = get_service()
+    service.on_batch = metrics.observe_batch
     if settings.preload:
         service.start()
     logger.info("specprefill: server-side pruning with speculator %r", settings.speculator)

@@ -9,6 +9,7 @@ They are registered with ``prometheus_client``'s default registry, the one vLLM'
 ``specprefill_prompt_tokens_in_total``      prompt tokens vLLM rendered for requests seen
 ``specprefill_prompt_tokens_kept_total``    prompt tokens sent to the base model
 ``specprefill_speculator_seconds``          histogram of speculator time per scored request
+``specprefill_scoring_batch_size``          histogram of requests the scoring worker took per wake-up
 ==========================================  ======================================================
 """
 
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["METRIC_NAMES", "observe"]
+__all__ = ["METRIC_NAMES", "observe", "observe_batch"]
 
 METRIC_NAMES = (
     "specprefill_requests_total",
@@ -27,10 +28,13 @@ METRIC_NAMES = (
     "specprefill_prompt_tokens_in_total",
     "specprefill_prompt_tokens_kept_total",
     "specprefill_speculator_seconds",
+    "specprefill_scoring_batch_size",
 )
 """Names as they appear on ``/metrics`` (counters carry the ``_total`` suffix there)."""
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_BATCH = (1, 2, 4, 8, 16, 32, 64)
 
 _metrics: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -51,6 +55,9 @@ def _registered() -> dict[str, Any]:
             _metrics["seconds"] = prom.Histogram(
                 "specprefill_speculator_seconds", "Speculator time per scored request", buckets=_BUCKETS
             )
+            _metrics["batch"] = prom.Histogram(
+                "specprefill_scoring_batch_size", "Requests the scoring worker took per wake-up", buckets=_BATCH
+            )
         return _metrics
 
 
@@ -67,3 +74,8 @@ def observe(stats: Mapping[str, Any]) -> None:
     seconds = float(stats.get("speculator_seconds", 0.0))
     if seconds > 0:
         metrics["seconds"].observe(seconds)
+
+
+def observe_batch(size: int) -> None:
+    """Count one scoring-worker wake-up that took ``size`` requests."""
+    _registered()["batch"].observe(size)

@@ -24,6 +24,7 @@ from specprefill.speculator import Speculator
 __all__ = [
     "XARG_KEEP_RATE",
     "XARG_MAX_KEPT",
+    "XARG_RETURN_KEPT",
     "Outcome",
     "aligned_offsets",
     "chat_messages",
@@ -31,6 +32,7 @@ __all__ = [
     "parse_overrides",
     "score_tokens",
     "stats_object",
+    "wants_kept_runs",
 ]
 
 XARG_KEEP_RATE = "specprefill_keep_rate"
@@ -38,6 +40,10 @@ XARG_KEEP_RATE = "specprefill_keep_rate"
 
 XARG_MAX_KEPT = "specprefill_max_kept_tokens"
 """``vllm_xargs`` key: this request's cap on kept (unprotected) tokens, an integer >= 1."""
+
+XARG_RETURN_KEPT = "specprefill_return_kept"
+"""``vllm_xargs`` key: ``true`` adds ``kept_runs`` (``[start, length, ...]`` of the kept prompt positions) to
+the stats, e.g. to check that a tools block was kept whole."""
 
 
 def _number(value: Any, key: str) -> float:
@@ -77,6 +83,20 @@ def parse_overrides(xargs: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ConfigurationError(f"vllm_xargs.{XARG_MAX_KEPT} must be a whole number >= 1, got {cap}")
         out["max_kept_tokens"] = int(cap)
     return out
+
+
+def wants_kept_runs(xargs: Mapping[str, Any] | None) -> bool:
+    """Whether the request asked for ``kept_runs`` in its stats (:data:`XARG_RETURN_KEPT`).
+
+    Raises:
+        ConfigurationError: The value is not a boolean.
+
+    """
+    value = (xargs or {}).get(XARG_RETURN_KEPT, False)
+    # vLLM's request model turns JSON true/false into 1/0 (vllm_xargs holds str | int | float | list)
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    raise ConfigurationError(f"vllm_xargs.{XARG_RETURN_KEPT} must be true or false, got {value!r:.40}")
 
 
 def chat_messages(messages: Sequence[Any]) -> list[Message] | None:

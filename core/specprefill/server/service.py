@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib
 import logging
 import queue
@@ -117,6 +118,8 @@ class ScoringService:
         """How many worker wake-ups took 1, 2, ... jobs at once."""
         self.load_seconds: float | None = None
         """How long loading the speculator took (None until loaded)."""
+        self.on_batch: Callable[[int], None] | None = None
+        """Called on the worker thread with the size of every micro-batch (e.g. a metrics histogram)."""
 
     @property
     def speculator(self) -> Speculator | None:
@@ -204,6 +207,9 @@ class ScoringService:
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]
             if live:
                 self.batches[len(live)] += 1
+                if self.on_batch is not None:
+                    with contextlib.suppress(Exception):  # metrics must never stop the worker
+                        self.on_batch(len(live))
             for job in live:
                 self._run_job(job)
 

@@ -14,7 +14,15 @@ from fakes import FakeSpeculator, chatml
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
 from specprefill.server import hooks
-from specprefill.server.pruning import chat_messages, merge_stats, parse_overrides, score_tokens, stats_object
+from specprefill.server.pruning import (
+    chat_messages,
+    merge_stats,
+    parse_overrides,
+    score_tokens,
+    stats_object,
+    wants_kept_runs,
+)
+from specprefill.server.settings import ServerSettings
 
 STATS_KEYS = {
     "tokens_in",
@@ -130,3 +138,32 @@ async def test_stream_stats_go_on_final_chunks_only() -> None:
     assert out[0] == chunks[0] and out[3:] == chunks[3:]
     for item in out[1:3]:
         assert json.loads(item[len("data: ") :])["specprefill"] == ticket.stats["r"]
+
+
+def test_kept_runs_flag_must_be_a_boolean() -> None:
+    assert wants_kept_runs({"specprefill_return_kept": True}) and not wants_kept_runs(None)
+    assert wants_kept_runs({"specprefill_return_kept": 1}) and not wants_kept_runs({"specprefill_return_kept": 0})
+    with pytest.raises(ConfigurationError, match="true or false"):
+        wants_kept_runs({"specprefill_return_kept": "yes"})
+    with pytest.raises(ConfigurationError, match="true or false"):
+        wants_kept_runs({"specprefill_return_kept": 2})
+
+
+def test_a_speculator_with_another_tokenizer_is_refused() -> None:
+    spec = FakeSpeculator()
+    ids = [ord(c) for c in "abc" * 40]
+    with pytest.raises(hooks.TokenizerMismatchError, match="tokenizer"):
+        hooks._score_job(spec, ids=ids, probe=[1, 2, 3], config=SpecPrefillConfig(min_prompt_tokens=0))
+    same = [ord(c) for c in hooks._PROBE]
+    other = FakeSpeculator()
+    out = hooks._score_job(other, ids=ids, probe=same, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
+    assert len(out.kept) < len(ids)
+
+
+def test_engine_and_worker_processes_never_install_the_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    assert hooks.install_if_configured(ServerSettings()) is False  # no speculator: nothing to do
+    # vLLM's engine core and workers are child processes of the API server: they load no speculator
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
+    assert hooks.install_if_configured(ServerSettings(speculator="fakes:letter_speculator")) is False
