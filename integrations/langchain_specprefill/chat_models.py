@@ -1,9 +1,10 @@
 """``ChatSpecPrefill``: a LangChain chat model whose prompts are pruned by a speculator before the base prefill.
 
-The adapter only moves data between LangChain and :class:`specprefill.engine.SpecPrefillEngine`: messages go
-in as chat dicts (the speculator protects the chat template, the system prompt and the end of the final user
-message), the engine prunes and generates, and its numbers come back as ``usage_metadata`` and a
-``response_metadata["specprefill"]`` block.
+In process, the adapter only moves data between LangChain and :class:`specprefill.engine.SpecPrefillEngine`:
+messages go in as chat dicts (the speculator protects the chat template, the system prompt and the end of the
+final user message), the engine prunes and generates, and its numbers come back as ``usage_metadata`` and a
+``response_metadata["specprefill"]`` block. In server mode a vLLM server prunes and langchain-openai's
+``ChatOpenAI`` does the talking (see :mod:`langchain_specprefill.server_chat`).
 """
 
 from __future__ import annotations
@@ -29,23 +30,31 @@ from specprefill.speculator import Speculator
 
 from .calls import ChatCall, EngineLRU, chat_prompt, engine_kwargs
 from .convert import chat_result, json_instruction, result_chunk, to_chat_dicts
-from .structured import JsonByPromptMixin
+from .server_chat import ServerModeMixin, SpecPrefillServerChat, server_call_kwargs
 
 __all__ = ["DEFAULT_MODEL", "ChatSpecPrefill", "json_instruction", "to_chat_dicts"]
 
 DEFAULT_MODEL = "smollm2-135m"
 """The packaged embedded model (SmolLM2-135M-Instruct): default speculator, and default base in process."""
 
-class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
+class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
     r"""Chat model with Speculative Prefill: a small speculator prunes the prompt, the base prefills what is kept.
 
-    Three ways to build it (none loads a model at construction; weights load on the first call):
+    Four ways to build it (none loads a model at construction; weights load on the first call):
 
+    - Server mode, the speculator beside the base on a vLLM server that prunes (``specprefill serve``):
+      ``ChatSpecPrefill(base_url="http://gpu-node:8000/v1", model="served-name", api_key=...)`` with no
+      ``speculator``. The FULL prompt goes to the server with ``keep_rate`` / ``max_kept_tokens`` as
+      ``vllm_xargs``; the server's stats come back in ``response_metadata["specprefill"]``. Requests go through
+      langchain-openai's ``ChatOpenAI`` (:meth:`server_chat`), so :meth:`bind_tools` and
+      :meth:`with_structured_output` work through the server (it protects the tools block from pruning).
+      No model is loaded in this process. An answer without the server's stats raises
+      :class:`~specprefill.server_wire.ServerStatsError` (the server does not prune).
     - In process, transformers base (default): ``ChatSpecPrefill(model="smollm2-135m")``. ``model`` is the
       base (an embedded name, a transformers folder, a ``.gguf`` file or a hub id); ``speculator`` the
       scorer. When both name the same model, its weights are loaded once and shared.
-    - OpenAI-compatible server (vLLM, llama.cpp, TGI, ...): ``ChatSpecPrefill(base_url="http://host:8000/v1",
-      model="served-name", api_key=...)``. The speculator still runs in this process; kept tokens go to the
+    - Speculator here, base on any OpenAI-compatible server (vLLM, llama.cpp, TGI, ...):
+      ``ChatSpecPrefill(base_url=..., model="served-name", speculator="smollm2-135m")``. Kept tokens go to the
       server as token ids when it shares the speculator's tokenizer (vLLM ``/tokenize`` probe), else the
       pruned messages go to ``/v1/chat/completions``.
     - Any prepared engine, e.g. with an in-process vLLM base: ``ChatSpecPrefill(engine=SpecPrefillEngine(...))``.
@@ -60,9 +69,9 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
     in speculator tokens), ``tokens_kept``, ``keep_ratio``, ``base_prompt_tokens``, ``speculator_seconds``,
     ``ttft_seconds``, ``positions``, ``pruned``, ``fallback``, ``fallback_reason`` and more.
 
-    Tool calling is not supported: :meth:`bind_tools` raises ``NotImplementedError`` (neither base path has a
-    tool channel; see its docstring). Structured output works by prompting: :meth:`with_structured_output`
-    puts the JSON schema into the (protected) system prompt and parses the JSON answer.
+    Outside server mode tool calling is not supported: :meth:`bind_tools` raises ``NotImplementedError``
+    (neither base path has a tool channel), and :meth:`with_structured_output` works by prompting: it puts
+    the JSON schema into the (protected) system prompt and parses the JSON answer.
 
     Example:
         >>> from langchain_specprefill import ChatSpecPrefill
@@ -76,16 +85,18 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
     """Base model: in process, an embedded name (default ``"smollm2-135m"``), a folder, ``.gguf`` file or hub
     id; with ``base_url``, the served model name (None: the first one ``/v1/models`` lists)."""
 
-    speculator: str | Speculator = DEFAULT_MODEL
-    """The speculator that scores prompt tokens: an embedded name, folder, hub id, or a loaded
-    :class:`~specprefill.speculator.Speculator` (ignored when ``engine`` is given)."""
+    speculator: str | Speculator | None = None
+    """The speculator that scores prompt tokens in this process: an embedded name, folder, hub id, or a loaded
+    :class:`~specprefill.speculator.Speculator` (None: ``"smollm2-135m"`` in process; with ``base_url``, None
+    means server mode, where the server's speculator prunes). Ignored when ``engine`` is given."""
 
     engine: SpecPrefillEngine | None = Field(default=None, exclude=True)
     """A ready engine (any base backend, e.g. in-process vLLM). Overrides ``model``, ``speculator`` and
     ``base_url``; its config is the starting point for the pruning fields below."""
 
     base_url: str | None = None
-    """Root of an OpenAI-compatible API including ``/v1``; when set, the base model is that server."""
+    """Root of an OpenAI-compatible API including ``/v1``; when set, the base model is that server (and
+    without a ``speculator``, that server prunes too: server mode)."""
 
     api_key: SecretStr | None = None
     """API key for ``base_url`` (None: ``$OPENAI_API_KEY``, else ``"EMPTY"`` as local servers expect)."""
@@ -96,7 +107,7 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
 
     request_timeout: float | None = Field(default=DEFAULT_REQUEST_TIMEOUT, gt=0)
     """Overall deadline of one request to ``base_url`` in seconds, retries and a slowly trickling stream
-    included; None: no overall deadline."""
+    included; None: no overall deadline. Not applied in server mode (``timeout`` bounds each attempt there)."""
 
     max_retries: int = Field(default=2, ge=0)
     """Retries of failed requests to ``base_url`` (connection errors, 429, 5xx), inside ``request_timeout``."""
@@ -143,6 +154,7 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
     _engine: SpecPrefillEngine | None = PrivateAttr(default=None)
     _extra_engines: EngineLRU = PrivateAttr(default_factory=EngineLRU)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _server_chat: SpecPrefillServerChat | None = PrivateAttr(default=None)
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
@@ -152,6 +164,8 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
             raise ValueError("give either engine=... or base_url=..., not both")
         if self.engine is not None and not isinstance(self.engine, SpecPrefillEngine):
             raise ValueError(f"engine must be a SpecPrefillEngine, got {type(self.engine).__name__}")
+        if self.server_mode:
+            server_call_kwargs(self._pruning_overrides())  # only keep_rate / max_kept_tokens travel per request
         # Validate the pruning fields now, so a bad keep_rate fails at construction, not on the first call.
         start = self.engine.config if self.engine is not None else SpecPrefillConfig()
         start.with_overrides(**self._pruning_overrides())
@@ -174,7 +188,10 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        speculator = self.engine.speculator_name if self.engine is not None else _speculator_label(self.speculator)
+        if self.engine is not None:
+            speculator = self.engine.speculator_name
+        else:
+            speculator = "server" if self.server_mode else _speculator_label(self.speculator or DEFAULT_MODEL)
         return {
             "model_name": self.model_label,
             "speculator": speculator,
@@ -213,8 +230,11 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
 
         Raises:
             ModelLoadError: A model cannot be loaded.
+            ConfigurationError: Server mode, which has no engine in this process (see :meth:`server_chat`).
 
         """
+        if self.server_mode:
+            raise ConfigurationError("in server mode the server prunes and generates; use server_chat()")
         if self.engine is not None:
             return self.engine
         if self._engine is None:
@@ -224,11 +244,12 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
         return self._engine
 
     def _build_engine(self) -> SpecPrefillEngine:
+        speculator = self.speculator or DEFAULT_MODEL
         if self.base_url is not None:
-            return SpecPrefillEngine(self.speculator, self._openai_backend(self.model))
+            return SpecPrefillEngine(speculator, self._openai_backend(self.model))
         from specprefill.factory import load_engine
 
-        return load_engine(self.speculator, base=self.model or DEFAULT_MODEL, device=self.device, dtype=self.dtype)
+        return load_engine(speculator, base=self.model or DEFAULT_MODEL, device=self.device, dtype=self.dtype)
 
     def _openai_backend(self, model: str | None) -> BaseBackend:
         from specprefill.backends.openai import OpenAIBackend
@@ -303,6 +324,8 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.server_mode:
+            return self.server_chat()._generate(messages, stop, run_manager, **server_call_kwargs(kwargs))
         call = self._prepare(messages, stop, kwargs)
         result = call.engine.generate(call.prompt, **call.kwargs)
         return chat_result(result, self.model_label)
@@ -314,6 +337,9 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.server_mode:
+            server = await self.aserver_chat()
+            return await server._agenerate(messages, stop, run_manager, **server_call_kwargs(kwargs))
         call = await self._aprepare(messages, stop, kwargs)
         result = await call.engine.agenerate(call.prompt, **call.kwargs)
         return chat_result(result, self.model_label)
@@ -325,6 +351,9 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        if self.server_mode:
+            yield from self.server_chat()._stream(messages, stop, run_manager, **server_call_kwargs(kwargs))
+            return
         call = self._prepare(messages, stop, kwargs)
         for piece in call.engine.stream(call.prompt, **call.kwargs):
             chunk = result_chunk(piece.text, piece.result, self.model_label)
@@ -341,6 +370,11 @@ class ChatSpecPrefill(JsonByPromptMixin, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        if self.server_mode:
+            server = await self.aserver_chat()
+            async for server_chunk in server._astream(messages, stop, run_manager, **server_call_kwargs(kwargs)):
+                yield server_chunk
+            return
         call = await self._aprepare(messages, stop, kwargs)
         async for piece in call.engine.astream(call.prompt, **call.kwargs):
             chunk = result_chunk(piece.text, piece.result, self.model_label)

@@ -193,10 +193,10 @@ def test_base_url_builds_an_openai_backend_without_network() -> None:
     assert llm.engine.config.keep_rate == 0.4
     assert llm.metadata.model_name == "served"
     assert "sk-secret-123" not in repr(llm.to_payload()) + repr(llm.to_dict())
-    lazy = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served")
+    lazy = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served", speculator="smollm2-135m")
     assert lazy.engine.speculator_name == "smollm2-135m"
     assert lazy.engine.base.request_timeout == 600.0 and lazy.engine.base.timeout == 60.0  # type: ignore[attr-defined]
     bounded = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served", timeout=5.0, request_timeout=20.0,
-                             max_retries=0)
+                             max_retries=0, speculator="smollm2-135m")
     base = bounded.engine.base
     assert (base.timeout, base.request_timeout, base.max_retries) == (5.0, 20.0, 0)  # type: ignore[attr-defined]
