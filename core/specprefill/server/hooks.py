@@ -76,6 +76,8 @@ class Ticket:
     overrides: dict[str, Any]
     messages: list[dict[str, Any]] | None = None
     kept_runs: bool = False
+    usage_chunk: bool = False
+    """The stream ends with a usage chunk (``stream_options.include_usage``): the stats go there, once."""
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def response_stats(self) -> dict[str, Any] | None:
@@ -97,7 +99,8 @@ def _wrap_handler(original: Callable[..., Any], *, chat: bool) -> Callable[..., 
         except ConfigurationError as exc:
             return self.create_error_response(str(exc), param="vllm_xargs")
         messages = chat_messages(request.messages) if chat else None
-        ticket = Ticket(overrides=overrides, messages=messages, kept_runs=kept_runs)
+        usage_chunk = bool(getattr(getattr(request, "stream_options", None), "include_usage", False))
+        ticket = Ticket(overrides=overrides, messages=messages, kept_runs=kept_runs, usage_chunk=usage_chunk)
         token = _ticket.set(ticket)
         try:
             result = await original(self, request, raw_request)
@@ -117,16 +120,21 @@ def _attach(result: Any, ticket: Ticket) -> Any:
     return result
 
 
-def _final_chunk(payload: str) -> bool:
-    if '"usage"' in payload and '"usage":null' not in payload:
-        return True
+def _final_chunk(payload: str, *, usage_chunk: bool) -> bool:
+    """Whether a stream chunk gets the stats: the closing usage chunk if one comes, else finish chunks.
+
+    The usage chunk is the one with no choices (with ``continuous_usage_stats`` every chunk has a usage).
+    """
+    if usage_chunk:
+        return '"choices":[]' in payload and '"usage":{' in payload
     return '"finish_reason"' in payload and payload.count('"finish_reason":null') < payload.count('"finish_reason"')
 
 
 async def _stream_with_stats(stream: AsyncIterator[str], ticket: Ticket) -> AsyncIterator[str]:
     async with contextlib.aclosing(stream):  # type: ignore[type-var]
         async for item in stream:
-            if isinstance(item, str) and item.startswith("data: {") and _final_chunk(item):
+            is_data = isinstance(item, str) and item.startswith("data: {")
+            if is_data and _final_chunk(item, usage_chunk=ticket.usage_chunk):
                 item = _with_stats(item, ticket)
             yield item
 

@@ -124,20 +124,23 @@ async def _sse(items: list[str]) -> AsyncIterator[str]:
         yield item
 
 
-async def test_stream_stats_go_on_final_chunks_only() -> None:
-    ticket = hooks.Ticket(overrides={})
+@pytest.mark.parametrize(("usage_chunk", "with_stats"), [(True, [2]), (False, [1])])
+async def test_stream_stats_go_once_on_the_final_chunk(usage_chunk: bool, with_stats: list[int]) -> None:
+    ticket = hooks.Ticket(overrides={}, usage_chunk=usage_chunk)
     ticket.stats["r"] = stats_object(10, 4)
     chunks = [
-        'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+        'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}],"usage":{"prompt_tokens":4}}\n\n',
         'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
         'data: {"choices":[],"usage":{"prompt_tokens":4}}\n\n',
-        'data: {"error":{"message":"x"},"usage":{"prompt_tokens":4}}\n\n',
+        'data: {"error":{"message":"x"},"choices":[],"usage":{"prompt_tokens":4}}\n\n',
         "data: [DONE]\n\n",
     ]
     out = [item async for item in hooks._attach(_sse(chunks), ticket)]
-    assert out[0] == chunks[0] and out[3:] == chunks[3:]
-    for item in out[1:3]:
-        assert json.loads(item[len("data: ") :])["specprefill"] == ticket.stats["r"]
+    for i, (item, chunk) in enumerate(zip(out, chunks, strict=True)):
+        if i in with_stats:
+            assert json.loads(item[len("data: ") :])["specprefill"] == ticket.stats["r"]
+        else:
+            assert item == chunk  # continuous usage on a content chunk, errors and [DONE] stay as they are
 
 
 def test_kept_runs_flag_must_be_a_boolean() -> None:
