@@ -58,9 +58,16 @@ class SpecPrefillConfig(BaseModel):
     segment_by: Literal["none", "messages", "paragraphs", "sentences"] = "sentences"
     """Where the chunk grid restarts ("none": the paper's grid from token 0). "messages": at every message
     content's start and end; "paragraphs": also after blank lines; "sentences": also after ``.``/``!``/``?``
-    before white space, CJK ``。！？`` and line breaks. With any segments (these, or passages given to
-    ``prune(segments=...)``) no chunk crosses a boundary and the budget counts tokens, not chunks (see
-    :func:`specprefill.scoring.select_chunks`)."""
+    before white space and CJK ``。！？`` (a single line break is no boundary: hard-wrapped text). With any
+    segments (these, or passages given to ``prune(segments=...)``) no chunk crosses a boundary and the
+    budget counts tokens, not chunks (see :func:`specprefill.scoring.select_chunks`)."""
+
+    chunk_context: int = Field(default=8, ge=0, le=4096)
+    """Tokens on each side of a chunk whose importance also counts toward its score (0: the paper's chunk mean).
+
+    A chunk then scores the midpoint of its own mean and the highest importance within this many tokens
+    around it, so a value sitting just after the words the question names ranks with them.
+    """
 
     protect_template: bool = True
     """For chat messages: never drop chat-template tokens (role markers, separators)."""
@@ -182,6 +189,7 @@ _PAPER_PRESET: dict[str, Any] = {
     "observation_window": 0,
     "query_reduction": "mean",
     "segment_by": "none",
+    "chunk_context": 0,
 }
 """The algorithm fields of the paper's "Full LAH" preset (see :meth:`SpecPrefillConfig.paper`)."""
 
