@@ -16,9 +16,10 @@ class SpecPrefillConfig(BaseModel):
     """How a prompt is scored and pruned.
 
     Defaults are the paper's "Full LAH" scoring (chunks of 32 tokens, look-ahead 8, pooling kernel 13) plus
-    the queries of the last 32 prompt tokens reduced by max, and a chunk grid that restarts at sentence
-    boundaries, with ``keep_rate=0.3``; the full-preset evaluation (``examples/report/full-retention``)
-    shows these win at every keep rate. :meth:`paper` is the paper's exact algorithm. Invalid values raise
+    the queries of the last 32 prompt tokens reduced by max, a chunk grid that restarts at sentence
+    boundaries, and chunk scores that see 8 tokens around each chunk, with ``keep_rate=0.3``; the
+    full-preset evaluations (``examples/report/full-retention``, ``examples/report/full-defaults``) show
+    these win at every keep rate. :meth:`paper` is the paper's exact algorithm. Invalid values raise
     :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that says which field to fix.
     """
 

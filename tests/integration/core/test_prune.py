@@ -249,11 +249,18 @@ def test_extra_protected_spans(speculator: Any, text_prompt: str, text_result: P
     plain = speculator.prune(text_prompt, cfg)
     start = next(text_prompt.index(x) for x in SENTENCES if x in text_prompt and x not in plain.text)
     sentence = text_prompt[start:text_prompt.index(".", start) + 1]
-    r = speculator.prune(text_prompt, cfg, protected_spans=[(start, start + len(sentence))])
+    spans = [(start, start + len(sentence))]
+    r = speculator.prune(text_prompt, cfg, protected_spans=spans)
     check_result(r, cfg, segments=grid(speculator, text_prompt, cfg))
     assert sentence in r.text
-    assert r.stats.protected_tokens >= 5
-    assert set(plain.kept_indices.tolist()) <= set(r.kept_indices.tolist())
+    protected = r.stats.protected_tokens
+    assert protected >= 5
+    # the default segment grid counts its budget in unprotected tokens; the protected ones come on top
+    assert r.stats.tokens_kept - protected == math.ceil(cfg.keep_rate * (r.original_length - protected))
+    # on the paper grid (a budget in chunks, none of them wholly protected) protection only adds tokens
+    paper = SpecPrefillConfig.paper(keep_rate=0.05)
+    plain_paper = speculator.prune(text_prompt, paper).kept_indices.tolist()
+    assert set(plain_paper) <= set(speculator.prune(text_prompt, paper, protected_spans=spans).kept_indices.tolist())
 
 
 def test_aprune(speculator: Any, text_prompt: str) -> None:
