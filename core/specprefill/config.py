@@ -16,11 +16,11 @@ class SpecPrefillConfig(BaseModel):
     """How a prompt is scored and pruned.
 
     Defaults are the paper's "Full LAH" scoring (chunks of 32 tokens, look-ahead 8, pooling kernel 13) plus
-    the queries of the last 32 prompt tokens reduced by max, a chunk grid that restarts at sentence
-    boundaries, and chunk scores that see 8 tokens around each chunk, with ``keep_rate=0.3``; the
-    full-preset evaluations (``examples/report/full-retention``, ``examples/report/full-defaults``) show
-    these win at every keep rate. :meth:`paper` is the paper's exact algorithm. Invalid values raise
-    :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that says which field to fix.
+    the queries of the last 32 prompt tokens reduced by max, and a chunk grid that restarts at sentence
+    boundaries, with ``keep_rate=0.3``; the full-preset evaluations (``examples/report/full-retention``,
+    ``examples/report/full-defaults``) show these win at every keep rate. :meth:`paper` is the paper's exact
+    algorithm. Invalid values raise :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that
+    says which field to fix.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -63,7 +63,7 @@ class SpecPrefillConfig(BaseModel):
     segments (these, or passages given to ``prune(segments=...)``) no chunk crosses a boundary and the
     budget counts tokens, not chunks (see :func:`specprefill.scoring.select_chunks`)."""
 
-    chunk_context: int = Field(default=8, ge=0, le=4096)
+    chunk_context: int = Field(default=0, ge=0, le=4096)
     """Tokens on each side of a chunk whose importance also counts toward its score (0: the paper's chunk mean).
 
     A chunk then scores the midpoint of its own mean and the highest importance within this many tokens

@@ -260,10 +260,10 @@ def select_chunks(
     else:
         chunk_budget = budget_chunks(rate, len(candidates))
         token_budget = max_kept_tokens
-    scores = chunk_scores(imp, chunk_size)
-    scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)  # a chunk holding both +inf and -inf
-    scores = blend_context(imp, bounds, list(scores), keep, chunk_context)
-    order = sorted(candidates, key=lambda i: (-float(scores[i]), i))
+    means = chunk_scores(imp, chunk_size)
+    means = np.where(np.isnan(means), np.float32(-np.inf), means)  # a chunk holding both +inf and -inf
+    scores = blend_context(imp, bounds, [float(v) for v in means], keep, chunk_context)
+    order = sorted(candidates, key=lambda i: (-scores[i], i))
     for i in order[: max(chunk_budget, 0)]:
         s, e = bounds[i]
         free = np.flatnonzero(~keep[s:e]) + s
