@@ -159,11 +159,17 @@ class ChunkMethod(Method):
         """Token indices where the chunk grid restarts (None: one grid from token 0)."""
         return None
 
+    def chunk_context(self) -> int:
+        """Tokens on each side of a chunk whose importance also counts toward its score (0: none)."""
+        return 0
+
     def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
         """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
         scores, cost = self.scored(prepared)
         segments = self.segments(prepared)
         grid: dict[str, Any] = {} if segments is None else {"segments": segments}
+        if self.chunk_context():
+            grid["chunk_context"] = self.chunk_context()
         n_context = int((~prepared.protected).sum())
         out = []
         for rate in keep_rates:
@@ -322,6 +328,10 @@ class SpecPrefillMethod(ChunkMethod):
             return None
         prompt = prepared.prompt
         return segment_starts(prompt.text, prepared.offsets, [prompt.context_span], self.segment_by)
+
+    def chunk_context(self) -> int:
+        """The variant's ``chunk_context`` (0 for a library without the field)."""
+        return int(getattr(self.config, "chunk_context", 0))
 
 
 class EmbeddingRetrieval(ChunkMethod):

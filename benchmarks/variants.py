@@ -40,7 +40,8 @@ Span = tuple[int, int]
 
 SELECTION_FIELDS: frozenset[str] = frozenset(
     {
-        "keep_rate", "chunk_size", "max_kept_tokens", "min_prompt_tokens", "segment_by", "protect_template",
+        "keep_rate", "chunk_size", "max_kept_tokens", "min_prompt_tokens", "segment_by", "chunk_context",
+        "protect_template",
         "protect_system_tokens", "protect_question_tokens", "protected_count_toward_budget", "gap_marker",
         "fallback_on_error",
     }

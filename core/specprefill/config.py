@@ -15,9 +15,12 @@ __all__ = ["SpecPrefillConfig"]
 class SpecPrefillConfig(BaseModel):
     """How a prompt is scored and pruned.
 
-    Defaults follow the paper's "Full LAH" preset (chunks of 32 tokens, look-ahead 8, pooling kernel 13)
-    with ``keep_rate=0.3``, the paper's best LongBench average. Invalid values raise
-    :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that says which field to fix.
+    Defaults are the paper's "Full LAH" scoring (chunks of 32 tokens, look-ahead 8, pooling kernel 13) plus
+    the queries of the last 32 prompt tokens reduced by max, and a chunk grid that restarts at sentence
+    boundaries, with ``keep_rate=0.3``; the full-preset evaluations (``examples/report/full-retention``,
+    ``examples/report/full-defaults``) show these win at every keep rate. :meth:`paper` is the paper's exact
+    algorithm. Invalid values raise :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that
+    says which field to fix.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -34,14 +37,14 @@ class SpecPrefillConfig(BaseModel):
     pool_kernel: int = Field(default=13, ge=1, le=1025)
     """Odd kernel of the 1-D average pooling that smooths each attention row (1 disables smoothing)."""
 
-    observation_window: int = Field(default=0, ge=0, le=4096)
+    observation_window: int = Field(default=32, ge=0, le=4096)
     """Also score with the queries of the last W prompt tokens, captured in the same prefill (0: none).
 
     Each window query attends only to prompt keys at or before its own position (causal mask). The last
     prompt token counts once; with ``lookahead=1`` only the window queries are used.
     """
 
-    query_reduction: Literal["mean", "max", "mix"] = "mean"
+    query_reduction: Literal["mean", "max", "mix"] = "max"
     """How the queries' scores combine after the max over layers x heads: mean, max, or ``query_mix`` blend."""
 
     query_mix: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -53,12 +56,19 @@ class SpecPrefillConfig(BaseModel):
     min_prompt_tokens: int = Field(default=256, ge=0)
     """Prompts shorter than this many speculator tokens are passed through unpruned."""
 
-    segment_by: Literal["none", "messages", "paragraphs", "sentences"] = "none"
+    segment_by: Literal["none", "messages", "paragraphs", "sentences"] = "sentences"
     """Where the chunk grid restarts ("none": the paper's grid from token 0). "messages": at every message
     content's start and end; "paragraphs": also after blank lines; "sentences": also after ``.``/``!``/``?``
-    before white space, CJK ``。！？`` and line breaks. With any segments (these, or passages given to
-    ``prune(segments=...)``) no chunk crosses a boundary and the budget counts tokens, not chunks (see
-    :func:`specprefill.scoring.select_chunks`)."""
+    before white space and CJK ``。！？`` (a single line break is no boundary: hard-wrapped text). With any
+    segments (these, or passages given to ``prune(segments=...)``) no chunk crosses a boundary and the
+    budget counts tokens, not chunks (see :func:`specprefill.scoring.select_chunks`)."""
+
+    chunk_context: int = Field(default=0, ge=0, le=4096)
+    """Tokens on each side of a chunk whose importance also counts toward its score (0: the paper's chunk mean).
+
+    A chunk then scores the midpoint of its own mean and the highest importance within this many tokens
+    around it, so a value sitting just after the words the question names ranks with them.
+    """
 
     protect_template: bool = True
     """For chat messages: never drop chat-template tokens (role markers, separators)."""
@@ -180,6 +190,7 @@ _PAPER_PRESET: dict[str, Any] = {
     "observation_window": 0,
     "query_reduction": "mean",
     "segment_by": "none",
+    "chunk_context": 0,
 }
 """The algorithm fields of the paper's "Full LAH" preset (see :meth:`SpecPrefillConfig.paper`)."""
 

@@ -280,6 +280,7 @@ def select_passages(
                     [(s, e) for s, e in bounds if lo <= s < hi],
                     min(min_tokens_per_passage, hi - lo) - int(keep[lo:hi].sum()),
                     protected=scored.protected,
+                    chunk_context=config.chunk_context,
                 )
                 for lo, hi in ranges
             ]

@@ -117,6 +117,7 @@ def select_scored(
         max_kept_tokens=config.max_kept_tokens,
         protected_count_toward_budget=budget_protected,
         segments=scored.segments,
+        chunk_context=config.chunk_context,
     )
 
 

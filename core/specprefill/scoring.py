@@ -15,6 +15,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from specprefill.chunk_context import blend_context
 from specprefill.errors import ConfigurationError
 
 __all__ = [
@@ -191,6 +192,7 @@ def select_chunks(
     max_kept_tokens: int | None = None,
     protected_count_toward_budget: bool = False,
     segments: Sequence[int] | None = None,
+    chunk_context: int = 0,
 ) -> IndexArray:
     """Pick the most important chunks (step 6) and return the kept token indices, sorted ascending.
 
@@ -218,7 +220,10 @@ def select_chunks(
        unprotected tokens in order), and selection stops. So exactly ``min(B, U)`` unprotected tokens are
        kept, and ``max_kept_tokens`` is met exactly.
 
-    Ties go to the earlier chunk in both grids; NaN importance ranks lowest.
+    With ``chunk_context > 0`` a chunk's score in either grid is the midpoint of the score above and the
+    highest unprotected importance within ``chunk_context`` tokens around it
+    (:func:`specprefill.chunk_context.blend_context`). Ties go to the earlier chunk in both grids; NaN
+    importance ranks lowest.
 
     Args:
         importance: ``[N]`` token importance.
@@ -228,6 +233,7 @@ def select_chunks(
         max_kept_tokens: Optional absolute cap on kept tokens.
         protected_count_toward_budget: Whether protected tokens use up the budget.
         segments: Token indices where segments start (None: the paper's grid from token 0).
+        chunk_context: Tokens on each side of a chunk whose importance also counts (0: the paper's score).
 
     Returns:
         int64 array of kept token indices, strictly increasing.
@@ -243,8 +249,9 @@ def select_chunks(
     keep = protected_mask(n, protected)
     if segments is not None:
         return _select_segmented(
-            imp, keep, chunk_bounds(n, chunk_size, segments), rate, max_kept_tokens, protected_count_toward_budget
-        )
+            imp, keep, chunk_bounds(n, chunk_size, segments), rate, max_kept_tokens, protected_count_toward_budget,
+            chunk_context,
+        )  # fmt: skip
     bounds = chunk_bounds(n, chunk_size)
     candidates = [i for i, (s, e) in enumerate(bounds) if not keep[s:e].all()]
     if protected_count_toward_budget:
@@ -253,9 +260,10 @@ def select_chunks(
     else:
         chunk_budget = budget_chunks(rate, len(candidates))
         token_budget = max_kept_tokens
-    scores = chunk_scores(imp, chunk_size)
-    scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)  # a chunk holding both +inf and -inf
-    order = sorted(candidates, key=lambda i: (-float(scores[i]), i))
+    means = chunk_scores(imp, chunk_size)
+    means = np.where(np.isnan(means), np.float32(-np.inf), means)  # a chunk holding both +inf and -inf
+    scores = blend_context(imp, bounds, [float(v) for v in means], keep, chunk_context)
+    order = sorted(candidates, key=lambda i: (-scores[i], i))
     for i in order[: max(chunk_budget, 0)]:
         s, e = bounds[i]
         free = np.flatnonzero(~keep[s:e]) + s
@@ -277,6 +285,7 @@ def _select_segmented(
     rate: float,
     max_kept_tokens: int | None,
     protected_count_toward_budget: bool,
+    chunk_context: int,
 ) -> IndexArray:
     n_protected = int(keep.sum())
     if protected_count_toward_budget:
@@ -285,7 +294,7 @@ def _select_segmented(
     else:
         budget = budget_chunks(rate, imp.shape[0] - n_protected)
         cap = max_kept_tokens
-    fill_chunks(imp, keep, bounds, budget if cap is None else min(budget, cap))
+    fill_chunks(imp, keep, bounds, budget if cap is None else min(budget, cap), chunk_context=chunk_context)
     return np.flatnonzero(keep).astype(np.int64)
 
 
@@ -296,6 +305,7 @@ def fill_chunks(
     budget: int,
     *,
     protected: npt.NDArray[np.bool_] | None = None,
+    chunk_context: int = 0,
 ) -> int:
     """Add the best chunks' not yet kept tokens to ``keep`` (in place) until ``budget`` tokens are added.
 
@@ -309,6 +319,7 @@ def fill_chunks(
         bounds: Half-open chunk ranges to choose from (e.g. :func:`chunk_bounds` with segments).
         budget: Tokens to add (nothing when <= 0).
         protected: ``[N]`` mask of tokens left out of the chunk scores.
+        chunk_context: Tokens on each side of a chunk whose importance also counts (see :func:`select_chunks`).
 
     Returns:
         Tokens added: ``min(budget, not yet kept tokens in bounds)``.
@@ -318,7 +329,8 @@ def fill_chunks(
     imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
     excluded = keep.copy() if protected is None else protected
     candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
-    scores = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
+    own = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
+    scores = blend_context(imp, candidates, own, excluded, chunk_context)
     added = 0
     for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], i)):
         if added >= budget:

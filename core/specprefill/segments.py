@@ -29,10 +29,11 @@ SegmentBy = Literal["none", "messages", "paragraphs", "sentences"]
 _PARAGRAPH = re.compile(r"\n[^\S\n]*\n\s*")
 """A blank line (possibly holding spaces) and the white space after it: a paragraph starts at its end."""
 
-_SENTENCE = re.compile(r"(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+)\n*|\n+")
+_SENTENCE = re.compile(r"(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+)\n*")
 """A sentence end: ``.``/``!``/``?`` (plus closing quotes or brackets) before white space, or CJK ``。！？``
-(no space needed), with the line breaks right after it; or a run of line breaks. The next sentence starts
-where the match ends, so a line break stays with the sentence it ends."""
+(no space needed), with the line breaks right after it. The next sentence starts where the match ends, so a
+line break stays with the sentence it ends. A single line break alone ends nothing: documents are often
+hard-wrapped, and a sentence cut at its line end would need two chunks (blank lines still end paragraphs)."""
 
 
 def boundary_chars(text: str, level: SegmentBy, content_spans: Sequence[Span] = ()) -> list[int]:
@@ -41,7 +42,8 @@ def boundary_chars(text: str, level: SegmentBy, content_spans: Sequence[Span] = 
     - ``"none"``: none.
     - ``"messages"``: the start and end of every message content (``content_spans``; empty for text).
     - ``"paragraphs"``: also the first character after every blank line.
-    - ``"sentences"``: also the character after every sentence end (see the module's ``_SENTENCE``).
+    - ``"sentences"``: also the character after every sentence end (see the module's ``_SENTENCE``; a
+      single line break is no sentence end).
 
     Args:
         text: The prompt text (for chat prompts: the template rendering).

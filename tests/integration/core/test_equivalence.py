@@ -154,7 +154,7 @@ def test_other_architectures_match_reference(kind: str) -> None:
     spec = HFSpeculator(model, tokenizer, name=f"tiny-{kind}")
     ids, _ = spec.encode_with_specials(long_text(4))
     assert len(ids) > 64
-    cfg = SpecPrefillConfig(min_prompt_tokens=0, lookahead=4)
+    cfg = SpecPrefillConfig.paper(min_prompt_tokens=0, lookahead=4)
     scored = spec.score(ids, cfg)
     layer_types = getattr(model.config, "layer_types", None) or []
     sliding = {i for i, t in enumerate(layer_types) if t == "sliding_attention"}
@@ -177,7 +177,7 @@ def test_sliding_layers_count_when_window_covers_prompt() -> None:
     eager.set_attn_implementation("eager")
     spec = HFSpeculator(model, tokenizer, name="tiny-gemma3")
     ids = spec.encode_with_specials("Short prompt: the window of 16 covers it.")[0][:12]
-    cfg = SpecPrefillConfig(min_prompt_tokens=0, lookahead=4, pool_kernel=3)
+    cfg = SpecPrefillConfig.paper(min_prompt_tokens=0, lookahead=4, pool_kernel=3)
     scored = spec.score(ids, cfg)
     if len(ids) + len(scored.lookahead_token_ids) <= 16:
         ref = reference_importance(eager, ids, scored.lookahead_token_ids, cfg.pool_kernel)

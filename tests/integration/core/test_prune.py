@@ -48,8 +48,10 @@ def filler(n_sentences: int, seed: int = 0) -> str:
     return " ".join(rng.choice(SENTENCES) for _ in range(n_sentences))
 
 
-def check_result(r: PruneResult, cfg: SpecPrefillConfig, *, scored: bool = True) -> None:
-    """Invariants every PruneResult must satisfy."""
+def check_result(
+    r: PruneResult, cfg: SpecPrefillConfig, *, scored: bool = True, segments: list[int] | None = None
+) -> None:
+    """Invariants every PruneResult must satisfy; ``segments`` is the chunk grid it used (None: the paper's)."""
     n = r.original_length
     kept = r.kept_indices
     assert n == len(r.input_ids) > 0
@@ -62,7 +64,7 @@ def check_result(r: PruneResult, cfg: SpecPrefillConfig, *, scored: bool = True)
     assert s.tokens_in == n and s.tokens_kept == len(kept)
     assert math.isclose(s.keep_ratio, len(kept) / n)
     assert s.keep_rate == cfg.keep_rate
-    bounds = chunk_bounds(n, cfg.chunk_size)
+    bounds = chunk_bounds(n, cfg.chunk_size, segments)
     assert s.chunks_total == len(bounds)
     kept_set = set(kept.tolist())
     assert s.chunks_kept == sum(any(i in kept_set for i in range(a, b)) for a, b in bounds)
@@ -73,8 +75,10 @@ def check_result(r: PruneResult, cfg: SpecPrefillConfig, *, scored: bool = True)
         assert r.importance is not None
         assert r.importance.dtype == np.float32 and r.importance.shape == (n,)
         assert np.all(np.isfinite(r.importance)) and np.all(r.importance >= 0)
-        assert 1 <= s.lookahead_queries <= cfg.lookahead
-        assert s.lookahead_queries == len(r.lookahead_token_ids) + 1
+        # the last prompt token (or the observation window, which holds it) plus the decoded look-ahead tokens
+        window = max(1, min(cfg.observation_window, n))
+        assert 1 <= s.lookahead_queries <= cfg.lookahead - 1 + window
+        assert s.lookahead_queries == len(r.lookahead_token_ids) + window
         assert s.windows >= 1
         assert s.pruned == (len(kept) < n)
     if r.source_text is not None and r.offsets is not None:
@@ -120,24 +124,35 @@ def text_prompt() -> str:
     return filler(40, seed=1) + "\n\nQuestion: Which animals live in the forest?\nAnswer:"
 
 
+def grid(speculator: Any, prompt: Any, cfg: SpecPrefillConfig) -> list[int] | None:
+    """The chunk grid ``cfg`` gives ``prompt`` (segment starts; None for the paper's grid)."""
+    segments: list[int] | None = speculator.score_prompt(prompt, cfg).segments
+    return segments
+
+
 @pytest.fixture(scope="module")
 def text_result(speculator: Any, text_prompt: str) -> PruneResult:
     return speculator.prune(text_prompt)
 
 
-def test_text_prompt_invariants(text_result: PruneResult, text_prompt: str) -> None:
+def test_text_prompt_invariants(speculator: Any, text_result: PruneResult, text_prompt: str) -> None:
     cfg = SpecPrefillConfig()
-    check_result(text_result, cfg)
+    segments = grid(speculator, text_prompt, cfg)
+    assert segments  # the default grid restarts at sentences
+    check_result(text_result, cfg, segments=segments)
+    # the segment grid counts its budget in tokens: nothing in a text prompt is protected
+    assert text_result.stats.tokens_kept == math.ceil(cfg.keep_rate * text_result.original_length)
     assert text_result.source_text == text_prompt
     assert 300 <= text_result.original_length <= 1500
     assert text_result.stats.pruned and text_result.stats.windows == 1
     assert text_result.stats.protected_tokens == 0
 
 
-def test_text_prompt_keeps_whole_chunks_at_budget(text_result: PruneResult) -> None:
-    n = text_result.original_length
+def test_paper_grid_keeps_whole_chunks_at_budget(speculator: Any, text_prompt: str) -> None:
+    paper = speculator.prune(text_prompt, SpecPrefillConfig.paper())
+    n = paper.original_length
     bounds = chunk_bounds(n, 32)
-    kept = set(text_result.kept_indices.tolist())
+    kept = set(paper.kept_indices.tolist())
     chosen = [(a, b) for a, b in bounds if any(i in kept for i in range(a, b))]
     assert all(all(i in kept for i in range(a, b)) for a, b in chosen)  # chunks are kept whole
     assert len(chosen) == math.ceil(0.3 * len(bounds))
@@ -179,7 +194,7 @@ CHAT_MESSAGES = [
 def test_chat_messages_protect_system_template_and_question(speculator: Any) -> None:
     cfg = SpecPrefillConfig(keep_rate=0.1, protect_question_tokens=20)
     r = speculator.prune(CHAT_MESSAGES, cfg)
-    check_result(r, cfg)
+    check_result(r, cfg, segments=grid(speculator, CHAT_MESSAGES, cfg))
     assert r.stats.pruned and r.stats.protected_tokens > 0
     assert r.source_text == speculator.render_chat(CHAT_MESSAGES)
     kept_text = speculator.decode(r.kept_token_ids)
@@ -224,7 +239,7 @@ def test_min_prompt_tokens_passthrough(speculator: Any) -> None:
 def test_max_kept_tokens(speculator: Any, text_prompt: str) -> None:
     cfg = SpecPrefillConfig(keep_rate=1.0, max_kept_tokens=50)
     r = speculator.prune(text_prompt, cfg)
-    check_result(r, cfg)
+    check_result(r, cfg, segments=grid(speculator, text_prompt, cfg))
     assert r.stats.tokens_kept == 50
 
 
@@ -234,11 +249,18 @@ def test_extra_protected_spans(speculator: Any, text_prompt: str, text_result: P
     plain = speculator.prune(text_prompt, cfg)
     start = next(text_prompt.index(x) for x in SENTENCES if x in text_prompt and x not in plain.text)
     sentence = text_prompt[start:text_prompt.index(".", start) + 1]
-    r = speculator.prune(text_prompt, cfg, protected_spans=[(start, start + len(sentence))])
-    check_result(r, cfg)
+    spans = [(start, start + len(sentence))]
+    r = speculator.prune(text_prompt, cfg, protected_spans=spans)
+    check_result(r, cfg, segments=grid(speculator, text_prompt, cfg))
     assert sentence in r.text
-    assert r.stats.protected_tokens >= 5
-    assert set(plain.kept_indices.tolist()) <= set(r.kept_indices.tolist())
+    protected = r.stats.protected_tokens
+    assert protected >= 5
+    # the default segment grid counts its budget in unprotected tokens; the protected ones come on top
+    assert r.stats.tokens_kept - protected == math.ceil(cfg.keep_rate * (r.original_length - protected))
+    # on the paper grid (a budget in chunks, none of them wholly protected) protection only adds tokens
+    paper = SpecPrefillConfig.paper(keep_rate=0.05)
+    plain_paper = speculator.prune(text_prompt, paper).kept_indices.tolist()
+    assert set(plain_paper) <= set(speculator.prune(text_prompt, paper, protected_spans=spans).kept_indices.tolist())
 
 
 def test_aprune(speculator: Any, text_prompt: str) -> None:
@@ -247,7 +269,8 @@ def test_aprune(speculator: Any, text_prompt: str) -> None:
         return result
 
     r = asyncio.run(main())
-    check_result(r, SpecPrefillConfig(keep_rate=0.2))
+    cfg = SpecPrefillConfig(keep_rate=0.2)
+    check_result(r, cfg, segments=grid(speculator, text_prompt, cfg))
     assert r.stats.keep_rate == 0.2
 
 

@@ -30,7 +30,7 @@ def test_window_queries_count_the_last_token_once(speculator: Any) -> None:
 
 def test_max_is_at_least_mean_and_mix_lies_between(speculator: Any) -> None:
     ids, _ = speculator.encode_with_specials(PROMPT)
-    base = SpecPrefillConfig(min_prompt_tokens=0, observation_window=16, lookahead=1)
+    base = SpecPrefillConfig(min_prompt_tokens=0, observation_window=16, lookahead=1, query_reduction="mean")
     mean = speculator.score(ids, base).importance
     top = speculator.score(ids, base.with_overrides(query_reduction="max")).importance
     mix = speculator.score(ids, base.with_overrides(query_reduction="mix", query_mix=0.25)).importance

@@ -10,12 +10,14 @@ import pytest
 from specprefill import ConfigurationError, SpecPrefillConfig, SpecPrefillError
 
 
-def test_defaults_follow_the_paper() -> None:
+def test_defaults_are_the_paper_scoring_plus_window_max_sentence_grid_and_chunk_context() -> None:
     cfg = SpecPrefillConfig()
     assert cfg.keep_rate == 0.3
     assert cfg.chunk_size == 32
     assert cfg.lookahead == 8
     assert cfg.pool_kernel == 13
+    assert (cfg.observation_window, cfg.query_reduction, cfg.segment_by) == (32, "max", "sentences")
+    assert cfg.chunk_context == 0  # opt-in: it costs retention (examples/report/full-defaults)
     assert cfg.max_kept_tokens is None
     assert cfg.protect_template is True
     assert cfg.protected_count_toward_budget is False

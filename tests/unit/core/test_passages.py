@@ -19,7 +19,7 @@ from specprefill.passages import (
 )
 from specprefill.prompts import plain_chat
 
-CFG = SpecPrefillConfig(chunk_size=4, lookahead=1, min_prompt_tokens=0, gap_marker="|")
+CFG = SpecPrefillConfig(chunk_size=4, lookahead=1, min_prompt_tokens=0, gap_marker="|", chunk_context=0)
 
 
 def spec() -> BosSpeculator:

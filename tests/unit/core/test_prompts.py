@@ -238,7 +238,7 @@ def test_validate_messages_scrubs_surrogates() -> None:
 
 
 # --- Speculator.prune with model-free speculators (hermetic) -----------------------------------------------
-FAST = {"min_prompt_tokens": 0, "chunk_size": 4, "lookahead": 1}
+FAST = {"min_prompt_tokens": 0, "chunk_size": 4, "lookahead": 1, "segment_by": "none"}  # the paper grid
 
 
 def test_fake_prune_text_keeps_important_chunks() -> None:
@@ -367,13 +367,14 @@ def test_caller_segments_restart_the_grid() -> None:
 
 def test_segment_by_levels_from_config() -> None:
     spec = BosSpeculator()
+    GRID = {k: v for k, v in FAST.items() if k != "segment_by"}  # noqa: N806
     text = "ab. XY cd.\n\nef"
-    assert spec.score_prompt(text, segment_by="paragraphs", **FAST).segments == [13]
-    assert spec.score_prompt(text, segment_by="sentences", **FAST).segments == [4, 13]
-    assert spec.score_prompt(text, segment_by="messages", **FAST).segments == []  # text has no messages
-    assert spec.score_prompt(spec.encode(text)[0], segment_by="sentences", **FAST).segments == []
+    assert spec.score_prompt(text, segment_by="paragraphs", **GRID).segments == [13]
+    assert spec.score_prompt(text, segment_by="sentences", **GRID).segments == [4, 13]
+    assert spec.score_prompt(text, segment_by="messages", **GRID).segments == []  # text has no messages
+    assert spec.score_prompt(spec.encode(text)[0], segment_by="sentences", **GRID).segments == []
     messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello there"}]
-    scored = spec.score_prompt(messages, segment_by="messages", **FAST)
+    scored = spec.score_prompt(messages, segment_by="messages", **GRID)
     spans = scored.content_spans
     assert scored.kind == "messages" and spans is not None
     assert scored.segments == [p for span in spans for p in span]  # one character per token, no BOS for chats

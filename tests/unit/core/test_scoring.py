@@ -521,3 +521,39 @@ def test_segment_invariants_random() -> None:
         if cap is not None:
             target = min(target, cap)
         assert int((mask & ~prot).sum()) == min(target, free)
+
+
+# --- chunk_context: a chunk's score also sees its neighbourhood -------------------------------------------
+def test_blend_context_is_the_midpoint_of_own_and_neighbourhood_peak() -> None:
+    from specprefill.chunk_context import blend_context
+
+    imp = np.array([0.0, 0.0, 0.0, 0.0, 8.0, 0.0], dtype=np.float32)
+    bounds = [(0, 2), (2, 4), (4, 6)]
+    own = [0.0, 0.0, 4.0]
+    none = np.zeros(6, dtype=np.bool_)
+    assert blend_context(imp, bounds, own, none, 0) == own  # 0: the chunk's own score
+    assert blend_context(imp, bounds, own, none, 1) == [0.0, 4.0, 6.0]  # (0 + 8) / 2; the peak's chunk stays first
+    assert blend_context(imp, bounds, own, none, 3) == [4.0, 4.0, 6.0]
+    excluded = np.array([0, 0, 0, 0, 1, 0], dtype=np.bool_)  # a protected peak lifts nobody
+    assert blend_context(imp, bounds, own, excluded, 3) == [0.0, 0.0, 2.0]
+    # a chunk without a finite own score or neighbourhood keeps its own score
+    assert blend_context(imp, bounds, [-math.inf, 0.0, 4.0], np.ones(6, dtype=np.bool_), 2) == [-math.inf, 0.0, 4.0]
+
+
+@pytest.mark.parametrize("segments", [None, []])
+def test_chunk_context_keeps_the_neighbour_of_a_peak(segments: list[int] | None) -> None:
+    # chunks of 2: [0,1] [2,3] [4,5] [6,7]; the peak is token 4, the chunk before it holds the answer
+    imp = np.array([0.3, 0.3, 0.0, 0.1, 1.0, 0.5, 0.2, 0.2], dtype=np.float32)
+    plain = select_chunks(imp, keep_rate=0.5, chunk_size=2, segments=segments)
+    near = select_chunks(imp, keep_rate=0.5, chunk_size=2, segments=segments, chunk_context=1)
+    assert plain.tolist() == [0, 1, 4, 5]
+    assert near.tolist() == [2, 3, 4, 5]  # (0.05 + 1.0) / 2 beats (0.3 + 0.3) / 2 and (0.2 + 0.5) / 2
+
+
+def test_chunk_context_field_bounds_and_paper_preset() -> None:
+    from specprefill import SpecPrefillConfig
+
+    assert SpecPrefillConfig.paper(chunk_context=4).chunk_context == 4
+    assert SpecPrefillConfig.paper().chunk_context == 0
+    with pytest.raises(ConfigurationError, match="chunk_context"):
+        SpecPrefillConfig(chunk_context=-1)

@@ -27,7 +27,9 @@ def test_paragraphs_allow_spaces_on_the_blank_line_and_several_blank_lines() -> 
 def test_sentence_ends_with_quotes_brackets_and_cjk() -> None:
     assert boundary_chars('He said "stop." Then (see above.) ok', "sentences") == [15, 33]
     assert boundary_chars("第一句。第二句！第三句？", "sentences") == [4, 8]  # the end of the text is no boundary
-    assert boundary_chars("line one\nline two", "sentences") == [9]
+    # hard-wrapped text: a single line break ends no sentence, a sentence end before one does
+    assert boundary_chars("a sentence wrapped\nover two lines. Next", "sentences") == [34]
+    assert boundary_chars("line one\nline two", "sentences") == []
     assert boundary_chars("One.\n\nTwo.\nThree", "sentences") == [6, 11]  # line breaks stay with their sentence
     assert boundary_chars("Wait... what?! Yes", "sentences") == [7, 14]
 
