@@ -18,7 +18,8 @@ from specprefill.prompts import plain_chat, select_scored
 from specprefill.server.endpoint import PRUNE_PATH, PruneEndpointMiddleware, handle_prune
 from specprefill.wire import PruneReply
 
-CONFIG = {"chunk_size": 4, "lookahead": 1, "min_prompt_tokens": 0, "gap_marker": "|"}
+# the paper's fixed grid: the kept spans below are worked out on it, not on the default sentence grid
+CONFIG = {"chunk_size": 4, "lookahead": 1, "min_prompt_tokens": 0, "gap_marker": "|", "segment_by": "none"}
 CFG = SpecPrefillConfig(**CONFIG)
 TEXT = "some filler text here. The KEY FACT is HERE. more filler text follows and ends."
 
