@@ -159,17 +159,16 @@ class ChunkMethod(Method):
         """Token indices where the chunk grid restarts (None: one grid from token 0)."""
         return None
 
-    def chunk_context(self) -> int:
-        """Tokens on each side of a chunk whose importance also counts toward its score (0: none)."""
-        return 0
+    def context_options(self) -> dict[str, Any]:
+        """``select_chunks`` options that let a chunk's score see its neighbourhood (none by default)."""
+        return {}
 
     def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
         """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
         scores, cost = self.scored(prepared)
         segments = self.segments(prepared)
         grid: dict[str, Any] = {} if segments is None else {"segments": segments}
-        if self.chunk_context():
-            grid["chunk_context"] = self.chunk_context()
+        grid.update(self.context_options())
         n_context = int((~prepared.protected).sum())
         out = []
         for rate in keep_rates:
@@ -329,9 +328,12 @@ class SpecPrefillMethod(ChunkMethod):
         prompt = prepared.prompt
         return segment_starts(prompt.text, prepared.offsets, [prompt.context_span], self.segment_by)
 
-    def chunk_context(self) -> int:
-        """The variant's ``chunk_context`` (0 for a library without the field)."""
-        return int(getattr(self.config, "chunk_context", 0))
+    def context_options(self) -> dict[str, Any]:
+        """The variant's ``chunk_context`` and ``context_weight`` (none for a library without the fields)."""
+        context = int(getattr(self.config, "chunk_context", 0))
+        if not context:
+            return {}
+        return {"chunk_context": context, "context_weight": float(getattr(self.config, "context_weight", 0.5))}
 
 
 class EmbeddingRetrieval(ChunkMethod):

@@ -1,10 +1,10 @@
 """Chunk scores that also see their neighbourhood (``SpecPrefillConfig.chunk_context``).
 
 A small speculator often attends to the words a question names (``"saffron pear cake"``) and not to the
-value that follows a few tokens later (``"175 degrees"``). With ``context > 0`` a chunk scores the midpoint
-of its own score and the highest importance within ``context`` tokens on either side, so a sentence right
-next to what the question points at ranks with it, while the chunk holding the peak itself still ranks
-first. All functions are pure.
+value that follows a few tokens later (``"175 degrees"``). With ``context > 0`` a chunk scores a blend of
+its own score and the highest importance within ``context`` tokens on either side (``weight`` of the peak),
+so a sentence right next to what the question points at ranks higher, while the chunk holding the peak
+itself still ranks first. All functions are pure.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def blend_context(
     own: Sequence[float],
     excluded: npt.NDArray[np.bool_],
     context: int,
+    weight: float = 0.25,
 ) -> list[float]:
-    """Each chunk's score: ``(own + max of the importance within context tokens around it) / 2``.
+    """Each chunk's score: ``(1 - weight) * own + weight * (max importance within context tokens around it)``.
 
     Args:
         importance: ``[N]`` token importance (NaN already replaced by ``-inf``).
@@ -35,6 +36,7 @@ def blend_context(
         own: Each chunk's own score (e.g. the mean importance of its unprotected tokens).
         excluded: ``[N]`` mask of tokens left out of the neighbourhood maximum (protected tokens).
         context: Tokens on each side of a chunk that count; 0 returns ``own`` unchanged.
+        weight: Share of the neighbourhood peak in the blend, in (0, 1] (0.5: the midpoint).
 
     Returns:
         One score per chunk. A chunk whose own score or neighbourhood is not finite keeps its own score.
@@ -48,5 +50,5 @@ def blend_context(
     for (s, e), value in zip(bounds, own, strict=True):
         peak = float(masked[max(0, s - context) : min(n, e + context)].max(initial=-np.inf))
         both = math.isfinite(value) and math.isfinite(peak)
-        out.append((float(value) + peak) / 2 if both else float(value))
+        out.append((1.0 - weight) * float(value) + weight * peak if both else float(value))
     return out

@@ -281,6 +281,7 @@ def select_passages(
                     min(min_tokens_per_passage, hi - lo) - int(keep[lo:hi].sum()),
                     protected=scored.protected,
                     chunk_context=config.chunk_context,
+                    context_weight=config.context_weight,
                 )
                 for lo, hi in ranges
             ]

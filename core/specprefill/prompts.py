@@ -118,6 +118,7 @@ def select_scored(
         protected_count_toward_budget=budget_protected,
         segments=scored.segments,
         chunk_context=config.chunk_context,
+        context_weight=config.context_weight,
     )
 
 

@@ -193,6 +193,7 @@ def select_chunks(
     protected_count_toward_budget: bool = False,
     segments: Sequence[int] | None = None,
     chunk_context: int = 0,
+    context_weight: float = 0.25,
 ) -> IndexArray:
     """Pick the most important chunks (step 6) and return the kept token indices, sorted ascending.
 
@@ -220,9 +221,9 @@ def select_chunks(
        unprotected tokens in order), and selection stops. So exactly ``min(B, U)`` unprotected tokens are
        kept, and ``max_kept_tokens`` is met exactly.
 
-    With ``chunk_context > 0`` a chunk's score in either grid is the midpoint of the score above and the
-    highest unprotected importance within ``chunk_context`` tokens around it
-    (:func:`specprefill.chunk_context.blend_context`). Ties go to the earlier chunk in both grids; NaN
+    With ``chunk_context > 0`` a chunk's score in either grid is ``(1 - context_weight) * score +
+    context_weight * peak``, the peak being the highest unprotected importance within ``chunk_context``
+    tokens around it (:func:`specprefill.chunk_context.blend_context`). Ties go to the earlier chunk in both grids; NaN
     importance ranks lowest.
 
     Args:
@@ -234,6 +235,7 @@ def select_chunks(
         protected_count_toward_budget: Whether protected tokens use up the budget.
         segments: Token indices where segments start (None: the paper's grid from token 0).
         chunk_context: Tokens on each side of a chunk whose importance also counts (0: the paper's score).
+        context_weight: Share of that neighbourhood peak in the chunk's score, in (0, 1].
 
     Returns:
         int64 array of kept token indices, strictly increasing.
@@ -250,7 +252,7 @@ def select_chunks(
     if segments is not None:
         return _select_segmented(
             imp, keep, chunk_bounds(n, chunk_size, segments), rate, max_kept_tokens, protected_count_toward_budget,
-            chunk_context,
+            chunk_context, context_weight,
         )  # fmt: skip
     bounds = chunk_bounds(n, chunk_size)
     candidates = [i for i, (s, e) in enumerate(bounds) if not keep[s:e].all()]
@@ -262,7 +264,7 @@ def select_chunks(
         token_budget = max_kept_tokens
     means = chunk_scores(imp, chunk_size)
     means = np.where(np.isnan(means), np.float32(-np.inf), means)  # a chunk holding both +inf and -inf
-    scores = blend_context(imp, bounds, [float(v) for v in means], keep, chunk_context)
+    scores = blend_context(imp, bounds, [float(v) for v in means], keep, chunk_context, context_weight)
     order = sorted(candidates, key=lambda i: (-scores[i], i))
     for i in order[: max(chunk_budget, 0)]:
         s, e = bounds[i]
@@ -286,6 +288,7 @@ def _select_segmented(
     max_kept_tokens: int | None,
     protected_count_toward_budget: bool,
     chunk_context: int,
+    context_weight: float,
 ) -> IndexArray:
     n_protected = int(keep.sum())
     if protected_count_toward_budget:
@@ -294,7 +297,10 @@ def _select_segmented(
     else:
         budget = budget_chunks(rate, imp.shape[0] - n_protected)
         cap = max_kept_tokens
-    fill_chunks(imp, keep, bounds, budget if cap is None else min(budget, cap), chunk_context=chunk_context)
+    fill_chunks(
+        imp, keep, bounds, budget if cap is None else min(budget, cap),
+        chunk_context=chunk_context, context_weight=context_weight,
+    )  # fmt: skip
     return np.flatnonzero(keep).astype(np.int64)
 
 
@@ -306,6 +312,7 @@ def fill_chunks(
     *,
     protected: npt.NDArray[np.bool_] | None = None,
     chunk_context: int = 0,
+    context_weight: float = 0.25,
 ) -> int:
     """Add the best chunks' not yet kept tokens to ``keep`` (in place) until ``budget`` tokens are added.
 
@@ -320,6 +327,7 @@ def fill_chunks(
         budget: Tokens to add (nothing when <= 0).
         protected: ``[N]`` mask of tokens left out of the chunk scores.
         chunk_context: Tokens on each side of a chunk whose importance also counts (see :func:`select_chunks`).
+        context_weight: Share of that neighbourhood peak in a chunk's score.
 
     Returns:
         Tokens added: ``min(budget, not yet kept tokens in bounds)``.
@@ -330,7 +338,7 @@ def fill_chunks(
     excluded = keep.copy() if protected is None else protected
     candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
     own = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
-    scores = blend_context(imp, candidates, own, excluded, chunk_context)
+    scores = blend_context(imp, candidates, own, excluded, chunk_context, context_weight)
     added = 0
     for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], i)):
         if added >= budget:

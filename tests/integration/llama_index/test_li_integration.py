@@ -108,8 +108,8 @@ def test_answer_sentence_survives_keep_rate_02(question: str, answer: str, specu
 
     Both questions kept their answer sentence in every configuration measured (look-ahead 8/16/24, with and
     without metadata headers, passages in retrieval or reverse order). Over all 15 retrievable questions of
-    examples/README.md the embedded 135M speculator keeps the whole sentence for 7 to 10 of them (the
-    paper's unaligned 32-token grid with look-ahead 8: 5 of 15); see the postprocessor's docstring.
+    examples/README.md the embedded 135M speculator keeps the whole sentence for 11 of them with the default
+    config (the paper's algorithm: 7 of 15); see the postprocessor's docstring.
     """
     retrieved = build_index().as_retriever(similarity_top_k=4).retrieve(question)
     source = next(n for n in retrieved if answer in n.node.get_content())

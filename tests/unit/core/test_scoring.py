@@ -181,6 +181,46 @@ def test_torch_layer_scores_match_reference_mask(window: int, block: int, monkey
     assert np.allclose(got, unmasked, atol=1e-6) == (window <= 1)
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_single_query_decode_attention_matches_sdpa(mask_kind: str) -> None:
+    # The look-ahead steps on CPU use grouped matmuls instead of sdpa; the output must be sdpa's.
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from specprefill.hf import _single_query_attention
+
+    gen = torch.Generator().manual_seed(0)
+    heads, kv_heads, n, dim = 6, 2, 37, 8
+    q = torch.randn(2, heads, 1, dim, generator=gen)
+    k = torch.randn(2, kv_heads, n, dim, generator=gen)
+    v = torch.randn(2, kv_heads, n, dim, generator=gen)
+    visible = torch.ones(2, 1, 1, n, dtype=torch.bool)
+    visible[1, ..., :5] = False  # left padding of the second row
+    mask = {"none": None, "bool": visible, "float": torch.where(visible, 0.0, float("-inf"))}[mask_kind]
+    got, weights = _single_query_attention(None, q, k, v, mask, 0.3)
+    k_full, v_full = k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1)
+    ref = F.scaled_dot_product_attention(q, k_full, v_full, attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert weights is None and got.shape == (2, 1, heads, dim)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    if mask_kind != "none":  # the mask matters: row 1 differs from attending to every key
+        unmasked = F.scaled_dot_product_attention(q, k_full, v_full, scale=0.3).transpose(1, 2)
+        assert not torch.allclose(got[1], unmasked[1], atol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_decode_fast_path_only_for_plain_cpu_single_queries() -> None:
+    import torch
+
+    from specprefill.hf import _plain_cpu_decode
+
+    one, many = torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 3, 4)
+    assert _plain_cpu_decode(one, {"scaling": 0.5, "dropout": 0.0, "sliding_window": None})
+    assert not _plain_cpu_decode(many, {})
+    assert not _plain_cpu_decode(one, {"softcap": 30.0})
+    assert not _plain_cpu_decode(one, {"sliding_window": 512})
+
+
 # --- chunks ---------------------------------------------------------------------------------------------
 def test_chunk_bounds_and_partial_last_chunk_mean() -> None:
     assert chunk_bounds(7, 3) == [(0, 3), (3, 6), (6, 7)]
@@ -524,7 +564,7 @@ def test_segment_invariants_random() -> None:
 
 
 # --- chunk_context: a chunk's score also sees its neighbourhood -------------------------------------------
-def test_blend_context_is_the_midpoint_of_own_and_neighbourhood_peak() -> None:
+def test_blend_context_weights_own_score_and_neighbourhood_peak() -> None:
     from specprefill.chunk_context import blend_context
 
     imp = np.array([0.0, 0.0, 0.0, 0.0, 8.0, 0.0], dtype=np.float32)
@@ -532,10 +572,12 @@ def test_blend_context_is_the_midpoint_of_own_and_neighbourhood_peak() -> None:
     own = [0.0, 0.0, 4.0]
     none = np.zeros(6, dtype=np.bool_)
     assert blend_context(imp, bounds, own, none, 0) == own  # 0: the chunk's own score
-    assert blend_context(imp, bounds, own, none, 1) == [0.0, 4.0, 6.0]  # (0 + 8) / 2; the peak's chunk stays first
-    assert blend_context(imp, bounds, own, none, 3) == [4.0, 4.0, 6.0]
+    assert blend_context(imp, bounds, own, none, 1, 0.5) == [0.0, 4.0, 6.0]  # (0 + 8) / 2; the peak's chunk stays first
+    assert blend_context(imp, bounds, own, none, 3, 0.5) == [4.0, 4.0, 6.0]
+    assert blend_context(imp, bounds, own, none, 1) == [0.0, 2.0, 5.0]  # default weight 0.25: 0.75 * own + 0.25 * 8
+    assert blend_context(imp, bounds, own, none, 1, 1.0) == [0.0, 8.0, 8.0]  # weight 1: the peak alone
     excluded = np.array([0, 0, 0, 0, 1, 0], dtype=np.bool_)  # a protected peak lifts nobody
-    assert blend_context(imp, bounds, own, excluded, 3) == [0.0, 0.0, 2.0]
+    assert blend_context(imp, bounds, own, excluded, 3, 0.5) == [0.0, 0.0, 2.0]
     # a chunk without a finite own score or neighbourhood keeps its own score
     assert blend_context(imp, bounds, [-math.inf, 0.0, 4.0], np.ones(6, dtype=np.bool_), 2) == [-math.inf, 0.0, 4.0]
 
@@ -545,9 +587,11 @@ def test_chunk_context_keeps_the_neighbour_of_a_peak(segments: list[int] | None)
     # chunks of 2: [0,1] [2,3] [4,5] [6,7]; the peak is token 4, the chunk before it holds the answer
     imp = np.array([0.3, 0.3, 0.0, 0.1, 1.0, 0.5, 0.2, 0.2], dtype=np.float32)
     plain = select_chunks(imp, keep_rate=0.5, chunk_size=2, segments=segments)
-    near = select_chunks(imp, keep_rate=0.5, chunk_size=2, segments=segments, chunk_context=1)
+    near = select_chunks(imp, keep_rate=0.5, chunk_size=2, segments=segments, chunk_context=1, context_weight=0.5)
+    light = select_chunks(imp, keep_rate=0.5, chunk_size=2, segments=segments, chunk_context=1, context_weight=0.1)
     assert plain.tolist() == [0, 1, 4, 5]
     assert near.tolist() == [2, 3, 4, 5]  # (0.05 + 1.0) / 2 beats (0.3 + 0.3) / 2 and (0.2 + 0.5) / 2
+    assert light.tolist() == [0, 1, 4, 5]  # 0.9 * 0.05 + 0.1 * 1.0 = 0.145 loses to 0.9 * 0.3 + 0.1 * 0.3 = 0.3
 
 
 def test_chunk_context_field_bounds_and_paper_preset() -> None:
@@ -557,3 +601,6 @@ def test_chunk_context_field_bounds_and_paper_preset() -> None:
     assert SpecPrefillConfig.paper().chunk_context == 0
     with pytest.raises(ConfigurationError, match="chunk_context"):
         SpecPrefillConfig(chunk_context=-1)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ConfigurationError, match="context_weight"):
+            SpecPrefillConfig(context_weight=bad)
