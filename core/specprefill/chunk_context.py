@@ -41,7 +41,12 @@ def blend_context(
     Returns:
         One score per chunk. A chunk whose own score or neighbourhood is not finite keeps its own score.
 
+    Raises:
+        ValueError: ``weight`` is outside (0, 1].
+
     """
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"context_weight must be in (0, 1], got {weight}")
     if context <= 0:
         return [float(v) for v in own]
     n = importance.shape[0]
