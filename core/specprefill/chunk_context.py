@@ -26,7 +26,7 @@ def blend_context(
     own: Sequence[float],
     excluded: npt.NDArray[np.bool_],
     context: int,
-    weight: float = 0.25,
+    weight: float = 0.3,
 ) -> list[float]:
     """Each chunk's score: ``(1 - weight) * own + weight * (max importance within context tokens around it)``.
 

@@ -193,7 +193,7 @@ def select_chunks(
     protected_count_toward_budget: bool = False,
     segments: Sequence[int] | None = None,
     chunk_context: int = 0,
-    context_weight: float = 0.25,
+    context_weight: float = 0.3,
 ) -> IndexArray:
     """Pick the most important chunks (step 6) and return the kept token indices, sorted ascending.
 
@@ -312,7 +312,7 @@ def fill_chunks(
     *,
     protected: npt.NDArray[np.bool_] | None = None,
     chunk_context: int = 0,
-    context_weight: float = 0.25,
+    context_weight: float = 0.3,
 ) -> int:
     """Add the best chunks' not yet kept tokens to ``keep`` (in place) until ``budget`` tokens are added.
 

@@ -46,3 +46,28 @@ def test_windowed_scoring_with_observation_window(speculator: Any) -> None:
     assert result.importance is not None and result.importance.shape == (n,)
     assert np.all(np.isfinite(result.importance)) and result.stats.pruned and not result.stats.fallback
     assert result.stats.lookahead_queries == 32 + len(result.lookahead_token_ids)
+
+
+def test_demo_question_keeps_both_facts_at_the_default_keep_rate(speculator: Any) -> None:
+    """``make demo``: the prompt ``specprefill ask`` builds, pruned with its config, keeps both answer facts.
+
+    The sentence with "175 degrees" gets little attention from the 135M speculator itself; the default chunk
+    context lifts it because it follows the saffron sentence the question points at (without it, or with
+    ``context_weight=0.25``, it is dropped).
+    """
+    import argparse
+    from pathlib import Path
+
+    from specprefill.cli.options import protect_question
+    from specprefill.documents import ask_messages, load_documents
+
+    question = "How long is the saffron pear cake baked, and at what temperature?"
+    docs = load_documents(Path(__file__).resolve().parents[3] / "examples" / "documents")
+    args = argparse.Namespace(protect_question_tokens=None)  # as `specprefill ask` without the option
+    config = protect_question(SpecPrefillConfig(), args, speculator, question)
+    scored = speculator.score_prompt(ask_messages(docs, question), config)
+    assert config.keep_rate == 0.3
+    kept = speculator.select(scored, config).text
+    assert "48 minutes" in kept and "175 degrees" in kept
+    assert "175 degrees" not in speculator.select(scored, config, chunk_context=0).text
+    assert scored.n_tokens > 5000 and len(speculator.select(scored, config).kept_indices) < 0.4 * scored.n_tokens

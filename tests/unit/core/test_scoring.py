@@ -574,7 +574,7 @@ def test_blend_context_weights_own_score_and_neighbourhood_peak() -> None:
     assert blend_context(imp, bounds, own, none, 0) == own  # 0: the chunk's own score
     assert blend_context(imp, bounds, own, none, 1, 0.5) == [0.0, 4.0, 6.0]  # (0 + 8) / 2; the peak's chunk stays first
     assert blend_context(imp, bounds, own, none, 3, 0.5) == [4.0, 4.0, 6.0]
-    assert blend_context(imp, bounds, own, none, 1) == [0.0, 2.0, 5.0]  # default weight 0.25: 0.75 * own + 0.25 * 8
+    assert blend_context(imp, bounds, own, none, 1) == pytest.approx([0.0, 2.4, 5.2])  # default 0.3: 0.7 own + 0.3 peak
     assert blend_context(imp, bounds, own, none, 1, 1.0) == [0.0, 8.0, 8.0]  # weight 1: the peak alone
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="context_weight"):
