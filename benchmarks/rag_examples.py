@@ -159,17 +159,19 @@ def build_config(preset: str, overrides: dict[str, Any], lookahead: int | None) 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure both integrations; return the per-question outcomes and the counts."""
-    from llama_index.postprocessor.specprefill import DEFAULT_LOOKAHEAD
     from specprefill import load_speculator
+    from specprefill.passages import PASSAGE_LOOKAHEAD
 
     overrides = json.loads(args.set) if args.set else {}
     speculator = load_speculator(args.speculator)
     pruners = {
-        # The postprocessor's own default looks ahead DEFAULT_LOOKAHEAD tokens; keep that on every preset.
+        # Both pruners' own defaults look ahead PASSAGE_LOOKAHEAD tokens; keep that on every preset.
         "llama_index": llama_index_pruner(
-            speculator, build_config(args.preset, overrides, DEFAULT_LOOKAHEAD), args.keep_rate
+            speculator, build_config(args.preset, overrides, PASSAGE_LOOKAHEAD), args.keep_rate
         ),
-        "langchain": langchain_pruner(speculator, build_config(args.preset, overrides, None), args.keep_rate),
+        "langchain": langchain_pruner(
+            speculator, build_config(args.preset, overrides, PASSAGE_LOOKAHEAD), args.keep_rate
+        ),
     }
     outcomes: list[Outcome] = []
     start = time.perf_counter()

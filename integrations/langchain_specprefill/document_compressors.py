@@ -19,7 +19,7 @@ from typing_extensions import Self
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, SpeculatorError
-from specprefill.passages import Passage, PrunedPassages, aprune_passages, prune_passages
+from specprefill.passages import PASSAGE_LOOKAHEAD, Passage, PrunedPassages, aprune_passages, prune_passages
 from specprefill.remote_speculator import RemoteSpeculator
 from specprefill.speculator import Speculator
 
@@ -80,7 +80,8 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
     """Joint prompts shorter than this many tokens are left whole (None: the config's value, 256)."""
 
     config: SpecPrefillConfig | None = None
-    """Further scoring settings (``lookahead``, ``chunk_size``, ``gap_marker``, ...)."""
+    """Further scoring settings (``lookahead``, ``chunk_size``, ``gap_marker``, ...); None: the defaults with
+    ``lookahead=PASSAGE_LOOKAHEAD`` (16, as the LlamaIndex postprocessor)."""
 
     instruction: str = "Answer the question using the documents."
     """System message of the joint prompt (protected; it steers the speculator's look-ahead)."""
@@ -196,7 +197,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
 
     # --- helpers --------------------------------------------------------------------------------------
     def _config(self) -> SpecPrefillConfig:
-        base = self.config or SpecPrefillConfig()
+        base = self.config or SpecPrefillConfig(lookahead=PASSAGE_LOOKAHEAD)
         return base.with_overrides(
             keep_rate=self.keep_rate, max_kept_tokens=self.max_kept_tokens, min_prompt_tokens=self.min_prompt_tokens
         )

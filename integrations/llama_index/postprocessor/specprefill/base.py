@@ -29,6 +29,7 @@ from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
 from specprefill.passages import (
     DEFAULT_INSTRUCTION,
+    PASSAGE_LOOKAHEAD,
     Passage,
     PassageOutcome,
     PrunedPassages,
@@ -48,9 +49,8 @@ dispatcher = get_dispatcher(__name__)
 METADATA_KEY = STATS_KEY
 """Metadata key of the per-node pruning statistics (excluded from LLM and embedding text)."""
 
-DEFAULT_LOOKAHEAD = 16
-"""Look-ahead of the default config: a small speculator first restates the question ("The stone bridge in
-Lanternfield ..."); its queries reach the answer tokens only after about ten generated tokens."""
+DEFAULT_LOOKAHEAD = PASSAGE_LOOKAHEAD
+"""Look-ahead of the default config (:data:`specprefill.passages.PASSAGE_LOOKAHEAD`, shared with LangChain)."""
 
 
 @dataclass
