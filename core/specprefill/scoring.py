@@ -297,10 +297,8 @@ def _select_segmented(
     else:
         budget = budget_chunks(rate, imp.shape[0] - n_protected)
         cap = max_kept_tokens
-    fill_chunks(
-        imp, keep, bounds, budget if cap is None else min(budget, cap),
-        chunk_context=chunk_context, context_weight=context_weight,
-    )  # fmt: skip
+    budget = budget if cap is None else min(budget, cap)
+    fill_chunks(imp, keep, bounds, budget, chunk_context=chunk_context, context_weight=context_weight)
     return np.flatnonzero(keep).astype(np.int64)
 
 
