@@ -46,24 +46,3 @@ def sentence_with(text: str, needle: str) -> str:
 def words(text: str) -> list[str]:
     """White-space separated words (line breaks inside a kept span do not matter)."""
     return text.split()
-
-
-README_QUESTIONS: list[tuple[str, str]] = [
-    # (question, a string of the answer that occurs once in the right document), from examples/README.md
-    ("In which year was the stone bridge in Lanternfield completed?", "1896"),
-    ("Who founded Lanternfield, and when?", "1742"),
-    ("How many residents did Lanternfield have at the 2021 census?", "4,310"),
-    ("What is the capacity of the Brightwell K2 kettle?", "1.7"),
-    ("What does error code E4 mean on the Brightwell K2?", "E4"),
-    ("How long is the Brightwell K2 warranty?", "hree years"),
-    ("How many days of paid annual leave does a full-time Quillmark employee get?", "27"),
-    ("What is Quillmark's daily meal allowance when travelling?", "45"),
-    ("Who is the safety officer for the Quillmark test floor?", "Priya"),
-    ("What budget did the Ferrow Valley library board approve for the roof repairs?", "18,400"),
-    ("From when does the library open on Sunday afternoons?", "1 April"),
-    ("How long is the saffron pear cake baked, and at what temperature?", "48 minutes"),
-    ("How many cardamom buns does the recipe make?", "welve"),
-    ("How deep did the ROV Petrel dive on 17 September?", "4,411"),
-    ("What is the name of the newly found landslide scar?", "Oriel"),
-    ("How many square kilometres of seabed did the Marisol map?", "1,260"),
-]
