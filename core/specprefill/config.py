@@ -16,13 +16,15 @@ class SpecPrefillConfig(BaseModel):
     """How a prompt is scored and pruned.
 
     Defaults are the paper's "Full LAH" scoring (chunks of 32 tokens, look-ahead 8, pooling kernel 13) plus
-    the queries of the last 32 prompt tokens reduced by max, a chunk grid that restarts at sentence
-    boundaries and a light chunk context (``chunk_context=8``, ``context_weight=0.3``), with
-    ``keep_rate=0.3``; the full-preset evaluations (``examples/report/full-retention``,
-    ``examples/report/full-defaults``) show the window and the grid win at every keep rate; the chunk
-    context costs at most 2 points there (equal at 10% keep) and keeps both facts of the README demo
-    question. :meth:`paper` is the paper's exact algorithm. Invalid values raise
-    :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that says which field to fix.
+    the queries of the last 32 prompt tokens (within the final paragraph, usually the question) reduced by
+    max, only the 16 best heads of the speculator's retrieval-head profile, a chunk grid that restarts at
+    sentence boundaries and a light chunk context (``chunk_context=8``, ``context_weight=0.3``), with
+    ``keep_rate=0.3``. The full-preset evaluations (``examples/report/full-retention``,
+    ``examples/report/full-defaults``, ``examples/report/full-heads``) show the window and the grid win at
+    every keep rate; the chunk context, the retrieval heads and the final-paragraph window stay within 1-2
+    points there and keep the facts of the README demo question and of 14 of the 16 RAG example questions
+    (``python -m benchmarks.rag_examples``). :meth:`paper` is the paper's exact algorithm. Invalid values
+    raise :class:`~specprefill.errors.ConfigurationError` (a ``ValueError``) that says which field to fix.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -46,11 +48,22 @@ class SpecPrefillConfig(BaseModel):
     prompt token counts once; with ``lookahead=1`` only the window queries are used.
     """
 
+    window_in_final_paragraph: bool = True
+    """Take window queries only from the prompt's final paragraph (after its last blank line; in a chat,
+    within the last message) and the chat template after it, when that is shorter than the window: it is
+    usually the question, while queries of context tokens mostly attend to their own neighbours and lift
+    them above the answer. False: the last ``observation_window`` tokens, whatever they are."""
+
     query_reduction: Literal["mean", "max", "mix"] = "max"
     """How the queries' scores combine after the max over layers x heads: mean, max, or ``query_mix`` blend."""
 
     query_mix: float = Field(default=0.5, ge=0.0, le=1.0)
     """Weight of the max in ``query_reduction="mix"``: ``query_mix * max + (1 - query_mix) * mean``."""
+
+    retrieval_heads: int = Field(default=16, ge=0, le=65536)
+    """Score with only the k heads of the speculator's retrieval-head profile that best find the asked-about
+    sentence (0: every head, as the paper). Without a profile for the speculator every head is used; see
+    :mod:`specprefill.heads` and ``specprefill heads calibrate``."""
 
     max_kept_tokens: int | None = Field(default=None, ge=1)
     """Absolute cap on kept (unprotected) tokens, applied together with ``keep_rate``."""
@@ -198,6 +211,8 @@ _PAPER_PRESET: dict[str, Any] = {
     "segment_by": "none",
     "chunk_context": 0,
     "context_weight": 0.3,
+    "retrieval_heads": 0,
+    "window_in_final_paragraph": False,
 }
 """The algorithm fields of the paper's "Full LAH" preset (see :meth:`SpecPrefillConfig.paper`)."""
 

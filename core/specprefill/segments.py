@@ -19,6 +19,7 @@ __all__ = [
     "SegmentBy",
     "boundary_chars",
     "check_segments",
+    "final_paragraph_tokens",
     "segment_starts",
     "token_starts",
 ]
@@ -80,6 +81,24 @@ def token_starts(offsets: Sequence[Span], positions: Iterable[int]) -> list[int]
     """
     starts = np.maximum.accumulate(np.array([s for s, _ in offsets], dtype=np.int64)) if offsets else np.zeros(0)
     return sorted({int(np.searchsorted(starts, p, side="left")) for p in positions})
+
+
+def final_paragraph_tokens(
+    text: str | None, offsets: Sequence[Span] | None, content_spans: Sequence[Span] | None = None
+) -> int | None:
+    """Tokens from the start of the prompt's final paragraph to the end (None: the prompt has no blank line).
+
+    The final paragraph starts after the last blank line (two line breaks in a row) of the text, or, in a
+    rendered chat, of the last message's content; the chat template after that content counts too. It is
+    usually the question, which is where the observation window's queries should come from.
+    """
+    if not text or not offsets:
+        return None
+    lo, hi = content_spans[-1] if content_spans else (0, len(text))
+    cut = text.rfind("\n\n", lo, hi)
+    if cut < 0:
+        return None
+    return len(offsets) - token_starts(offsets, [cut + 2])[0]
 
 
 def check_segments(segments: Iterable[object]) -> list[int]:

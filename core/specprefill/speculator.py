@@ -29,7 +29,7 @@ from specprefill.prompts import (
     validate_messages,
 )
 from specprefill.result import Message, PruneResult
-from specprefill.segments import check_segments, segment_starts
+from specprefill.segments import check_segments, final_paragraph_tokens, segment_starts
 from specprefill.spans import Span, char_spans_to_token_mask
 
 __all__ = ["ImportanceResult", "Speculator"]
@@ -180,7 +180,7 @@ class Speculator(ABC):
         reason: str | None = None
         if len(prepared.input_ids) >= max(cfg.min_prompt_tokens, 1):
             try:
-                result = self.score(prepared.input_ids, cfg)
+                result = self.score(prepared.input_ids, scoring_config(prepared, cfg))
             except SpecPrefillError as exc:
                 if not cfg.fallback_on_error or isinstance(exc, PromptError):
                     raise
@@ -315,6 +315,16 @@ class Speculator(ABC):
         :func:`~specprefill.assemble.assemble_result`.
         """
         return assemble_result(scored, kept, _as_config(config), name=self.name, seconds=seconds, decode=self.decode)
+
+
+def scoring_config(prepared: PreparedPrompt, config: SpecPrefillConfig) -> SpecPrefillConfig:
+    """``config`` with the observation window cut to the prompt's final paragraph (``window_in_final_paragraph``)."""
+    if not config.window_in_final_paragraph or config.observation_window == 0:
+        return config
+    tail = final_paragraph_tokens(prepared.text, prepared.offsets, prepared.content_spans)
+    if tail is None or tail >= config.observation_window:
+        return config
+    return config.with_overrides(observation_window=max(tail, 1))
 
 
 def _thread_kwargs(

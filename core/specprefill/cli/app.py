@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from specprefill.cli import ask, bench, info, options, prune, serve
+from specprefill.cli import ask, bench, heads, info, options, prune, serve
 from specprefill.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, fail
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS: tuple[ModuleType, ...] = (prune, ask, bench, serve, info)
+COMMANDS: tuple[ModuleType, ...] = (prune, ask, bench, serve, heads, info)
 """The subcommand modules, in help order; each has ``add_parser(subparsers)`` and ``run(args) -> int``."""
 
 

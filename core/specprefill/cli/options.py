@@ -58,6 +58,13 @@ COMMAND_TEXTS: dict[str, tuple[str, str]] = {
         "the SpecPrefill plugin configured: every chat/completion request is pruned by the speculator "
         "and prefilled at its original positions. Unknown options go to vLLM unchanged.",
     ),
+    "heads": (
+        "calibrate a speculator's retrieval-head profile (which heads find the asked-about sentence)",
+        "Score synthetic fact-lookup prompts with every attention head of SPECULATOR alone and save each "
+        "head's mean reciprocal rank of the answer sentence. SpecPrefillConfig.retrieval_heads then scores "
+        "with the best heads. The packaged models ship a profile; the default output is the cache, where "
+        "the speculator finds it on the next load.",
+    ),
     "info": (
         "show version, installed extras, embedded models and cache folder",
         "Show the version, which optional extras are installed, the embedded "

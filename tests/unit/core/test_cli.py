@@ -28,7 +28,8 @@ def test_all_is_explicit() -> None:
 def test_every_subcommand_is_registered_explicitly() -> None:
     from specprefill.cli import app
 
-    assert [m.__name__.rsplit(".", 1)[1] for m in app.COMMANDS] == ["prune", "ask", "bench", "serve", "info"]
+    names = [m.__name__.rsplit(".", 1)[1] for m in app.COMMANDS]
+    assert names == ["prune", "ask", "bench", "serve", "heads", "info"]
     assert list(bench.BENCHMARKS) == ["overhead"]
     assert bench.BENCHMARKS["overhead"].module == "specprefill.bench.overhead"
 

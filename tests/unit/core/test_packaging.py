@@ -99,6 +99,7 @@ def test_wheel_contents(wheel: Path) -> None:
         "specprefill/__init__.py",
         "specprefill/py.typed",
         "specprefill/scoring.py",
+        "specprefill/head_profiles/smollm2-135m.json",
         "specprefill/cli/__init__.py",
         "specprefill/bench/overhead.py",
         "langchain_specprefill/__init__.py",

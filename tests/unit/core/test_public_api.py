@@ -79,6 +79,9 @@ CORE_MODULES = [
     "specprefill.wire",
     "specprefill.remote_speculator",
     "specprefill.server.endpoint",
+    "specprefill.heads",
+    "specprefill.capture",
+    "specprefill.segments",
 ]
 
 

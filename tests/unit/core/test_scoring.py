@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
-from specprefill import ConfigurationError, avg_pool1d, chunk_scores, importance_from_attention, select_chunks
+from specprefill import (
+    ConfigurationError,
+    SpecPrefillConfig,
+    SpeculatorError,
+    avg_pool1d,
+    chunk_scores,
+    importance_from_attention,
+    select_chunks,
+)
 from specprefill.scoring import budget_chunks, chunk_bounds, protected_mask, reduce_queries, segment_edges
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -154,31 +163,66 @@ def test_window_queries_out_of_range() -> None:
         importance_from_attention(np.full((1, 1, 5, 4), 0.25), 1, window_queries=5)
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
-@pytest.mark.parametrize(("window", "block"), [(0, 1 << 26), (1, 1 << 26), (3, 1 << 26), (6, 1 << 26), (6, 1)])
-def test_torch_layer_scores_match_reference_mask(window: int, block: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # hf's per-layer path masks logits before the softmax; the reference masks and renormalises
-    # unmasked probabilities. They must agree, and with window > 1 the mask must change the result.
+def _recorded(window: int, heads: int = 4, kv_heads: int = 2, n_queries: int = 8, n: int = 10, dim: int = 8) -> Any:
+    """A recorder holding one random layer, and the reference ``[1, H, Q, N]`` probabilities of it."""
     import torch
 
-    import specprefill.hf as hf
-    from specprefill.hf import _layer_query_scores, _Recorder
+    from specprefill.capture import Recorder
 
-    monkeypatch.setattr(hf, "_BLOCK_ELEMENTS", block)  # 1: every KV-head group in its own block
     rng = np.random.default_rng(window)
-    heads, kv_heads, n_queries, n, dim = 4, 2, 8, 10, 8
     q = torch.from_numpy(rng.normal(size=(heads, n_queries, dim)).astype(np.float32))
     k = torch.from_numpy(rng.normal(size=(kv_heads, n, dim)).astype(np.float32))
-    recorder = _Recorder(total_length=n)
+    recorder = Recorder(total_length=n)
+    recorder.queries[0], recorder.keys[0] = [q[None]], k[None]
     recorder.scaling[0], recorder.softcap[0] = dim**-0.5, None
-    got = _layer_query_scores(q, k, recorder, 0, 3, window).numpy()
     k_full = k.repeat_interleave(heads // kv_heads, dim=0)
-    probs = torch.softmax(q @ k_full.transpose(1, 2) * dim**-0.5, dim=-1).numpy()[None]
+    return recorder, torch.softmax(q @ k_full.transpose(1, 2) * dim**-0.5, dim=-1).numpy()[None]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+@pytest.mark.parametrize("window", [0, 1, 3, 6])
+def test_torch_layer_scores_match_reference_mask(window: int) -> None:
+    # hf's per-layer path masks logits before the softmax; the reference masks and renormalises
+    # unmasked probabilities. They must agree, and with window > 1 the mask must change the result.
+    from specprefill.capture import prompt_importance
+
+    recorder, probs = _recorded(window)
     for reduction in ("mean", "max"):
+        config = SpecPrefillConfig(pool_kernel=3, query_reduction=reduction)
+        got = prompt_importance(recorder, 10, config, window)
         ref = importance_from_attention(probs, 3, window_queries=window, query_reduction=reduction)
-        np.testing.assert_allclose(reduce_queries(got, reduction), ref, rtol=1e-5, atol=1e-7)
-    unmasked = avg_pool1d(probs, 3).max(axis=(0, 1))
-    assert np.allclose(got, unmasked, atol=1e-6) == (window <= 1)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+        unmasked = importance_from_attention(probs, 3, query_reduction=reduction)
+        assert np.allclose(got, unmasked, atol=1e-6) == (window <= 1)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+@pytest.mark.parametrize("chosen", [(0,), (1, 3), (0, 1), (2,), (0, 1, 2, 3)])
+def test_torch_head_subset_matches_reference_on_those_heads(chosen: tuple[int, ...]) -> None:
+    # heads 0,1 share KV head 0 and heads 2,3 KV head 1: any subset scores like the reference on it alone
+    from specprefill.capture import head_scores, prompt_importance
+
+    recorder, probs = _recorded(3)
+    config = SpecPrefillConfig(pool_kernel=3, query_reduction="max")
+    got = prompt_importance(recorder, 10, config, 3, heads={0: chosen})
+    ref = importance_from_attention(probs[:, list(chosen)], 3, window_queries=3, query_reduction="max")
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    table = head_scores(recorder, 10, config, n_layers=2, window_queries=3)
+    assert table.shape == (2, 4, 10) and not table[1].any()  # layer 1 was not recorded
+    for h in chosen:
+        one = importance_from_attention(probs[:, [h]], 3, window_queries=3, query_reduction="max")
+        np.testing.assert_allclose(table[0, h], one, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_torch_head_subset_rejects_out_of_range_heads_and_skips_unlisted_layers() -> None:
+    from specprefill.capture import prompt_importance
+
+    recorder, _ = _recorded(0)
+    with pytest.raises(SpeculatorError, match=r"outside 0\.\.3"):
+        prompt_importance(recorder, 10, SpecPrefillConfig(), 0, heads={0: (4,)})
+    with pytest.raises(SpeculatorError, match="no attention layer"):
+        prompt_importance(recorder, 10, SpecPrefillConfig(), 0, heads={5: (0,)})
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
@@ -188,7 +232,7 @@ def test_single_query_decode_attention_matches_sdpa(mask_kind: str) -> None:
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from specprefill.hf import _single_query_attention
+    from specprefill._decode_attention import single_query_attention
 
     gen = torch.Generator().manual_seed(0)
     heads, kv_heads, n, dim = 6, 2, 37, 8
@@ -198,7 +242,7 @@ def test_single_query_decode_attention_matches_sdpa(mask_kind: str) -> None:
     visible = torch.ones(2, 1, 1, n, dtype=torch.bool)
     visible[1, ..., :5] = False  # left padding of the second row
     mask = {"none": None, "bool": visible, "float": torch.where(visible, 0.0, float("-inf"))}[mask_kind]
-    got, weights = _single_query_attention(None, q, k, v, mask, 0.3)
+    got, weights = single_query_attention(None, q, k, v, mask, 0.3)
     k_full, v_full = k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1)
     ref = F.scaled_dot_product_attention(q, k_full, v_full, attn_mask=mask, scale=0.3).transpose(1, 2)
     assert weights is None and got.shape == (2, 1, heads, dim)
@@ -212,13 +256,13 @@ def test_single_query_decode_attention_matches_sdpa(mask_kind: str) -> None:
 def test_decode_fast_path_only_for_plain_cpu_single_queries() -> None:
     import torch
 
-    from specprefill.hf import _plain_cpu_decode
+    from specprefill._decode_attention import plain_cpu_decode
 
     one, many = torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 3, 4)
-    assert _plain_cpu_decode(one, {"scaling": 0.5, "dropout": 0.0, "sliding_window": None})
-    assert not _plain_cpu_decode(many, {})
-    assert not _plain_cpu_decode(one, {"softcap": 30.0})
-    assert not _plain_cpu_decode(one, {"sliding_window": 512})
+    assert plain_cpu_decode(one, {"scaling": 0.5, "dropout": 0.0, "sliding_window": None})
+    assert not plain_cpu_decode(many, {})
+    assert not plain_cpu_decode(one, {"softcap": 30.0})
+    assert not plain_cpu_decode(one, {"sliding_window": 512})
 
 
 # --- chunks ---------------------------------------------------------------------------------------------
@@ -287,8 +331,9 @@ def test_select_partial_last_chunk_by_mean() -> None:
 
 
 def test_select_keep_rate_one_keeps_all() -> None:
-    np.testing.assert_array_equal(select_chunks(np.random.default_rng(0).random(37), keep_rate=1.0, chunk_size=4),
-                                  np.arange(37))
+    np.testing.assert_array_equal(
+        select_chunks(np.random.default_rng(0).random(37), keep_rate=1.0, chunk_size=4), np.arange(37)
+    )
 
 
 def test_select_tiny_keep_rate_keeps_exactly_one_chunk() -> None:
@@ -332,8 +377,9 @@ def test_select_protected_toward_budget_on_and_off() -> None:
 
 def test_select_protected_toward_budget_caps_tokens_with_protected() -> None:
     imp = _imp(0.0, 0.9, 0.1, 0.8)
-    out = select_chunks(imp, keep_rate=1.0, chunk_size=2, protected=[0, 1], max_kept_tokens=3,
-                        protected_count_toward_budget=True)
+    out = select_chunks(
+        imp, keep_rate=1.0, chunk_size=2, protected=[0, 1], max_kept_tokens=3, protected_count_toward_budget=True
+    )
     assert len(out) == 3 and {0, 1} <= set(out.tolist())
 
 
@@ -404,8 +450,14 @@ def test_select_invariants_random() -> None:
         cap = None if rng.random() < 0.5 else int(rng.integers(0, 200))
         toward = bool(rng.random() < 0.3)
 
-        out = select_chunks(imp, keep_rate=rate, chunk_size=chunk, protected=protected,
-                            max_kept_tokens=cap, protected_count_toward_budget=toward)
+        out = select_chunks(
+            imp,
+            keep_rate=rate,
+            chunk_size=chunk,
+            protected=protected,
+            max_kept_tokens=cap,
+            protected_count_toward_budget=toward,
+        )
 
         assert out.dtype == np.int64
         assert np.all(np.diff(out) > 0), "strictly increasing"
@@ -525,8 +577,9 @@ def test_segment_protected_count_toward_budget() -> None:
         ([7], [1], {"keep_rate": 0.01}, [0]),  # one token: at least one is kept
     ],
 )
-def test_segment_boundary_cases(imp: list[float], segments: list[int], kwargs: dict[str, object],
-                                expected: list[int]) -> None:
+def test_segment_boundary_cases(
+    imp: list[float], segments: list[int], kwargs: dict[str, object], expected: list[int]
+) -> None:
     assert _seg(imp, segments, **kwargs) == expected
 
 
@@ -550,8 +603,9 @@ def test_segment_invariants_random() -> None:
         segs = sorted(rng.integers(0, n + 1, size=int(rng.integers(0, 6))).tolist())
         rate = float(rng.choice([0.05, 0.2, 0.5, 1.0]))
         cap = None if rng.random() < 0.5 else int(rng.integers(0, 30))
-        kept = select_chunks(imp, keep_rate=rate, chunk_size=int(rng.integers(1, 9)), protected=prot,
-                             max_kept_tokens=cap, segments=segs)
+        kept = select_chunks(
+            imp, keep_rate=rate, chunk_size=int(rng.integers(1, 9)), protected=prot, max_kept_tokens=cap, segments=segs
+        )
         mask = np.zeros(n, dtype=bool)
         mask[kept] = True
         assert np.all(np.diff(kept) > 0) and kept.dtype == np.int64
