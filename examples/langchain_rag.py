@@ -34,6 +34,8 @@ from langchain_specprefill import ChatSpecPrefill, PackagedEmbeddings, SpecPrefi
 from specprefill import SpecPrefillConfig
 
 DOCUMENTS = Path(__file__).parent / "documents"
+METADATA_KEYS = ("source", "title")
+"""Passage metadata the compressor shows the speculator (as the LlamaIndex example shows node metadata)."""
 QUESTIONS = [
     "In which year was the stone bridge in Lanternfield completed?",
     "What does error code E4 mean on the Brightwell K2?",
@@ -50,11 +52,15 @@ PROMPT = ChatPromptTemplate.from_messages(
 )
 
 
-def load_passages(folder: Path = DOCUMENTS, max_chars: int = 700) -> list[Document]:
-    """Cut every document into passages of whole paragraphs, about ``max_chars`` characters each."""
+def load_passages(folder: Path = DOCUMENTS, max_chars: int = 1000) -> list[Document]:
+    """Cut every document into passages of whole paragraphs, about ``max_chars`` characters each.
+
+    Every passage's metadata holds its file name (``source``) and the document's first line (``title``).
+    """
     passages: list[Document] = []
     for path in sorted(folder.glob("*.txt")):
         paragraphs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        title = paragraphs[0].splitlines()[0] if paragraphs else path.stem
         current: list[str] = []
         for paragraph in [*paragraphs, ""]:
             if current and (not paragraph or sum(map(len, current)) + len(paragraph) > max_chars):
@@ -62,7 +68,7 @@ def load_passages(folder: Path = DOCUMENTS, max_chars: int = 700) -> list[Docume
                 passages.append(
                     Document(
                         page_content="\n\n".join(current),
-                        metadata={"source": path.name, "passage": index},
+                        metadata={"source": path.name, "title": title, "passage": index},
                         id=f"{path.stem}-{index}",
                     )
                 )
@@ -140,8 +146,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = SpecPrefillConfig(min_prompt_tokens=128)
     chat = ChatSpecPrefill(model="smollm2-135m", keep_rate=args.keep_rate, max_tokens=args.max_tokens, config=config)
     # The compressor shares the chat model's speculator instead of loading a second copy.
+    # The speculator also sees each passage's source and title (protected headers, never in the output).
     compressor = SpecPrefillDocumentCompressor(
-        speculator=chat.get_engine().speculator, keep_rate=args.keep_rate, min_tokens_per_document=16
+        speculator=chat.get_engine().speculator,
+        keep_rate=args.keep_rate,
+        min_tokens_per_document=16,
+        metadata_keys=METADATA_KEYS,
     )
     chains = {
         "chat": build_chain(retriever, chat),

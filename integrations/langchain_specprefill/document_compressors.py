@@ -83,6 +83,11 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
     """Further scoring settings (``lookahead``, ``chunk_size``, ``gap_marker``, ...); None: the defaults with
     ``lookahead=PASSAGE_LOOKAHEAD`` (16, as the LlamaIndex postprocessor)."""
 
+    metadata_keys: tuple[str, ...] = ()
+    """Metadata shown to the speculator above each document as ``key: value`` lines (e.g. ``("title",)``), as
+    the LlamaIndex postprocessor shows node metadata; protected and never part of the output. Missing keys
+    are skipped."""
+
     instruction: str = "Answer the question using the documents."
     """System message of the joint prompt (protected; it steers the speculator's look-ahead)."""
 
@@ -112,6 +117,11 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         elif isinstance(self.speculator, RemoteSpeculator):
             self._remote = self.speculator
         return self
+
+    def _passage(self, document: Document) -> Passage:
+        """A document as a passage, with the chosen metadata as its header."""
+        lines = [f"{key}: {document.metadata[key]}" for key in self.metadata_keys if key in document.metadata]
+        return Passage(text=document.page_content, header="\n".join(lines))
 
     def get_speculator(self) -> Speculator:
         """The speculator, loaded now if it was given by name.
@@ -161,7 +171,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         docs = list(documents)
         if not docs:
             return []
-        passages = [Passage(text=d.page_content) for d in docs]
+        passages = [self._passage(d) for d in docs]
         if self._remote is not None:
             return self._split(docs, self._remote.prune_passages(passages, query, self._config(), **self._options()))
         pruned = prune_passages(self.get_speculator(), passages, query, self._config(), **self._options())
@@ -185,13 +195,13 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         if not docs:
             return []
         if self._remote is not None:
-            passages = [Passage(text=d.page_content) for d in docs]
+            passages = [self._passage(d) for d in docs]
             pruned = await self._remote.aprune_passages(passages, query, self._config(), **self._options())
             return self._split(docs, pruned)
         speculator = self._loaded if isinstance(self.speculator, str) else self.speculator
         if speculator is None:
             speculator = await asyncio.to_thread(self.get_speculator)
-        passages = [Passage(text=d.page_content) for d in docs]
+        passages = [self._passage(d) for d in docs]
         pruned = await aprune_passages(speculator, passages, query, self._config(), **self._options())
         return self._split(docs, pruned)
 

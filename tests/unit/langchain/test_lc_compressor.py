@@ -106,3 +106,19 @@ def test_contextual_compression_retriever() -> None:
     )
     out = retriever.invoke("which?")
     assert len(out) == 4 and all("specprefill" in d.metadata for d in out)
+
+
+def test_metadata_keys_become_protected_headers_never_output() -> None:
+    c = compressor(keep_rate=0.3, metadata_keys=("source", "missing", "score"))
+    first = docs()[0]
+    assert c._passage(first).header == "source: a\nscore: 0.9"  # missing keys are skipped
+    assert c._passage(docs()[2]).header == "source: b"
+    assert compressor()._passage(first).header == ""  # none by default
+    out = c.compress_documents(docs(), "which one?")
+    assert [d.id for d in out] == [d.id for d in docs()]
+    assert not any("source:" in d.page_content for d in out)
+    plain = compressor(keep_rate=0.3).compress_documents(docs(), "which one?")
+    # the headers are protected: they never use the documents' budget
+    assert sum(d.metadata["specprefill"]["tokens_kept"] for d in out) == sum(
+        d.metadata["specprefill"]["tokens_kept"] for d in plain
+    )
