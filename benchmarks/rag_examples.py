@@ -2,12 +2,13 @@
 
 For every question of ``examples/README.md`` the two example pipelines retrieve passages from
 ``examples/documents`` with the packaged MiniLM embeddings (LlamaIndex: ``SentenceSplitter`` nodes of 256
-tokens, as ``examples/llamaindex_rag.py`` indexes them; LangChain: the whole-paragraph passages of
-``examples/langchain_rag.py``), top 4. The SpecPrefill pruner of each integration
-(``SpecPrefillNodePostprocessor`` / ``SpecPrefillDocumentCompressor``) then prunes them at ``--keep-rate``
-(default 0.2). A question counts as kept when the passage holding its answer was retrieved and, after
-pruning, still holds the whole sentence with the answer (compared word by word, so line breaks do not
-matter). Questions whose answer was not retrieved are reported apart: pruning cannot keep them.
+tokens, as ``examples/llamaindex_rag.py`` indexes them; LangChain: the whole-paragraph passages of about
+1,000 characters of ``examples/langchain_rag.py``, their source and title shown to the speculator), top 4.
+The SpecPrefill pruner of each integration (``SpecPrefillNodePostprocessor`` /
+``SpecPrefillDocumentCompressor``) then prunes them at ``--keep-rate`` (default 0.2). A question counts as
+kept when the passage holding its answer was retrieved and, after pruning, still holds the whole sentence
+with the answer (compared word by word, so line breaks do not matter). Questions whose answer was not
+retrieved are reported apart: pruning cannot keep them.
 
 Run from the repository root (needs the ``langchain`` and ``llama-index`` extras and the packaged models)::
 
@@ -32,22 +33,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ROOT / "examples" / "documents"
 
 QUESTIONS: list[tuple[str, str]] = [
-    # (question of examples/README.md, a string of its answer that occurs once, in the right document)
+    # (question of examples/README.md, a string of its answer sentence that occurs once in all the documents)
     ("In which year was the stone bridge in Lanternfield completed?", "1896"),
     ("Who founded Lanternfield, and when?", "1742"),
     ("How many residents did Lanternfield have at the 2021 census?", "4,310"),
-    ("What is the capacity of the Brightwell K2 kettle?", "1.7"),
+    ("What is the capacity of the Brightwell K2 kettle?", "holds up to 1.7"),
     ("What does error code E4 mean on the Brightwell K2?", "E4"),
-    ("How long is the Brightwell K2 warranty?", "hree years"),
-    ("How many days of paid annual leave does a full-time Quillmark employee get?", "27"),
+    ("How long is the Brightwell K2 warranty?", "three-year warranty"),
+    ("How many days of paid annual leave does a full-time Quillmark employee get?", "27 days of paid"),
     ("What is Quillmark's daily meal allowance when travelling?", "45"),
     ("Who is the safety officer for the Quillmark test floor?", "Priya"),
     ("What budget did the Ferrow Valley library board approve for the roof repairs?", "18,400"),
-    ("From when does the library open on Sunday afternoons?", "1 April"),
+    ("From when does the library open on Sunday afternoons?", "opening hours from 1 April"),
     ("How long is the saffron pear cake baked, and at what temperature?", "48 minutes"),
-    ("How many cardamom buns does the recipe make?", "welve"),
+    ("How many cardamom buns does the recipe make?", "Makes twelve"),
     ("How deep did the ROV Petrel dive on 17 September?", "4,411"),
-    ("What is the name of the newly found landslide scar?", "Oriel"),
+    ("What is the name of the newly found landslide scar?", "call it the Oriel Scar"),
     ("How many square kilometres of seabed did the Marisol map?", "1,260"),
 ]
 
@@ -118,7 +119,7 @@ def llama_index_pruner(speculator: Any, config: Any, keep_rate: float) -> Pruner
 
 
 def langchain_pruner(speculator: Any, config: Any, keep_rate: float) -> Pruner:
-    """Retrieve 4 paragraph passages and prune them with ``SpecPrefillDocumentCompressor``."""
+    """Retrieve 4 paragraph passages and prune them with ``SpecPrefillDocumentCompressor`` (as the example does)."""
     import importlib.util
 
     from langchain_core.vectorstores import InMemoryVectorStore
@@ -132,7 +133,11 @@ def langchain_pruner(speculator: Any, config: Any, keep_rate: float) -> Pruner:
     store = InMemoryVectorStore.from_documents(example.load_passages(), PackagedEmbeddings())
     retriever = store.as_retriever(search_kwargs={"k": 4})
     compressor = SpecPrefillDocumentCompressor(
-        speculator=speculator, keep_rate=keep_rate, min_tokens_per_document=16, config=config
+        speculator=speculator,
+        keep_rate=keep_rate,
+        min_tokens_per_document=16,
+        config=config,
+        metadata_keys=example.METADATA_KEYS,
     )
 
     def prune(question: str) -> list[tuple[str, str]]:
