@@ -116,8 +116,15 @@ class HFSpeculator(Speculator):
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self._lock = threading.Lock()
-        self.head_profile: HeadProfile | None = find_profile(self.name, *self.attention_shape)
+        self.head_profile: HeadProfile | None = self._find_profile()
         """Retrieval-head profile used when ``config.retrieval_heads > 0`` (see :mod:`specprefill.heads`)."""
+
+    def _find_profile(self) -> HeadProfile | None:
+        try:
+            layers, heads = self.attention_shape
+        except (AttributeError, TypeError, ValueError):  # a config without the usual names: every head
+            return None
+        return find_profile(self.name, layers, heads)
 
     @property
     def attention_shape(self) -> tuple[int, int]:

@@ -46,7 +46,9 @@ def reference_importance(
     window: int = 0,
     reduction: str = "mean",
     mix: float = 0.5,
+    heads: dict[int, tuple[int, ...]] | None = None,
 ) -> np.ndarray:
+    """Importance from the eager model's full attention maps (only ``heads``, ``{layer: heads}``, if given)."""
     import torch
 
     n, q = len(ids), len(lookahead) + 1
@@ -60,8 +62,13 @@ def reference_importance(
     for layer, att in enumerate(out.attentions):
         if layer in skip_layers:
             continue
+        if heads is not None and layer not in heads:
+            continue
         probs = att[0, :, first : n - 1 + q, :n].double()
-        rows.append((probs / probs.sum(-1, keepdim=True)).float())
+        probs = (probs / probs.sum(-1, keepdim=True)).float()
+        if heads is not None:  # the other heads' rows become zeros: they never win a max of probabilities
+            probs[[h for h in range(probs.shape[0]) if h not in heads[layer]]] = 0.0
+        rows.append(probs)
     return importance_from_attention(
         torch.stack(rows).numpy(), kernel, window_queries=window, query_reduction=reduction, query_mix=mix
     )
@@ -182,3 +189,32 @@ def test_sliding_layers_count_when_window_covers_prompt() -> None:
     if len(ids) + len(scored.lookahead_token_ids) <= 16:
         ref = reference_importance(eager, ids, scored.lookahead_token_ids, cfg.pool_kernel)
         assert float(np.abs(scored.importance - ref).max()) < 1e-4
+
+
+@pytest.mark.skipif(not HAS_EMBEDDED, reason="uses the packaged SmolLM2 tokenizer")
+@pytest.mark.parametrize("kind", ["qwen2", "gemma3"])
+def test_retrieval_heads_match_reference_on_those_heads(kind: str) -> None:
+    from specprefill.heads import HeadProfile
+    from specprefill.hf import HFSpeculator
+
+    model, tokenizer = _tiny_model(kind)
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    spec = HFSpeculator(model, tokenizer, name=f"tiny-{kind}-heads")
+    assert spec.head_profile is None  # no profile for it: every head, as before
+    layers = spec.attention_shape[0]
+    layer_types = getattr(model.config, "layer_types", None) or []
+    sliding = {i for i, t in enumerate(layer_types) if t == "sliding_attention"}
+    full = [layer for layer in range(layers) if layer not in sliding]
+    # head 1 of the first full layer, heads 0 and 3 of the last one (KV heads 0 and 1)
+    wanted = {full[0]: (1,), full[-1]: (0, 3)} if len(full) > 1 else {full[0]: (0, 3)}
+    scores = [[0.5 if h in wanted.get(layer, ()) else 0.0 for h in range(4)] for layer in range(layers)]
+    spec.head_profile = HeadProfile("tiny", tuple(tuple(row) for row in scores))
+    ids, _ = spec.encode_with_specials(long_text(4))
+    cfg = SpecPrefillConfig.paper(min_prompt_tokens=0, lookahead=4, retrieval_heads=3)
+    assert spec.head_selection(cfg) == wanted
+    scored = spec.score(ids, cfg)
+    ref = reference_importance(eager, ids, scored.lookahead_token_ids, cfg.pool_kernel, sliding, heads=wanted)
+    assert float(np.abs(scored.importance - ref).max()) < 1e-4
+    every = spec.score(ids, cfg.with_overrides(retrieval_heads=0)).importance
+    assert float(np.abs(every - scored.importance).max()) > 1e-4
