@@ -16,6 +16,7 @@ import pytest
 from conftest import needs_model
 from specprefill import PruneResult, SpecPrefillConfig, SpeculatorError
 from specprefill.scoring import chunk_bounds
+from specprefill.segments import final_paragraph_tokens
 from specprefill.spans import join_spans, kept_char_spans
 
 pytestmark = [needs_model, pytest.mark.integration]
@@ -75,10 +76,15 @@ def check_result(
         assert r.importance is not None
         assert r.importance.dtype == np.float32 and r.importance.shape == (n,)
         assert np.all(np.isfinite(r.importance)) and np.all(r.importance >= 0)
-        # the last prompt token (or the observation window, which holds it) plus the decoded look-ahead tokens
+        # the last prompt token (or the observation window, which holds it) plus the decoded look-ahead tokens;
+        # by default the window stops at the final paragraph (known here for text prompts)
         window = max(1, min(cfg.observation_window, n))
         assert 1 <= s.lookahead_queries <= cfg.lookahead - 1 + window
-        assert s.lookahead_queries == len(r.lookahead_token_ids) + window
+        if r.messages is None and cfg.window_in_final_paragraph:
+            paragraph = final_paragraph_tokens(r.source_text, r.offsets)
+            window = window if paragraph is None else max(1, min(window, paragraph))
+        if r.messages is None or not cfg.window_in_final_paragraph:
+            assert s.lookahead_queries == len(r.lookahead_token_ids) + window
         assert s.windows >= 1
         assert s.pruned == (len(kept) < n)
     if r.source_text is not None and r.offsets is not None:
