@@ -42,6 +42,7 @@ __all__ = [
     "calibration_samples",
     "find_profile",
     "format_top",
+    "profile_files",
     "profile_path",
     "save_profile",
 ]
@@ -136,14 +137,17 @@ def save_profile(profile: HeadProfile, path: str | Path | None = None) -> Path:
     return target
 
 
+def profile_files(name: str) -> list[Path]:
+    """The profile files of speculator ``name`` that exist, in lookup order: the cache, then the packaged one."""
+    return [p for p in (profile_path(name), PACKAGED_PROFILES / f"{_slug(name)}.json") if p.is_file()]
+
+
 def find_profile(name: str, layers: int, heads: int) -> HeadProfile | None:
     """The profile of speculator ``name``: the cache first, then the packaged ones; None if none fits.
 
     A profile whose shape differs from ``layers x heads`` is ignored with a warning.
     """
-    for path in (profile_path(name), PACKAGED_PROFILES / f"{_slug(name)}.json"):
-        if not path.is_file():
-            continue
+    for path in profile_files(name):
         try:
             profile = HeadProfile.from_json(path.read_text(encoding="utf-8"))
         except ConfigurationError as exc:

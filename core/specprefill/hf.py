@@ -18,6 +18,7 @@ like global layers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -124,7 +125,14 @@ class HFSpeculator(Speculator):
             layers, heads = self.attention_shape
         except (AttributeError, TypeError, ValueError):  # a config without the usual names: every head
             return None
-        return find_profile(self.name, layers, heads)
+        profile = find_profile(self.name, layers, heads)
+        if profile is None:
+            logging.getLogger("specprefill").info(
+                "no retrieval-head profile for speculator %r: every head scores "
+                "(`specprefill heads --speculator NAME` calibrates one)",
+                self.name,
+            )
+        return profile
 
     @property
     def attention_shape(self) -> tuple[int, int]:

@@ -60,6 +60,7 @@ def embedded_model_status(name: str) -> dict[str, Any]:
     Uses :func:`specprefill.models.embedded_gguf_path`, so models shipped in several packages are joined
     (once, into the cache) and checked exactly as a load would.
     """
+    from specprefill.heads import profile_files
     from specprefill.models import EMBEDDED_MODELS, cached_dense_dir, embedded_gguf_path
 
     entry = EMBEDDED_MODELS[name]
@@ -69,12 +70,14 @@ def embedded_model_status(name: str) -> dict[str, Any]:
     except ModelLoadError as exc:
         path, problem = None, str(exc)
     dense = cached_dense_dir(name)
+    profiles = profile_files(name)
     return {
         "description": entry.description,
         "installed": path is not None,
         "path": path,
         "problem": problem,
         "dense_copy": str(dense) if dense is not None else None,
+        "head_profile": str(profiles[0]) if profiles else None,
         "install": entry.pip_install,
     }
 
@@ -135,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         if m["installed"]:
             lines.append(f"  {'':<12} weights: {m['path']}")
             lines.append(f"  {'':<12} dense copy: {m['dense_copy'] or '(made on first use, ~20 s)'}")
+            calibrate = f"none: every head scores (calibrate: specprefill heads --speculator {name})"
+            lines.append(f"  {'':<12} retrieval-head profile: {m['head_profile'] or calibrate}")
         else:
             lines.append(f"  {'':<12} {m['problem']}")
     dtypes = payload["default_dtype"]

@@ -11,6 +11,7 @@ reference applies its own causal mask on top).
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import numpy as np
@@ -193,15 +194,17 @@ def test_sliding_layers_count_when_window_covers_prompt() -> None:
 
 @pytest.mark.skipif(not HAS_EMBEDDED, reason="uses the packaged SmolLM2 tokenizer")
 @pytest.mark.parametrize("kind", ["qwen2", "gemma3"])
-def test_retrieval_heads_match_reference_on_those_heads(kind: str) -> None:
+def test_retrieval_heads_match_reference_on_those_heads(kind: str, caplog: pytest.LogCaptureFixture) -> None:
     from specprefill.heads import HeadProfile
     from specprefill.hf import HFSpeculator
 
     model, tokenizer = _tiny_model(kind)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
-    spec = HFSpeculator(model, tokenizer, name=f"tiny-{kind}-heads")
-    assert spec.head_profile is None  # no profile for it: every head, as before
+    with caplog.at_level(logging.INFO, logger="specprefill"):
+        spec = HFSpeculator(model, tokenizer, name=f"tiny-{kind}-heads")
+    assert spec.head_profile is None  # no profile for it: every head, as before, and the log says how to fix it
+    assert f"no retrieval-head profile for speculator 'tiny-{kind}-heads'" in caplog.text
     layers = spec.attention_shape[0]
     layer_types = getattr(model.config, "layer_types", None) or []
     sliding = {i for i, t in enumerate(layer_types) if t == "sliding_attention"}

@@ -128,6 +128,10 @@ def test_info_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(data) >= {"version", "extras", "embedded_models", "cache_dir"}
     assert set(data["extras"]) == {"hf", "openai", "vllm", "langchain", "llama-index"}
     assert "installed" in data["embedded_models"]["smollm2-135m"]
+    # the packaged profile, unless a calibrated one in the cache comes first
+    assert data["embedded_models"]["smollm2-135m"]["head_profile"].endswith("smollm2-135m.json")
+    if data["embedded_models"]["smollm2-135m"]["installed"]:
+        assert "retrieval-head profile: " in out
     from specprefill import models
 
     chooser = getattr(models, "default_dtype", None)  # the loader's choice, where this specprefill has one

@@ -16,6 +16,7 @@ from specprefill.heads import (
     calibration_samples,
     find_profile,
     format_top,
+    profile_files,
     profile_path,
     save_profile,
 )
@@ -37,6 +38,7 @@ def test_explicit_exports() -> None:
         "calibration_samples",
         "find_profile",
         "format_top",
+        "profile_files",
         "profile_path",
         "save_profile",
     ]
@@ -70,8 +72,9 @@ def test_find_profile_prefers_the_cache_and_skips_other_shapes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path))
-    assert find_profile("tiny", 2, 3) is None
+    assert find_profile("tiny", 2, 3) is None and profile_files("tiny") == []
     path = save_profile(PROFILE)
+    assert profile_files("tiny") == [path]
     assert path == profile_path("tiny") == tmp_path / "heads" / "tiny.json"
     assert find_profile("tiny", 2, 3) == PROFILE
     with caplog.at_level(logging.WARNING, logger="specprefill"):
@@ -87,6 +90,7 @@ def test_find_profile_prefers_the_cache_and_skips_other_shapes(
 def test_the_packaged_default_speculator_has_a_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path))  # no cached profile shadows the packaged one
     body = json.loads((PACKAGED_PROFILES / "smollm2-135m.json").read_text(encoding="utf-8"))
+    assert profile_files("smollm2-135m") == [PACKAGED_PROFILES / "smollm2-135m.json"]
     profile = find_profile("smollm2-135m", 30, 9)
     assert profile is not None and profile.samples == body["samples"] >= 32
     scores = np.asarray(profile.scores)
