@@ -10,7 +10,7 @@ rank the answer sentence first (as the retrieval heads of Wu et al. 2024 do for 
 fact), scores each with every head alone, and records each head's mean reciprocal rank of the answer
 sentence among the prompt's sentence chunks. ``SpecPrefillConfig.retrieval_heads = k`` then scores with the k
 best heads of the profile. The packaged models ship a profile (``specprefill/head_profiles``); for others,
-``specprefill heads calibrate --speculator NAME`` writes one to the cache, where :func:`find_profile` looks.
+``specprefill heads --speculator NAME`` writes one to the cache, where :func:`find_profile` looks.
 The calibration prompts share no words, templates or task with the evaluation tasks in ``benchmarks/``.
 """
 
@@ -74,6 +74,8 @@ class HeadProfile:
             raise ConfigurationError(
                 f"head profile of {self.model!r}: scores must be a non-empty [layers][heads] table"
             )
+        if not all(0.0 <= v <= 1.0 for row in self.scores for v in row):  # also rejects NaN
+            raise ConfigurationError(f"head profile of {self.model!r}: every score must lie in [0, 1]")
 
     @property
     def layers(self) -> int:
@@ -118,7 +120,7 @@ class HeadProfile:
             return cls(str(body["model"]), scores, int(body.get("samples", 0)), int(body.get("seed", 0)))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigurationError(
-                f"not a head profile ({exc}); write one with `specprefill heads calibrate`"
+                f"not a head profile ({exc}); write one with `specprefill heads --speculator NAME`"
             ) from exc
 
 

@@ -66,6 +66,11 @@ def test_profile_json_round_trip_and_bad_documents() -> None:
         HeadProfile("x", ((0.1, 0.2), (0.3,)))
     with pytest.raises(ConfigurationError, match=r"\[layers\]\[heads\]"):
         HeadProfile("x", ())
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigurationError, match=r"in \[0, 1\]"):
+            HeadProfile("x", ((0.1, bad),))
+    with pytest.raises(ConfigurationError, match="not a head profile"):
+        HeadProfile.from_json('{"model": "x", "scores": [[0.1, NaN]]}')
 
 
 def test_find_profile_prefers_the_cache_and_skips_other_shapes(
