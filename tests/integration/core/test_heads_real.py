@@ -73,3 +73,20 @@ def test_heads_command_writes_a_profile(
     printed = capsys.readouterr().out
     assert str(out) in printed and "30 layers x 9 heads" in printed and printed.count(", L") == 2
     assert HeadProfile.from_json(out.read_text(encoding="utf-8")).samples == 1
+
+
+def test_window_queries_come_from_the_final_paragraph_of_the_last_message(speculator: Any) -> None:
+    from specprefill.segments import final_paragraph_tokens
+
+    messages = [
+        {"role": "system", "content": "Answer from the notes."},
+        {"role": "user", "content": FACTS + "\n\nHow many lanterns does crate 31 hold?"},
+    ]
+    config = SpecPrefillConfig(min_prompt_tokens=0, lookahead=4)
+    prepared = speculator.prepare(messages, config=config)
+    tail = final_paragraph_tokens(prepared.text, prepared.offsets, prepared.content_spans)
+    assert tail is not None and 1 < tail < config.observation_window  # the question and the template after it
+    r = speculator.prune(messages, config)
+    assert r.stats.lookahead_queries == tail + len(r.lookahead_token_ids)
+    plain = speculator.prune(messages, config.with_overrides(window_in_final_paragraph=False))
+    assert plain.stats.lookahead_queries == config.observation_window + len(plain.lookahead_token_ids)
