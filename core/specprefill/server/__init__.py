@@ -5,7 +5,8 @@ With ``SPECPREFILL_SERVER_SPECULATOR`` set (see :mod:`.settings`), the vLLM plug
 ``/v1/chat/completions`` and ``/v1/completions`` request is pruned on the token ids vLLM rendered, scored
 by the :mod:`.service` off the event loop, prefilled at the original positions, and answered with a
 ``specprefill`` stats object (:func:`.pruning.stats_object`) and counted in ``/metrics`` (:mod:`.metrics`).
-``specprefill serve`` (:mod:`specprefill.cli.serve`) starts such a server.
+``specprefill serve`` (:mod:`specprefill.cli.serve`) starts such a server. With ``--api-server-count``
+above 1 the API-server processes share vLLM's main process's speculator (:mod:`.shared`).
 
 Importing this package does not import vLLM, torch or a model.
 """

@@ -27,13 +27,12 @@ import functools
 import importlib
 import json
 import logging
-import multiprocessing
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.server import metrics
+from specprefill.server import metrics, shared
 from specprefill.server.pruning import (
     Outcome,
     chat_messages,
@@ -311,10 +310,12 @@ def installed() -> bool:
 
 
 def install_if_configured(settings: ServerSettings | None = None) -> bool:
-    """Install the hooks and start loading the speculator, in the API-server process and when configured.
+    """Install the hooks and start the scoring service, in the API-server processes and when configured.
 
-    vLLM calls the plugin entry point in its engine-core and worker processes too; those are child
-    processes and never load a speculator here.
+    vLLM calls the plugin entry point in every process. The process without a multiprocessing parent
+    (vLLM's main process) hosts the speculator and exports the :mod:`~specprefill.server.shared` scoring
+    host to the processes it starts; ``ApiServer_*`` children (``--api-server-count`` above 1) forward
+    their jobs to it; engine-core and worker processes never load a speculator.
 
     Returns:
         True when server-side pruning is now active in this process.
@@ -324,12 +325,17 @@ def install_if_configured(settings: ServerSettings | None = None) -> bool:
 
     """
     settings = settings or ServerSettings.load()
-    if not settings.enabled or multiprocessing.parent_process() is not None:
+    if not settings.enabled:
+        return False
+    role = shared.current_role()
+    if role is None:
         return False
     install()
     service = get_service()
-    service.on_batch = metrics.observe_batch
+    if role == "host":
+        service.on_batch = metrics.observe_batch
+        shared.start_host(service)
     if settings.preload:
         service.start()
-    logger.info("specprefill: server-side pruning with speculator %r", settings.speculator)
+    logger.info("specprefill: server-side pruning with speculator %r (%s)", settings.speculator, role)
     return True

@@ -2,6 +2,9 @@
 
 They are registered with ``prometheus_client``'s default registry, the one vLLM's ``/metrics`` route serves
 (with ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus_client writes them to that folder, where vLLM collects them).
+With ``--api-server-count`` above 1 the scoring host is vLLM's main process, which imported prometheus_client
+before vLLM set that folder; the metrics here are built in multiprocess mode whenever the folder is set, so
+the host's batch sizes reach ``/metrics`` too.
 
 ==========================================  ======================================================
 ``specprefill_requests_total{outcome}``     requests: ``pruned``, ``passed_through``, ``fallback``
@@ -15,9 +18,11 @@ They are registered with ``prometheus_client``'s default registry, the one vLLM'
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = ["METRIC_NAMES", "observe", "observe_batch"]
@@ -40,8 +45,27 @@ _metrics: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
+@contextlib.contextmanager
+def _multiprocess_values() -> Iterator[None]:
+    """Build metrics in multiprocess mode when vLLM set its folder after prometheus_client was imported.
+
+    prometheus_client picks its value class once, at import; vLLM sets ``PROMETHEUS_MULTIPROC_DIR`` in its
+    main process later. Unlabelled metrics take their value at construction, so the class is swapped for
+    the construction only.
+    """
+    values: Any = importlib.import_module("prometheus_client.values")
+    multiproc = "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ
+    previous = values.ValueClass
+    if multiproc and previous is values.MutexValue:
+        values.ValueClass = values.MultiProcessValue()
+    try:
+        yield
+    finally:
+        values.ValueClass = previous
+
+
 def _registered() -> dict[str, Any]:
-    with _lock:
+    with _lock, _multiprocess_values():
         if not _metrics:
             prom: Any = importlib.import_module("prometheus_client")
             _metrics["requests"] = prom.Counter(

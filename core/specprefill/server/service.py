@@ -1,4 +1,4 @@
-"""The scoring service: one speculator per API-server process, used from the event loop without blocking it.
+"""The scoring service: one speculator per vLLM server, used from the event loop without blocking it.
 
 :func:`get_service` builds a process-wide :class:`ScoringService` from :meth:`ServerSettings.load()
 <specprefill.server.settings.ServerSettings.load>` the first time it is called. The speculator is loaded on
@@ -11,6 +11,10 @@ import the plugin too) never load one. Coroutines hand work to the thread throug
 Micro-batching: on each wake-up the worker takes up to ``max_batch`` queued jobs at once and runs them back
 to back (a job whose caller already gave up is skipped). The speculator has no batched forward pass yet, so
 grouping saves only the hand-offs; :attr:`ScoringService.batches` counts the group sizes.
+
+Jobs are plain picklable callables (module-level functions with :func:`functools.partial` arguments), so
+the same job runs in this process or, through :class:`~specprefill.server.shared.ForwardingService`, in the
+scoring host that several API-server processes share.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class ScoringUnavailableError(SpecPrefillError, RuntimeError):
     def __init__(self, reason: ScoringReason, message: str) -> None:
         super().__init__(message)
         self.reason: ScoringReason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # crosses process boundaries (the scoring host of several API servers) with its reason intact
+        return (type(self), (self.reason, str(self)))
 
 
 def load_configured_speculator(settings: ServerSettings) -> Speculator:
@@ -142,7 +150,27 @@ class ScoringService:
         """Block until the speculator is loaded or failed to load; True when it is usable."""
         self.start()
         self._loaded.wait(timeout)
-        return self._speculator is not None
+        return self._loaded.is_set() and self._load_error is None
+
+    def submit(self, fn: Callable[[Speculator], T]) -> concurrent.futures.Future[T]:
+        """Queue ``fn(speculator)`` for the worker thread and return its future (thread-safe, never blocks).
+
+        Raises:
+            ScoringUnavailableError: The speculator failed to load (``load_failed``) or the queue is full
+                (``queue_full``).
+
+        """
+        self.start()
+        if self._load_error is not None:
+            raise ScoringUnavailableError("load_failed", f"the speculator could not be loaded: {self._load_error}")
+        job = _Job(fn)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise ScoringUnavailableError(
+                "queue_full", f"{self.settings.queue_size} requests already wait for the speculator"
+            ) from None
+        return job.future
 
     async def run(self, fn: Callable[[Speculator], T], *, tokens: int = 0) -> T:
         """Run ``fn(speculator)`` on the worker thread and return its result, without blocking the loop.
@@ -156,19 +184,10 @@ class ScoringService:
                 speculator failed to load, or ``fn`` raised (then ``reason="error"`` and the cause is chained).
 
         """
-        self.start()
-        if self._load_error is not None:
-            raise ScoringUnavailableError("load_failed", f"the speculator could not be loaded: {self._load_error}")
-        job = _Job(fn)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise ScoringUnavailableError(
-                "queue_full", f"{self.settings.queue_size} requests already wait for the speculator"
-            ) from None
+        future = self.submit(fn)
         deadline = self.settings.deadline_seconds
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(job.future), timeout=deadline)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=deadline)
         except TimeoutError:
             logger.warning("specprefill: scoring %d tokens missed the %.3gs deadline", tokens, deadline)
             raise ScoringUnavailableError("deadline", f"scoring took longer than {deadline:g}s") from None
@@ -178,16 +197,30 @@ class ScoringService:
             raise ScoringUnavailableError("error", f"{type(exc).__name__}: {exc}") from exc
 
     # --- worker thread ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        """Make the worker ready to run jobs (here: load the speculator); raise when it cannot."""
+        self._speculator = self._loader()
+
+    def _ready_message(self) -> str:
+        return f"speculator {self.settings.speculator!r} loaded"
+
+    def _execute(self, fn: Callable[[Speculator], T]) -> T:
+        """Run one job on the worker thread."""
+        speculator = self._speculator
+        if speculator is None:
+            raise ScoringUnavailableError("load_failed", f"the speculator could not be loaded: {self._load_error}")
+        return fn(speculator)
+
     def _load(self) -> None:
         start = time.perf_counter()
         try:
-            self._speculator = self._loader()
+            self._open()
         except Exception as exc:  # any failure: requests run unpruned with reason "load_failed"
             self._load_error = f"{type(exc).__name__}: {exc}"
             logger.error("specprefill: speculator %r failed to load: %s", self.settings.speculator, self._load_error)
         else:
             self.load_seconds = time.perf_counter() - start
-            logger.info("specprefill: speculator %r loaded in %.1fs", self.settings.speculator, self.load_seconds)
+            logger.info("specprefill: %s in %.1fs", self._ready_message(), self.load_seconds)
         finally:
             self._loaded.set()
 
@@ -210,18 +243,16 @@ class ScoringService:
                 if self.on_batch is not None:
                     with contextlib.suppress(Exception):  # metrics must never stop the worker
                         self.on_batch(len(live))
-            for job in live:
-                self._run_job(job)
+            self._run_batch(live)
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        """Run one micro-batch (its jobs' futures are running; each gets a result or an exception)."""
+        for job in jobs:
+            self._run_job(job)
 
     def _run_job(self, job: _Job) -> None:
-        speculator = self._speculator
-        if speculator is None:
-            job.future.set_exception(
-                ScoringUnavailableError("load_failed", f"the speculator could not be loaded: {self._load_error}")
-            )
-            return
         try:
-            job.future.set_result(job.fn(speculator))
+            job.future.set_result(self._execute(job.fn))
         except BaseException as exc:  # handed to the waiting coroutine, never kills the worker
             job.future.set_exception(exc)
 
@@ -233,13 +264,19 @@ _service_lock = threading.Lock()
 def get_service() -> ScoringService:
     """The process-wide :class:`ScoringService`, built from :meth:`ServerSettings.load` on first use.
 
+    In an API-server process that vLLM started beside others (``--api-server-count`` above 1) it is a
+    :class:`~specprefill.server.shared.ForwardingService`: jobs run on the one speculator of the scoring
+    host (:mod:`specprefill.server.shared`).
+
     The worker thread (and with it the speculator) starts on the first :meth:`ScoringService.run`, or when
     the caller calls :meth:`ScoringService.start`.
     """
     global _service
     with _service_lock:
         if _service is None:
-            _service = ScoringService(ServerSettings.load())
+            from specprefill.server.shared import service_for_process
+
+            _service = service_for_process(ServerSettings.load())
         return _service
 
 

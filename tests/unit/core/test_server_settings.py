@@ -99,7 +99,7 @@ def _args(**kwargs: object) -> argparse.Namespace:
 
 def test_launch_command_sets_environment_and_passes_vllm_options() -> None:
     argv, env = serve.launch_command(_args(), ["--tensor-parallel-size", "8"], environ={"HOME": "/h"})
-    assert argv[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "org/base"]
+    assert argv[1:5] == ["-m", "specprefill.server.vllm_serve", "--model", "org/base"]
     assert argv[-2:] == ["--tensor-parallel-size", "8"]
     assert argv[argv.index("--port") + 1] == "9000" and argv[argv.index("--host") + 1] == "0.0.0.0"
     assert env["SPECPREFILL_SERVER_SPECULATOR"] == "org/small"
@@ -116,7 +116,7 @@ def test_serve_dry_run_prints_the_command(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert code == 0
     assert "SPECPREFILL_SERVER_KEEP_RATE=0.2" in out
-    assert "vllm.entrypoints.openai.api_server --model org/base" in out and "--max-num-seqs 4" in out
+    assert "specprefill.server.vllm_serve --model org/base" in out and "--max-num-seqs 4" in out
 
 
 def test_serve_refuses_bad_settings_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
