@@ -21,7 +21,7 @@ from specprefill.scoring import reduce_queries
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Recorder", "head_scores", "prompt_importance"]
+__all__ = ["Recorder", "head_scores", "prompt_importance", "row_view"]
 
 
 class Recorder:
@@ -170,3 +170,32 @@ def _pooled_probs(
     if pool_kernel > 1:
         probs = F.avg_pool1d(probs, pool_kernel, stride=1, padding=pool_kernel // 2)
     return probs
+
+
+def row_view(recorder: Recorder, row: int, *, start: int, n_prompt: int, window: int, steps: int) -> Recorder:
+    """One prompt's recorder out of a left-padded batch (see :func:`specprefill.batching.capture_batch`).
+
+    Args:
+        recorder: The batch's recorder: prefill queries of the batch's longest window, then one query per
+            look-ahead step, and keys ``[B, KV, L + steps, D]``.
+        row: The prompt's batch row.
+        start: Where its prompt starts (its left padding).
+        n_prompt: Its prompt length.
+        window: Its observation-window queries: the last ``max(window, 1)`` prefill queries are its own.
+        steps: Its look-ahead steps (queries after the prefill that belong to it).
+
+    Returns:
+        A recorder as an unbatched run of that prompt would leave it (batch row 0, keys from position 0).
+
+    """
+    own = max(window, 1)
+    view = Recorder(total_length=recorder.total_length, query_tail=own, layers=recorder.layers)
+    for layer, queries in recorder.queries.items():
+        prefill, *decode = queries
+        tail = prefill.shape[2]
+        view.queries[layer] = [prefill[row : row + 1, :, tail - own :, :]] + [
+            q[row : row + 1] for q in decode[:steps]
+        ]
+        view.keys[layer] = recorder.keys[layer][row : row + 1, :, start : start + n_prompt, :]
+    view.scaling, view.softcap, view.excluded = dict(recorder.scaling), dict(recorder.softcap), set(recorder.excluded)
+    return view

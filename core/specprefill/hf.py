@@ -7,7 +7,8 @@ layer's queries are scored against its prompt keys (observation-window queries c
 in float32, pooled, reduced over heads and folded into a running ``[queries, N]`` max over layers
 (:mod:`specprefill.capture`), so memory stays O(heads x queries x N) with queries = observation window +
 look-ahead. With ``config.retrieval_heads`` and a head profile (:mod:`specprefill.heads`), only the
-profile's best heads are scored, and only their layers are recorded.
+profile's best heads are scored, and only their layers are recorded. :meth:`HFSpeculator.score_many` scores
+several prompts in shared, left-padded forward passes (:mod:`specprefill.batching`; on CUDA by default).
 
 Sliding-window layers (e.g. 5 of 6 Gemma-3 layers) whose window is shorter than the scored sequence are
 **excluded** from the max: their queries cannot see most of the prompt, and their window would force the
@@ -30,6 +31,7 @@ import numpy.typing as npt
 
 from specprefill._decode_attention import plain_cpu_decode, single_query_attention
 from specprefill._deps import require
+from specprefill.batching import capture_batch, length_buckets
 from specprefill.capture import Recorder, head_scores, prompt_importance
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
@@ -103,7 +105,9 @@ class HFSpeculator(Speculator):
     The model is switched to the capturing sdpa attention in place.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, name: str | None = None, batch_forward: bool | None = None
+    ) -> None:
         register_capture_attention()
         if not getattr(tokenizer, "is_fast", False):
             raise SpeculatorError(
@@ -119,6 +123,14 @@ class HFSpeculator(Speculator):
         self._lock = threading.Lock()
         self.head_profile: HeadProfile | None = self._find_profile()
         """Retrieval-head profile used when ``config.retrieval_heads > 0`` (see :mod:`specprefill.heads`)."""
+        self.batch_forward: bool = model.device.type == "cuda" if batch_forward is None else batch_forward
+        """:meth:`score_many` runs prompts in one padded forward pass (default: on CUDA only; on CPU the
+        padded batch measured slower than one prompt at a time). Models with sliding-window layers never do."""
+        self.batch_tokens: int = 32768
+        """Most positions (padding included) in one batched forward pass; longer batches are split."""
+        self._sliding = any(getattr(m, "sliding_window", None) for m in model.modules())
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self._pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
 
     def _find_profile(self) -> HeadProfile | None:
         try:
@@ -236,6 +248,54 @@ class HFSpeculator(Speculator):
         bar.close()
         importance[prefix:] = np.mean(tail_scores, axis=0)
         return ImportanceResult(importance, lookahead, queries, n_windows)
+
+    def score_many(self, batch: Sequence[tuple[Sequence[int], SpecPrefillConfig]]) -> list[ImportanceResult]:
+        """:meth:`score` for several prompts; with :attr:`batch_forward`, compatible ones share one forward pass.
+
+        Prompts that fit the context window and share ``lookahead`` and the scored heads are left-padded into
+        one batch (:mod:`specprefill.batching`); each gets the importance an unbatched run gives, up to float
+        rounding. Longer prompts (scored in windows) and lone ones are scored alone.
+        """
+        if not self.batch_forward or self._sliding or len(batch) < 2:
+            return super().score_many(batch)
+        results: list[ImportanceResult | None] = [None] * len(batch)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (ids, config) in enumerate(batch):
+            fits = len(ids) <= (config.max_speculator_tokens or self.context_window) - (config.lookahead - 1)
+            heads = self.head_selection(config)
+            key = (config.lookahead, tuple(sorted(heads.items())) if heads else None)
+            groups.setdefault(key if fits else ("alone", i), []).append(i)
+        for group in groups.values():
+            for members in length_buckets(group, [len(batch[i][0]) for i in group], max_tokens=self.batch_tokens):
+                if len(members) == 1:
+                    results[members[0]] = self.score(*batch[members[0]])
+                    continue
+                rows = [self._check_ids(batch[i][0]) for i in members]
+                for i, result in zip(members, self._score_together(rows, [batch[i][1] for i in members]), strict=True):
+                    results[i] = result
+        return [r for r in results if r is not None]
+
+    def _score_together(self, rows: list[list[int]], configs: list[SpecPrefillConfig]) -> list[ImportanceResult]:
+        heads = self.head_selection(configs[0])
+        windows = [min(c.observation_window, len(ids)) for ids, c in zip(rows, configs, strict=True)]
+        with self._lock:
+            captured = capture_batch(
+                self.model,
+                rows,
+                lookahead=configs[0].lookahead,
+                query_tail=max(max(w, 1) for w in windows),
+                layers=heads,
+                eos_ids=self.eos_ids,
+                pad_id=self._pad_id,
+                recording=_recording,
+            )
+            out = []
+            for i, (ids, config, window) in enumerate(zip(rows, configs, windows, strict=True)):
+                recorder = captured.row(i, len(ids), window)
+                importance = prompt_importance(recorder, len(ids), config, window_queries=window, heads=heads)
+                decoded = captured.decoded[i]
+                out.append(ImportanceResult(importance, decoded, queries=max(window, 1) + len(decoded), windows=1))
+        return out
 
     def _score_once(self, ids: list[int], config: SpecPrefillConfig) -> ImportanceResult:
         window = min(config.observation_window, len(ids))

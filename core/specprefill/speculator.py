@@ -169,16 +169,10 @@ class Speculator(ABC):
             prepared = replace(prompt, protected=prompt.protected | extra) if extra.any() else prompt
         else:
             prepared = self.prepare(prompt, protected_spans, config=cfg)
-        starts = segment_starts(
-            prepared.offsets,
-            prepared.text,
-            cfg.segment_by,
-            content_spans=prepared.content_spans or (),
-            extra=check_segments(segments),
-        )
+        starts = _segment_starts(prepared, cfg, check_segments(segments))
         result: ImportanceResult | None = None
         reason: str | None = None
-        if len(prepared.input_ids) >= max(cfg.min_prompt_tokens, 1):
+        if _due(prepared, cfg):
             try:
                 result = self.score(prepared.input_ids, scoring_config(prepared, cfg))
             except SpecPrefillError as exc:
@@ -189,11 +183,57 @@ class Speculator(ABC):
                 if not cfg.fallback_on_error:
                     raise SpeculatorError(f"speculator {self.name!r} failed: {exc}") from exc
                 reason = self._fallback_reason(exc)
+        return self._scored(prepared, starts, result, reason, time.perf_counter() - start)
+
+    def score_many(self, batch: Sequence[tuple[Sequence[int], SpecPrefillConfig]]) -> list[ImportanceResult]:
+        """:meth:`score` for several prompts at once (a micro-batch), in order.
+
+        The base class scores them one by one; a subclass may run them in one forward pass (see
+        :class:`~specprefill.hf.HFSpeculator`). Raises what :meth:`score` raises.
+        """
+        return [self.score(ids, config) for ids, config in batch]
+
+    def score_prompts(self, items: Sequence[tuple[PreparedPrompt, SpecPrefillConfig]]) -> list[ScoredPrompt]:
+        """:meth:`score_prompt` for several prepared prompts, whose model work may run as one batch.
+
+        Each result equals ``score_prompt(prepared, config)``, except that ``speculator_seconds`` is the
+        whole batch's time (what each request waited). If the batch fails, every prompt is scored alone, so
+        one bad prompt falls back (or raises) alone as :meth:`score_prompt` says.
+
+        Args:
+            items: ``(prepared prompt, config)`` pairs, e.g. from :meth:`prepare`.
+
+        Returns:
+            One :class:`~specprefill.prompts.ScoredPrompt` per item, in order.
+
+        """
+        start = time.perf_counter()
+        due = [i for i, (prepared, cfg) in enumerate(items) if _due(prepared, cfg)]
+        try:
+            batch = self.score_many([(items[i][0].input_ids, scoring_config(*items[i])) for i in due])
+        except Exception as exc:  # one prompt's fault must not decide the others'
+            logger.info("speculator %s: batched scoring failed (%s); scoring one by one", self.name, exc)
+            return [self.score_prompt(prepared, cfg) for prepared, cfg in items]
+        results: dict[int, ImportanceResult] = dict(zip(due, batch, strict=True))
+        seconds = time.perf_counter() - start
+        return [
+            self._scored(prepared, _segment_starts(prepared, cfg, ()), results.get(i), None, seconds)
+            for i, (prepared, cfg) in enumerate(items)
+        ]
+
+    def _scored(
+        self,
+        prepared: PreparedPrompt,
+        starts: list[int] | None,
+        result: ImportanceResult | None,
+        reason: str | None,
+        seconds: float,
+    ) -> ScoredPrompt:
         return ScoredPrompt(
             **{f.name: getattr(prepared, f.name) for f in fields(PreparedPrompt)},
             segments=starts,
             importance=result.importance if result else None,
-            speculator_seconds=time.perf_counter() - start,
+            speculator_seconds=seconds,
             queries=result.queries if result else 0,
             windows=result.windows if result else 0,
             lookahead_token_ids=list(result.lookahead_token_ids) if result else [],
@@ -332,6 +372,21 @@ def _thread_kwargs(
 ) -> dict[str, Any]:
     """Keyword arguments for a call in a worker thread: iterables read (and checked) here, before the thread."""
     return {"protected_spans": check_spans(protected_spans), "segments": check_segments(segments), **overrides}
+
+
+def _due(prepared: PreparedPrompt, config: SpecPrefillConfig) -> bool:
+    """Whether the prompt is long enough to be scored (``min_prompt_tokens``)."""
+    return len(prepared.input_ids) >= max(config.min_prompt_tokens, 1)
+
+
+def _segment_starts(prepared: PreparedPrompt, config: SpecPrefillConfig, extra: Sequence[int]) -> list[int] | None:
+    return segment_starts(
+        prepared.offsets,
+        prepared.text,
+        config.segment_by,
+        content_spans=prepared.content_spans or (),
+        extra=extra,
+    )
 
 
 def _as_config(config: object) -> SpecPrefillConfig:

@@ -27,18 +27,23 @@ import functools
 import importlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
+from specprefill.prompts import PreparedPrompt, ScoredPrompt
+from specprefill.result import Message
 from specprefill.server import metrics, shared
 from specprefill.server.pruning import (
     Outcome,
     chat_messages,
     merge_stats,
+    outcome_of,
     parse_overrides,
-    score_tokens,
+    prepare_tokens,
     stats_object,
     wants_kept_runs,
 )
@@ -49,7 +54,7 @@ from specprefill.vllm_plugin.common import HOOK_MARK, unsupported_reason
 from specprefill.vllm_plugin.guard import has_position_keys
 from specprefill.vllm_plugin.positions import XARG_RUNS, request_extras
 
-__all__ = ["STATS_FIELD", "Ticket", "install", "install_if_configured", "installed", "uninstall"]
+__all__ = ["STATS_FIELD", "ScoreJob", "Ticket", "install", "install_if_configured", "installed", "uninstall"]
 
 logger = logging.getLogger("specprefill.server")
 
@@ -208,7 +213,7 @@ async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: An
         return prompt, stats_object(n, n, fallback_reason=refused)
     text = prompt.get("prompt") if isinstance(prompt.get("prompt"), str) else None
     probe = _probe_ids(engine)
-    job = functools.partial(_score_job, ids=ids, config=config, text=text, messages=ticket.messages, probe=probe)
+    job = ScoreJob(ids=ids, config=config, text=text, messages=ticket.messages, probe=probe)
     try:
         outcome: Outcome = await service.run(job, tokens=n)
     except ScoringUnavailableError as exc:
@@ -227,16 +232,49 @@ async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: An
     return pruned, stats
 
 
-def _score_job(speculator: Speculator, *, ids: list[int], probe: list[int] | None, **kwargs: Any) -> Outcome:
-    key = id(speculator)
-    if key not in _checked and probe is not None:
-        _checked[key] = list(speculator.encode(_PROBE)[0]) == probe
-    if not _checked.get(key, True):
-        raise TokenizerMismatchError(
-            f"speculator {speculator.name!r} does not share the served model's tokenizer; server-side pruning needs "
-            "a speculator of the same family (e.g. Llama-3.1-8B-Instruct for Llama-3.1-70B-Instruct)"
-        )
-    return score_tokens(speculator, ids, **kwargs)
+@dataclass
+class ScoreJob:
+    """One request's scoring job: picklable (it may run in the scoring host) and batchable.
+
+    Called alone it is :func:`~specprefill.server.pruning.score_tokens`; in a micro-batch the service calls
+    :meth:`prepare` for every job, scores all prepared prompts together
+    (:meth:`~specprefill.speculator.Speculator.score_prompts`) and calls :meth:`finish` with each result.
+    """
+
+    ids: list[int]
+    config: SpecPrefillConfig
+    text: str | None = None
+    messages: list[Message] | None = None
+    probe: list[int] | None = None
+    """The served model's ids for :data:`_PROBE` (None: skip the tokenizer check)."""
+    started: float = 0.0
+
+    def __call__(self, speculator: Speculator) -> Outcome:
+        """Score and select alone."""
+        return self.finish(speculator, speculator.score_prompt(*self.prepare(speculator)))
+
+    def prepare(self, speculator: Speculator) -> tuple[PreparedPrompt, SpecPrefillConfig]:
+        """Check the tokenizer and build the prepared prompt (the part before the model runs).
+
+        Raises:
+            TokenizerMismatchError: The speculator tokenises differently from the served model.
+
+        """
+        self.started = time.perf_counter()
+        key = id(speculator)
+        if key not in _checked and self.probe is not None:
+            _checked[key] = list(speculator.encode(_PROBE)[0]) == self.probe
+        if not _checked.get(key, True):
+            raise TokenizerMismatchError(
+                f"speculator {speculator.name!r} does not share the served model's tokenizer; server-side pruning "
+                "needs a speculator of the same family (e.g. Llama-3.1-8B-Instruct for Llama-3.1-70B-Instruct)"
+            )
+        prepared = prepare_tokens(speculator, self.ids, self.config, text=self.text, messages=self.messages)
+        return prepared, self.config
+
+    def finish(self, speculator: Speculator, scored: ScoredPrompt) -> Outcome:
+        """Select the kept chunks of this job's scored prompt."""
+        return outcome_of(scored, self.config, self.started)
 
 
 def _probe_ids(engine: Any) -> list[int] | None:

@@ -16,7 +16,14 @@ import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompts import PreparedPrompt, locate_contents, message_text, protection_for_messages, select_scored
+from specprefill.prompts import (
+    PreparedPrompt,
+    ScoredPrompt,
+    locate_contents,
+    message_text,
+    protection_for_messages,
+    select_scored,
+)
 from specprefill.result import Message
 from specprefill.spans import Span
 from specprefill.speculator import Speculator
@@ -29,7 +36,9 @@ __all__ = [
     "aligned_offsets",
     "chat_messages",
     "merge_stats",
+    "outcome_of",
     "parse_overrides",
+    "prepare_tokens",
     "score_tokens",
     "stats_object",
     "wants_kept_runs",
@@ -157,6 +166,24 @@ def score_tokens(
 
     """
     start = time.perf_counter()
+    prepared = prepare_tokens(speculator, ids, config, text=text, messages=messages)
+    return outcome_of(speculator.score_prompt(prepared, config), config, start)
+
+
+def prepare_tokens(
+    speculator: Speculator,
+    ids: Sequence[int],
+    config: SpecPrefillConfig,
+    *,
+    text: str | None = None,
+    messages: list[Message] | None = None,
+) -> PreparedPrompt:
+    """The first half of :func:`score_tokens`: vLLM's ids as a prepared prompt with chat protection.
+
+    Raises:
+        PromptError: A chat prompt whose text the speculator does not tokenise into ``ids``.
+
+    """
     offsets = aligned_offsets(speculator, text, ids) if text is not None else None
     protected = np.zeros(len(ids), dtype=np.bool_)
     spans: list[Span] | None = None
@@ -165,7 +192,7 @@ def score_tokens(
             raise PromptError("the speculator does not tokenise the rendered chat into vLLM's token ids")
         spans = locate_contents(text, [m["content"] for m in messages])
         protected = protection_for_messages(offsets, len(text), messages, spans, config)
-    prepared = PreparedPrompt(
+    return PreparedPrompt(
         list(ids),
         protected,
         text=text if offsets is not None else None,
@@ -174,9 +201,19 @@ def score_tokens(
         content_spans=spans,
         kind="messages" if messages is not None else "token_ids",
     )
-    scored = speculator.score_prompt(prepared, config)
+
+
+def outcome_of(scored: ScoredPrompt, config: SpecPrefillConfig, started: float) -> Outcome:
+    """The second half of :func:`score_tokens`: select the kept chunks of a scored prompt.
+
+    Args:
+        scored: The scored prompt (alone or from a batch, :meth:`Speculator.score_prompts`).
+        config: The request's config.
+        started: ``time.perf_counter()`` when the request's scoring began (for ``Outcome.seconds``).
+
+    """
     kept = select_scored(scored, config, budget_protected=config.protected_count_toward_budget)
-    return Outcome(kept=kept, seconds=time.perf_counter() - start, fallback_reason=scored.fallback_reason)
+    return Outcome(kept=kept, seconds=time.perf_counter() - started, fallback_reason=scored.fallback_reason)
 
 
 def stats_object(

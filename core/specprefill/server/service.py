@@ -8,9 +8,11 @@ import the plugin too) never load one. Coroutines hand work to the thread throug
 :class:`ScoringUnavailableError` whose ``reason`` says why (``queue_full``, ``deadline``, ``load_failed``,
 ``error``), and the caller serves the request unpruned.
 
-Micro-batching: on each wake-up the worker takes up to ``max_batch`` queued jobs at once and runs them back
-to back (a job whose caller already gave up is skipped). The speculator has no batched forward pass yet, so
-grouping saves only the hand-offs; :attr:`ScoringService.batches` counts the group sizes.
+Micro-batching: on each wake-up the worker takes up to ``max_batch`` queued jobs at once (a job whose caller
+already gave up is skipped); :attr:`ScoringService.batches` counts the group sizes. When the speculator
+batches (:attr:`HFSpeculator.batch_forward <specprefill.hf.HFSpeculator.batch_forward>`, on CUDA by
+default) the :class:`BatchableJob` ones (every chat/completion request) share padded forward passes;
+otherwise they run back to back.
 
 Jobs are plain picklable callables (module-level functions with :func:`functools.partial` arguments), so
 the same job runs in this process or, through :class:`~specprefill.server.shared.ForwardingService`, in the
@@ -31,13 +33,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, SpecPrefillError
+from specprefill.prompts import PreparedPrompt, ScoredPrompt
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator import Speculator
 
 __all__ = [
+    "BatchableJob",
     "ScoringReason",
     "ScoringService",
     "ScoringUnavailableError",
@@ -75,11 +80,20 @@ class ScoringUnavailableError(SpecPrefillError, RuntimeError):
 def load_configured_speculator(settings: ServerSettings) -> Speculator:
     """Load the speculator that ``settings.speculator`` names (a ``module:callable`` factory or a model).
 
+    ``settings.batch_forward``, when set, goes to the speculator's ``batch_forward`` (if it has one).
+
     Raises:
         ConfigurationError: No speculator configured, or the factory cannot be imported or returns no Speculator.
         ModelLoadError: The model cannot be loaded.
 
     """
+    speculator = _load(settings)
+    if settings.batch_forward is not None and hasattr(speculator, "batch_forward"):
+        speculator.batch_forward = settings.batch_forward
+    return speculator
+
+
+def _load(settings: ServerSettings) -> Speculator:
     name = settings.speculator
     if not name:
         raise ConfigurationError("no speculator configured; set SPECPREFILL_SERVER_SPECULATOR")
@@ -96,6 +110,24 @@ def load_configured_speculator(settings: ServerSettings) -> Speculator:
     from specprefill.models import load_speculator
 
     return load_speculator(name, device=settings.device, dtype=settings.dtype)
+
+
+@runtime_checkable
+class BatchableJob(Protocol):
+    """A job whose model work can share a forward pass with the other jobs of its micro-batch.
+
+    Alone it runs as ``job(speculator)``; in a batch the service calls :meth:`prepare` on each, scores
+    the prepared prompts together and hands each its :class:`~specprefill.prompts.ScoredPrompt`.
+    """
+
+    def __call__(self, speculator: Speculator) -> Any:
+        """Run alone."""
+
+    def prepare(self, speculator: Speculator) -> tuple[PreparedPrompt, SpecPrefillConfig]:
+        """The prompt to score and its config."""
+
+    def finish(self, speculator: Speculator, scored: ScoredPrompt) -> Any:
+        """The job's result from its scored prompt."""
 
 
 @dataclass
@@ -246,9 +278,33 @@ class ScoringService:
             self._run_batch(live)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
-        """Run one micro-batch (its jobs' futures are running; each gets a result or an exception)."""
+        """Run one micro-batch (its jobs' futures are running; each gets a result or an exception).
+
+        With a speculator that batches (``batch_forward``), the :class:`BatchableJob` ones share its
+        forward passes; the others, and every job of a batch that failed as a whole, run one by one.
+        """
+        together = [job for job in jobs if isinstance(job.fn, BatchableJob)]
+        batches = len(together) > 1 and bool(getattr(self._speculator, "batch_forward", False))
+        done = together if batches and self._run_together(together) else []
         for job in jobs:
-            self._run_job(job)
+            if job not in done:
+                self._run_job(job)
+
+    def _run_together(self, jobs: list[_Job]) -> bool:
+        """Prepare every job, score them in one :meth:`Speculator.score_prompts`, finish each; False if it failed."""
+        speculator = self._speculator
+        assert speculator is not None  # a batch runs only after a successful load
+        fns = [job.fn for job in jobs if isinstance(job.fn, BatchableJob)]
+        try:
+            staged = [fn.prepare(speculator) for fn in fns]
+            scored = speculator.score_prompts(staged)
+            results = [fn.finish(speculator, item) for fn, item in zip(fns, scored, strict=True)]
+        except Exception as exc:  # one job's fault: run them one by one, each with its own outcome
+            logger.info("specprefill: a micro-batch of %d failed together (%s); scoring one by one", len(jobs), exc)
+            return False
+        for job, result in zip(jobs, results, strict=True):
+            job.future.set_result(result)
+        return True
 
     def _run_job(self, job: _Job) -> None:
         try:

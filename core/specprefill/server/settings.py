@@ -90,6 +90,10 @@ class ServerSettings(BaseModel):
     max_batch: int = Field(default=8, ge=1)
     """Queued requests the scoring worker takes per wake-up."""
 
+    batch_forward: bool | None = None
+    """Score a micro-batch's prompts in shared padded forward passes (None: on CUDA only, where it pays;
+    on CPU the padded batch measured slower than one prompt at a time)."""
+
     max_body_bytes: int = Field(default=16 * 2**20, ge=0)
     """Largest request body the server reads (:class:`~specprefill.server.limits.BodyLimitMiddleware`; 413
     above it, before parsing; 0 = no limit). Raise it for requests with many base64 images."""

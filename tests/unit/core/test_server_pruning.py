@@ -156,10 +156,10 @@ def test_a_speculator_with_another_tokenizer_is_refused() -> None:
     spec = FakeSpeculator()
     ids = [ord(c) for c in "abc" * 40]
     with pytest.raises(hooks.TokenizerMismatchError, match="tokenizer"):
-        hooks._score_job(spec, ids=ids, probe=[1, 2, 3], config=SpecPrefillConfig(min_prompt_tokens=0))
+        hooks.ScoreJob(ids=ids, probe=[1, 2, 3], config=SpecPrefillConfig(min_prompt_tokens=0))(spec)
     same = [ord(c) for c in hooks._PROBE]
     other = FakeSpeculator()
-    out = hooks._score_job(other, ids=ids, probe=same, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
+    out = hooks.ScoreJob(ids=ids, probe=same, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))(other)
     assert len(out.kept) < len(ids)
 
 

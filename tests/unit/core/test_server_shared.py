@@ -117,9 +117,7 @@ async def test_jobs_run_on_the_hosts_speculator(host: shared.ScorerHost) -> None
 async def test_score_job_of_the_hooks_gives_the_same_kept_tokens_remotely(host: shared.ScorerHost) -> None:
     ids = [ord(c) for c in "abcdefgh" * 30]
     probe = [ord(c) for c in hooks._PROBE]
-    job = functools.partial(
-        hooks._score_job, ids=ids, probe=probe, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8)
-    )
+    job = hooks.ScoreJob(ids=ids, probe=probe, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
     remote = await client(host).run(job)
     local = job(FakeSpeculator())
     assert list(remote.kept) == list(local.kept) and len(remote.kept) < len(ids)
