@@ -113,3 +113,27 @@ def test_sliding_window_models_score_one_by_one() -> None:
     assert spec._sliding  # the padded batch would change which layers see the whole prompt
     for a, b in zip([spec.score(r, cfg) for r in rows], spec.score_many([(r, cfg) for r in rows]), strict=True):
         assert_same(a, b)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU (batched scoring is the CUDA default); not run on CPU CI")
+def test_batched_scoring_on_cuda_equals_alone() -> None:
+    from specprefill import load_speculator
+
+    spec = load_speculator("smollm2-135m", device="cuda:0", dtype="float32")
+    assert spec.batch_forward  # on by default on CUDA
+    cfg = SpecPrefillConfig(min_prompt_tokens=0)
+    prepared = [spec.prepare(p, config=cfg) for p in PROMPTS]
+    batch = [(p.input_ids, scoring_config(p, cfg)) for p in prepared]
+    for (ids, config), result in zip(batch, spec.score_many(batch), strict=True):
+        alone = spec.score(ids, config)
+        assert result.lookahead_token_ids == alone.lookahead_token_ids
+        assert float(np.abs(result.importance - alone.importance).max()) < 1e-4
