@@ -137,8 +137,13 @@ def _speculator(name: str, device: str, dtype: str, max_len: int) -> Any:
     config.vocab_size = _TOKENIZER_VOCAB
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     torch.manual_seed(0)
-    with torch.device(device):
-        model = cast(Any, LlamaForCausalLM)(config).to(getattr(torch, dtype)).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))  # built in its dtype: an 8B shape in float32 needs 30 GiB
+    try:
+        with torch.device(device):
+            model = cast(Any, LlamaForCausalLM)(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     return HFSpeculator(model, tokenizer, name=f"random-{name}")
 
 
