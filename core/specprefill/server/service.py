@@ -275,7 +275,13 @@ class ScoringService:
                 if self.on_batch is not None:
                     with contextlib.suppress(Exception):  # metrics must never stop the worker
                         self.on_batch(len(live))
-            self._run_batch(live)
+            try:
+                self._run_batch(live)
+            except BaseException as exc:  # a bug in a batch path must not stop the worker: fail what is left
+                logger.exception("specprefill: a scoring batch failed")
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         """Run one micro-batch (its jobs' futures are running; each gets a result or an exception).

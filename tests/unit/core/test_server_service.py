@@ -108,3 +108,20 @@ def test_factory_settings_load_a_speculator() -> None:
         load_configured_speculator(ServerSettings(speculator="fakes:no_such_factory"))
     with pytest.raises(ConfigurationError, match="SPECPREFILL_SERVER_SPECULATOR"):
         load_configured_speculator(ServerSettings())
+
+
+async def test_a_failing_batch_path_does_not_stop_the_worker() -> None:
+    class Flaky(ScoringService):
+        broken = True
+
+        def _run_batch(self, jobs: Any) -> None:
+            if self.broken:
+                self.broken = False
+                raise RuntimeError("batch path bug")
+            super()._run_batch(jobs)
+
+    svc = Flaky(ServerSettings(speculator="fake"), loader=lambda: FakeSpeculator(name="fake"))
+    with pytest.raises(ScoringUnavailableError) as info:
+        await svc.run(lambda spec: "first")
+    assert info.value.reason == "error" and "batch path bug" in str(info.value)
+    assert await svc.run(lambda spec: "second") == "second"  # the worker still serves
