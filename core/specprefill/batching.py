@@ -3,12 +3,12 @@
 The prompts are left-padded to the longest, with an attention mask and per-row positions, so every prompt
 ends at the same column: its observation-window queries are the last ones of the prefill, and the
 look-ahead steps append one column for all rows at once. A row that reached end-of-sequence keeps being fed
-a pad token (masked out for nobody else) and its later queries are dropped. Each row's recorder is then cut
-out with :func:`specprefill.capture.row_view` and scored exactly as an unbatched run would be.
+a pad token (in its own row, so no other prompt sees it) and its later queries are dropped. Each row's
+recorder is then cut out with :func:`specprefill.capture.row_view` and scored as an unbatched run would be.
 
-On CPU the padded batch measured slower than prompts one by one (0.90-0.94x on 2 cores), so
-:class:`~specprefill.hf.HFSpeculator` batches only where it helps (``SpecPrefillConfig``-independent: on
-CUDA by default, see :attr:`~specprefill.hf.HFSpeculator.batch_forward`).
+On a 2-core CPU the batch measured 1.10x faster than one by one for 1,024-token prompts but 0.90x for four
+4,096-token ones (``benchmarks/batch_scoring.py``), so :class:`~specprefill.hf.HFSpeculator` batches by
+default only on CUDA (:attr:`~specprefill.hf.HFSpeculator.batch_forward`).
 """
 
 from __future__ import annotations
