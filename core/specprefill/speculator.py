@@ -29,8 +29,9 @@ from specprefill.prompts import (
     validate_messages,
 )
 from specprefill.result import Message, PruneResult
-from specprefill.segments import check_segments, final_paragraph_tokens, segment_starts
+from specprefill.segments import check_segments
 from specprefill.spans import Span, char_spans_to_token_mask
+from specprefill.staging import due, scoring_config, segment_starts_of
 
 __all__ = ["ImportanceResult", "Speculator"]
 
@@ -169,10 +170,10 @@ class Speculator(ABC):
             prepared = replace(prompt, protected=prompt.protected | extra) if extra.any() else prompt
         else:
             prepared = self.prepare(prompt, protected_spans, config=cfg)
-        starts = _segment_starts(prepared, cfg, check_segments(segments))
+        starts = segment_starts_of(prepared, cfg, check_segments(segments))
         result: ImportanceResult | None = None
         reason: str | None = None
-        if _due(prepared, cfg):
+        if due(prepared, cfg):
             try:
                 result = self.score(prepared.input_ids, scoring_config(prepared, cfg))
             except SpecPrefillError as exc:
@@ -208,16 +209,16 @@ class Speculator(ABC):
 
         """
         start = time.perf_counter()
-        due = [i for i, (prepared, cfg) in enumerate(items) if _due(prepared, cfg)]
+        wanted = [i for i, (prepared, cfg) in enumerate(items) if due(prepared, cfg)]
         try:
-            batch = self.score_many([(items[i][0].input_ids, scoring_config(*items[i])) for i in due])
+            batch = self.score_many([(items[i][0].input_ids, scoring_config(*items[i])) for i in wanted])
         except Exception as exc:  # one prompt's fault must not decide the others'
             logger.info("speculator %s: batched scoring failed (%s); scoring one by one", self.name, exc)
             return [self.score_prompt(prepared, cfg) for prepared, cfg in items]
-        results: dict[int, ImportanceResult] = dict(zip(due, batch, strict=True))
+        results: dict[int, ImportanceResult] = dict(zip(wanted, batch, strict=True))
         seconds = time.perf_counter() - start
         return [
-            self._scored(prepared, _segment_starts(prepared, cfg, ()), results.get(i), None, seconds)
+            self._scored(prepared, segment_starts_of(prepared, cfg, ()), results.get(i), None, seconds)
             for i, (prepared, cfg) in enumerate(items)
         ]
 
@@ -357,36 +358,11 @@ class Speculator(ABC):
         return assemble_result(scored, kept, _as_config(config), name=self.name, seconds=seconds, decode=self.decode)
 
 
-def scoring_config(prepared: PreparedPrompt, config: SpecPrefillConfig) -> SpecPrefillConfig:
-    """``config`` with the observation window cut to the prompt's final paragraph (``window_in_final_paragraph``)."""
-    if not config.window_in_final_paragraph or config.observation_window == 0:
-        return config
-    tail = final_paragraph_tokens(prepared.text, prepared.offsets, prepared.content_spans)
-    if tail is None or tail >= config.observation_window:
-        return config
-    return config.with_overrides(observation_window=max(tail, 1))
-
-
 def _thread_kwargs(
     protected_spans: Iterable[Span], segments: Iterable[int | Span], overrides: dict[str, Any]
 ) -> dict[str, Any]:
     """Keyword arguments for a call in a worker thread: iterables read (and checked) here, before the thread."""
     return {"protected_spans": check_spans(protected_spans), "segments": check_segments(segments), **overrides}
-
-
-def _due(prepared: PreparedPrompt, config: SpecPrefillConfig) -> bool:
-    """Whether the prompt is long enough to be scored (``min_prompt_tokens``)."""
-    return len(prepared.input_ids) >= max(config.min_prompt_tokens, 1)
-
-
-def _segment_starts(prepared: PreparedPrompt, config: SpecPrefillConfig, extra: Sequence[int]) -> list[int] | None:
-    return segment_starts(
-        prepared.offsets,
-        prepared.text,
-        config.segment_by,
-        content_spans=prepared.content_spans or (),
-        extra=extra,
-    )
 
 
 def _as_config(config: object) -> SpecPrefillConfig:

@@ -22,7 +22,7 @@ from specprefill.heads import (
 )
 from specprefill.prompts import PreparedPrompt
 from specprefill.segments import final_paragraph_tokens
-from specprefill.speculator import scoring_config
+from specprefill.staging import scoring_config
 
 PROFILE = HeadProfile("tiny", ((0.1, 0.0, 0.5), (0.5, 0.2, 0.0)), samples=3, seed=1)
 

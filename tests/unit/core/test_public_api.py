@@ -85,6 +85,7 @@ CORE_MODULES = [
     "specprefill.heads",
     "specprefill.capture",
     "specprefill.segments",
+    "specprefill.staging",
 ]
 
 
