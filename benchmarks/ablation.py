@@ -69,12 +69,28 @@ def targets_table(result: Mapping[str, Any], rate: float) -> str:
     body = []
     for m in method_order(names):
         f = target_figures(result, m, rate)
-        body.append([LABELS.get(m, m), pct(f["needle"]), *[pct(f[t]) for t in TARGET_TASKS],
-                     pct(f["multianswer_all"]), pct(f["ruler"]),
-                     "–" if m == "rag" else _points(f["ruler_vs_rag"]),
-                     "–" if m == "rag" else _points(f["worst_task_vs_rag"])])
-    header = ["method", "needle tasks", "multi-value", "multi-query", "multi-answer", "multi-answer: all kept",
-              "six RULER tasks", "six tasks vs rag (points)", "worst task vs rag (points)"]
+        body.append(
+            [
+                LABELS.get(m, m),
+                pct(f["needle"]),
+                *[pct(f[t]) for t in TARGET_TASKS],
+                pct(f["multianswer_all"]),
+                pct(f["ruler"]),
+                "–" if m == "rag" else _points(f["ruler_vs_rag"]),
+                "–" if m == "rag" else _points(f["worst_task_vs_rag"]),
+            ]
+        )
+    header = [
+        "method",
+        "needle tasks",
+        "multi-value",
+        "multi-query",
+        "multi-answer",
+        "multi-answer: all kept",
+        "six RULER tasks",
+        "six tasks vs rag (points)",
+        "worst task vs rag (points)",
+    ]
     return markdown_table(header, body)
 
 
@@ -101,19 +117,26 @@ def ablation_section(result: Mapping[str, Any]) -> list[str]:
     rate = headline_rate(keep_rates_of(result["rows"]))
     scoring = meta.get("scoring", {})
     return [
-        "### SpecPrefill variants (ablation): retention on all tasks", "",
+        "### SpecPrefill variants (ablation): retention on all tasks",
+        "",
         "Each variant is the paper's preset (`paper`) or the library defaults (`default`) with the config "
         "overrides shown. Variants in the same scoring pass share one speculator pass per sample (they differ "
         f"only in selection); this run computed {scoring.get('computed', '?')} passes and reused them "
-        f"{scoring.get('reused', '?')} times.", "",
-        variants_table(result), "",
-        f"### Targets at {pct(rate)} keep", "",
+        f"{scoring.get('reused', '?')} times.",
+        "",
+        variants_table(result),
+        "",
+        f"### Targets at {pct(rate)} keep",
+        "",
         "Needle tasks: NIAH single, multi-key, multi-value, multi-query. Multi-answer: every answer kept = share of "
         "samples whose three answers all survive. Points vs rag: retention difference to embedding retrieval "
-        "(MiniLM) in percentage points, over the six RULER tasks together and for the worst single task.", "",
-        targets_table(result, rate), "",
+        "(MiniLM) in percentage points, over the six RULER tasks together and for the worst single task.",
+        "",
+        targets_table(result, rate),
+        "",
         f"Method cost per sample: {num(_mean_cost(result, rate))} s on average over the variants "
-        "(speculator scoring, each variant counted with its full pass).", "",
+        "(speculator scoring, each variant counted with its full pass).",
+        "",
     ]
 
 

@@ -4,7 +4,7 @@ For each batch size, in one run, on the same speculator and the same prompts (in
 
 * **one by one** - ``Speculator.score`` per prompt (what the scoring service does without ``batch_forward``);
 * **batched** - ``HFSpeculator.score_many`` with ``batch_forward`` on (the CUDA default): padded prefill and
-  look-ahead steps shared by the batch (:mod:`specprefill.batching`).
+  look-ahead steps shared by the batch (:mod:`specprefill.speculator.batching`).
 
 It prints median seconds per batch, prompts per second, the speed-up and the largest importance difference
 between the two (float rounding only). Shapes build random-weight Llama speculators (no download):

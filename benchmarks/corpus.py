@@ -54,7 +54,6 @@ STDLIB_MODULES: tuple[str, ...] = (
 """Standard-library modules whose docstring prose feeds the ``stdlib`` haystack source."""
 
 
-
 def estimate_tokens(text: str) -> int:
     """A model-free token estimate (about 4.2 characters per token for English BPE vocabularies)."""
     return max(1, round(len(text) / 4.2)) if text else 0
@@ -191,5 +190,3 @@ def load_corpus(
         sources=tuple(used),
         description="; ".join(described),
     )
-
-

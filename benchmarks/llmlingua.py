@@ -60,8 +60,14 @@ class _LegacyCacheModel:
     def __init__(self, model: Any) -> None:
         self._model = model
 
-    def __call__(self, input_ids: Any, attention_mask: Any = None, past_key_values: Any = None,
-                 use_cache: bool = True, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        past_key_values: Any = None,
+        use_cache: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         from transformers import DynamicCache
 
         cache = None

@@ -61,6 +61,7 @@ Span = tuple[int, int]
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
 
+
 @dataclass(frozen=True)
 class PreparedSample:
     """A sample's prompt tokenised by the speculator, with its protected tokens."""
@@ -275,9 +276,7 @@ class RandomChunks(ChunkMethod):
 
     def importance(self, prepared: PreparedSample) -> FloatArray:
         """Seeded random chunk scores."""
-        return random_chunk_importance(
-            prepared.n_tokens, self.chunk_size, f"{self.seed}:{prepared.sample.sample_id}"
-        )
+        return random_chunk_importance(prepared.n_tokens, self.chunk_size, f"{self.seed}:{prepared.sample.sample_id}")
 
 
 class HeadTail(ChunkMethod):
@@ -360,5 +359,3 @@ class EmbeddingRetrieval(ChunkMethod):
         rows = self.embed([prepared.sample.question, *chunks])
         sims = rows[1:] @ rows[0]
         return broadcast_chunk_scores([float(v) for v in sims], prepared.n_tokens, self.chunk_size)
-
-

@@ -99,8 +99,14 @@ class RunSubsets:
         """``(base, keep rate)`` of every answer for one sample."""
         if not self.accuracy(sample):
             return []
-        return [(b, r) for b in self.bases for m in self.names if self.runs(m, sample)
-                for r in self.rates(m) if self.answered(m, r)]
+        return [
+            (b, r)
+            for b in self.bases
+            for m in self.names
+            if self.runs(m, sample)
+            for r in self.rates(m)
+            if self.answered(m, r)
+        ]
 
 
 @dataclass(frozen=True)
@@ -159,8 +165,7 @@ def plan_run(
         unit = per_calibration / prefill_flops(shape, CALIBRATION_TOKENS)
         flops = sum(speculator_flops(shape, s.target_tokens, lah) for s in samples for lah in lookaheads)
         flops += sum(
-            _LLMLINGUA_PREFILLS * prefill_flops(shape, s.target_tokens) * llmlingua_calls_per_sample(s)
-            for s in samples
+            _LLMLINGUA_PREFILLS * prefill_flops(shape, s.target_tokens) * llmlingua_calls_per_sample(s) for s in samples
         )
         for sample, (base, ratio) in answers:
             kept = max(1, round(ratio * sample.target_tokens))
@@ -189,8 +194,13 @@ def describe(plan: RunPlan) -> str:
     if plan.estimated_seconds is None:
         return work + "\nestimated CPU time: unknown (the speculator cannot be timed)"
     seconds = plan.estimated_seconds
-    amount = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else (
-        f"{seconds / 3600:.1f} h")
+    amount = (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.0f} min"
+        if seconds < 7200
+        else (f"{seconds / 3600:.1f} h")
+    )
     return (
         f"{work}\nestimated CPU time: about {amount} (+-50%; calibrated by a {CALIBRATION_TOKENS}-token plain "
         f"prefill of {plan.seconds_per_calibration:.2f} s on this machine)"

@@ -101,8 +101,13 @@ def write_plots(folder: Path, results: Mapping[str, Mapping[str, Any]]) -> tuple
                 ax.plot([100 * x for x, _ in pts], [y for _, y in pts], label=_LABELS.get(m, m), **_STYLE.get(m, {}))
             ceil = sorted((float(r["keep_rate"]), float(r["ceiling"])) for r in at if r["method"] == "specprefill-lah8")
             if ceil:
-                ax.plot([100 * x for x, _ in ceil], [y for _, y in ceil], color="tab:red", linestyle=":",
-                        label="ceiling 1/(keep + r), look-ahead 8")
+                ax.plot(
+                    [100 * x for x, _ in ceil],
+                    [y for _, y in ceil],
+                    color="tab:red",
+                    linestyle=":",
+                    label="ceiling 1/(keep + r), look-ahead 8",
+                )
             ax.axhline(1.0, color="black", linestyle="--", label="full prompt")
             ax.set_title(f"{n} tokens")
             ax.set_xlabel("keep rate (%)")
@@ -117,5 +122,3 @@ def write_plots(folder: Path, results: Mapping[str, Mapping[str, Any]]) -> tuple
         plt.close(fig)
         files.append(path)
     return files, None
-
-

@@ -136,7 +136,7 @@ class _BaseModel:
 
 def _load_bases(names: Sequence[str], speculator: Any, skipped: dict[str, str]) -> list[_BaseModel]:
     from specprefill.backends.transformers import TransformersBackend
-    from specprefill.models import EMBEDDED_MODELS
+    from specprefill.speculator.loading import EMBEDDED_MODELS
 
     bases = []
     for name in names:
@@ -171,8 +171,7 @@ def _build_methods(
             f"unknown method(s) {unknown}; use {', '.join(ALL_METHODS)}, a variant of benchmarks.variants, "
             "or define one with --variants NAME=JSON"
         )
-    resources: dict[str, Any] = {"speculator": speculator, "seed": opts.seed, "variants": opts.variants,
-                                 "cache": cache}
+    resources: dict[str, Any] = {"speculator": speculator, "seed": opts.seed, "variants": opts.variants, "cache": cache}
     out: list[Method] = []
     for name in opts.methods:
         try:
@@ -182,7 +181,7 @@ def _build_methods(
                 packaged_minilm_dir()  # raises with the install command when missing
                 resources["embed"] = PackagedEmbedder().embed
             if name == "longllmlingua" and "model_dir" not in resources:
-                from specprefill.models import resolve_model_dir
+                from specprefill.speculator.loading import resolve_model_dir
 
                 resources["model_dir"] = resolve_model_dir(opts.speculator)
             out.append(build_method(name, **resources))
@@ -198,14 +197,25 @@ def _variants_meta(methods: Sequence[Method]) -> dict[str, dict[str, Any]]:
     for m in methods:
         if isinstance(m, SpecPrefillMethod):
             group = groups.setdefault(scoring_key(m.config), len(groups))
-            out[m.name] = {"preset": m.variant.preset, "overrides": dict(m.variant.overrides),
-                           "label": m.variant.label, "describe": m.variant.describe(),
-                           "config": m.config.model_dump(), "scoring_group": group}
+            out[m.name] = {
+                "preset": m.variant.preset,
+                "overrides": dict(m.variant.overrides),
+                "label": m.variant.label,
+                "describe": m.variant.describe(),
+                "config": m.config.model_dump(),
+                "scoring_group": group,
+            }
     return out
 
 
-def _plan(opts: QualityOptions, samples: Sequence[Sample], methods: Sequence[Method], subsets: RunSubsets,
-          speculator: Any, corpus_text: str) -> RunPlan:
+def _plan(
+    opts: QualityOptions,
+    samples: Sequence[Sample],
+    methods: Sequence[Method],
+    subsets: RunSubsets,
+    speculator: Any,
+    corpus_text: str,
+) -> RunPlan:
     lookaheads = {scoring_key(m.config): m.config.lookahead for m in methods if isinstance(m, SpecPrefillMethod)}
     return plan_run(
         samples,
@@ -219,7 +229,10 @@ def _plan(opts: QualityOptions, samples: Sequence[Sample], methods: Sequence[Met
 
 
 def run_quality(
-    opts: QualityOptions, *, progress: bool | None = None, announce: Callable[[str], None] | None = None,
+    opts: QualityOptions,
+    *,
+    progress: bool | None = None,
+    announce: Callable[[str], None] | None = None,
     estimate_only: bool = False,
 ) -> dict[str, Any]:
     """Run the quality benchmark and return a JSON-ready result (``meta``, ``rows``, ``accuracy``).
@@ -238,7 +251,7 @@ def run_quality(
     """
     from tqdm.auto import tqdm
 
-    from specprefill.models import load_speculator
+    from specprefill.speculator.loading import load_speculator
 
     started = time.perf_counter()
     set_threads(opts.threads)
@@ -263,8 +276,12 @@ def run_quality(
     rows: list[RetentionRow] = []
     accuracy: list[AccuracyRow] = []
     phase = {"selection": 0.0, "accuracy": 0.0}
-    bar = tqdm([] if estimate_only else samples, desc="quality", unit="sample",
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        [] if estimate_only else samples,
+        desc="quality",
+        unit="sample",
+        disable=None if progress is None else not progress,
+    )
     for sample in bar:
         t_sel = time.perf_counter()
         cache.clear()
@@ -299,8 +316,12 @@ def run_quality(
         "methods": [m.name for m in methods],
         "variants": _variants_meta(methods),
         "skipped": skipped,
-        "corpus": {"description": corpus.description, "paragraphs": len(corpus.paragraphs),
-                   "tokens": corpus.total_tokens, "fingerprint": corpus.fingerprint},
+        "corpus": {
+            "description": corpus.description,
+            "paragraphs": len(corpus.paragraphs),
+            "tokens": corpus.total_tokens,
+            "fingerprint": corpus.fingerprint,
+        },
         "samples": len(samples),
         "needle_tasks": list(NEEDLE_TASKS),
         "ruler_tasks": list(RULER_TASKS),
@@ -363,8 +384,9 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     estimate_only = bool(getattr(args, "estimate_only", False))
-    result = run_quality(opts, announce=lambda line: print(line, file=sys.stderr, flush=True),
-                         estimate_only=estimate_only)
+    result = run_quality(
+        opts, announce=lambda line: print(line, file=sys.stderr, flush=True), estimate_only=estimate_only
+    )
     if estimate_only:
         return 0
     result["meta"]["command"] = command_line("python -m benchmarks.quality", opts)

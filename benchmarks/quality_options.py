@@ -51,8 +51,14 @@ class QualityOptions:
     accuracy_keep_rates: list[float] | None = field(default_factory=lambda: [0.1, 0.3])
     """Keep rates answered by the base models (None: all of ``keep_rates``)."""
     accuracy_methods: list[str] | None = field(
-        default_factory=lambda: ["full", "specprefill-lah8", "specprefill-default", "specprefill-ow32-max-seg",
-                                 "head-tail", "rag"]
+        default_factory=lambda: [
+            "full",
+            "specprefill-lah8",
+            "specprefill-default",
+            "specprefill-ow32-max-seg",
+            "head-tail",
+            "rag",
+        ]
     )
     """Methods whose selections the base models answer (None: all)."""
     llmlingua_samples: int = 1
@@ -95,43 +101,93 @@ def preset_settings(preset: str) -> dict[str, Any]:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the quality benchmark's options to a parser."""
     known = ", ".join([*ALL_METHODS[:1], *VARIANTS, *BASELINES[1:]])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                        help="starting settings: 'full' (7 tasks x 1k/2k/4k x 4 samples, every variant; hours of "
-                        "CPU: run it in slices) or 'smoke' (CI, about a minute); other options override it")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="full",
+        help="starting settings: 'full' (7 tasks x 1k/2k/4k x 4 samples, every variant; hours of "
+        "CPU: run it in slices) or 'smoke' (CI, about a minute); other options override it",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/)")
     parser.add_argument("--speculator", default=None, metavar="NAME", help="speculator (default smollm2-135m)")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, metavar="TASK",
-                        help="tasks (default: all): " + ", ".join(TASKS))
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=TASKS,
+        default=None,
+        metavar="TASK",
+        help="tasks (default: all): " + ", ".join(TASKS),
+    )
     parser.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N", help="prompt lengths in tokens")
     parser.add_argument("--samples", type=int, default=None, metavar="K", help="samples per task x length")
     parser.add_argument("--keep-rates", nargs="+", type=float, default=None, metavar="R")
-    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                        help=f"methods: {known}, specprefill-lahN, or a name defined with --variants")
-    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME=JSON",
-                        help='custom SpecPrefill variants, e.g. ow64=\'{"observation_window": 64, '
-                        '"query_reduction": "max"}\' (config overrides on the paper preset; "preset": "default" '
-                        "starts from the library defaults); they are added to --methods")
-    parser.add_argument("--bases", nargs="*", default=None, metavar="NAME",
-                        help="base models for answer accuracy (default smollm2-135m gemma3-270m; none: skip)")
-    parser.add_argument("--accuracy-samples", type=int, default=None, metavar="K",
-                        help="samples per task x length answered by the base models")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help=f"methods: {known}, specprefill-lahN, or a name defined with --variants",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME=JSON",
+        help='custom SpecPrefill variants, e.g. ow64=\'{"observation_window": 64, '
+        '"query_reduction": "max"}\' (config overrides on the paper preset; "preset": "default" '
+        "starts from the library defaults); they are added to --methods",
+    )
+    parser.add_argument(
+        "--bases",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="base models for answer accuracy (default smollm2-135m gemma3-270m; none: skip)",
+    )
+    parser.add_argument(
+        "--accuracy-samples",
+        type=int,
+        default=None,
+        metavar="K",
+        help="samples per task x length answered by the base models",
+    )
     parser.add_argument("--accuracy-lengths", nargs="+", type=int, default=None, metavar="N")
     parser.add_argument("--accuracy-tasks", nargs="+", choices=TASKS, default=None, metavar="TASK")
-    parser.add_argument("--accuracy-keep-rates", nargs="+", type=float, default=None, metavar="R",
-                        help="keep rates answered by the base models")
-    parser.add_argument("--accuracy-methods", nargs="+", default=None, metavar="METHOD",
-                        help="methods whose selections the base models answer")
-    parser.add_argument("--llmlingua-samples", type=int, default=None, metavar="K",
-                        help="samples per task x length compressed by LongLLMLingua (it is slow on CPU)")
+    parser.add_argument(
+        "--accuracy-keep-rates",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="R",
+        help="keep rates answered by the base models",
+    )
+    parser.add_argument(
+        "--accuracy-methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="methods whose selections the base models answer",
+    )
+    parser.add_argument(
+        "--llmlingua-samples",
+        type=int,
+        default=None,
+        metavar="K",
+        help="samples per task x length compressed by LongLLMLingua (it is slow on CPU)",
+    )
     parser.add_argument("--llmlingua-lengths", nargs="+", type=int, default=None, metavar="N")
     parser.add_argument("--llmlingua-tasks", nargs="+", choices=TASKS, default=None, metavar="TASK")
-    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=None,
-                        help="haystack text sources (default: both)")
+    parser.add_argument(
+        "--sources", nargs="+", choices=SOURCES, default=None, help="haystack text sources (default: both)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="first sample seed (slices: 0, then 2, ...)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--estimate-only", action="store_true",
-                        help="print the plan and the CPU-time estimate, then stop (loads the speculator)")
+    parser.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="print the plan and the CPU-time estimate, then stop (loads the speculator)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
 
 

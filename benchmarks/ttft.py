@@ -177,7 +177,7 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
     from benchmarks.tasks import generate_sample
     from specprefill.backends.base import BaseRequest, GenerationParams
     from specprefill.backends.transformers import TransformersBackend
-    from specprefill.models import load_speculator
+    from specprefill.speculator.loading import load_speculator
 
     started = time.perf_counter()
     set_threads(opts.threads)
@@ -236,9 +236,7 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
                     gc.collect()
                     selection = method.select(p, [rate])[0]
                     base_s = prefill(p, [int(i) for i in selection.kept])
-                    runs.setdefault((n, method.name, rate), []).append(
-                        (selection.seconds, base_s, len(selection.kept))
-                    )
+                    runs.setdefault((n, method.name, rate), []).append((selection.seconds, base_s, len(selection.kept)))
                     bar.update(1)
     bar.close()
 
@@ -247,8 +245,25 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
         p = prepared[n]
         full = _median(full_runs[n])
         base_flops = prefill_flops(base_shape, p.n_tokens)
-        rows.append(TTFTRow(p.n_tokens, "full", 1.0, p.n_tokens, 1.0, 0.0, full, full, full, 1.0,
-                            0.0, 1.0, 1.0, 1.0, len(full_runs[n])))
+        rows.append(
+            TTFTRow(
+                p.n_tokens,
+                "full",
+                1.0,
+                p.n_tokens,
+                1.0,
+                0.0,
+                full,
+                full,
+                full,
+                1.0,
+                0.0,
+                1.0,
+                1.0,
+                1.0,
+                len(full_runs[n]),
+            )
+        )
         for method in methods:
             config = getattr(method, "config", None)
             lookahead = int(config.lookahead) if config is not None else 0
@@ -259,13 +274,25 @@ def run_ttft(opts: TTFTOptions, *, progress: bool | None = None) -> dict[str, An
                 base_s = _median([g[1] for g in got])
                 ttft = _median([g[0] + g[1] for g in got])
                 ceiling = speedup_ceiling(rate, ratio)
-                rows.append(TTFTRow(
-                    tokens=p.n_tokens, method=method.name, keep_rate=rate, kept_tokens=got[-1][2],
-                    keep_ratio=got[-1][2] / p.n_tokens, method_seconds=sel_s, base_prefill_seconds=base_s,
-                    ttft_seconds=ttft, full_ttft_seconds=full, speedup=full / ttft, flop_ratio=ratio,
-                    ceiling=ceiling, fraction_of_ceiling=(full / ttft) / ceiling,
-                    ceiling_achieved=speedup_ceiling(got[-1][2] / p.n_tokens, ratio), runs=len(got),
-                ))
+                rows.append(
+                    TTFTRow(
+                        tokens=p.n_tokens,
+                        method=method.name,
+                        keep_rate=rate,
+                        kept_tokens=got[-1][2],
+                        keep_ratio=got[-1][2] / p.n_tokens,
+                        method_seconds=sel_s,
+                        base_prefill_seconds=base_s,
+                        ttft_seconds=ttft,
+                        full_ttft_seconds=full,
+                        speedup=full / ttft,
+                        flop_ratio=ratio,
+                        ceiling=ceiling,
+                        fraction_of_ceiling=(full / ttft) / ceiling,
+                        ceiling_achieved=speedup_ceiling(got[-1][2] / p.n_tokens, ratio),
+                        runs=len(got),
+                    )
+                )
     meta = {
         "bench": "ttft",
         "options": asdict(opts),
@@ -300,16 +327,25 @@ def speculator_config(lookahead: int) -> Any:
 # --- command line ---------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the TTFT benchmark's options to a parser."""
-    parser.add_argument("--preset", choices=["full", "smoke"], default="full",
-                        help="'full' (2k/4k tokens, 1.7B-shaped base) or 'smoke' (tiny base, CI)")
+    parser.add_argument(
+        "--preset",
+        choices=["full", "smoke"],
+        default="full",
+        help="'full' (2k/4k tokens, 1.7B-shaped base) or 'smoke' (tiny base, CI)",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/)")
     parser.add_argument("--speculator", default=None, metavar="NAME")
     parser.add_argument("--base-shape", choices=sorted(BASE_SHAPES), default=None)
     parser.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N")
     parser.add_argument("--keep-rates", nargs="+", type=float, default=None, metavar="R")
-    parser.add_argument("--methods", nargs="+", choices=TTFT_METHODS, default=None, metavar="METHOD",
-                        help="selectors timed against the full prompt (default specprefill-lah8 head-tail): "
-                        + ", ".join(TTFT_METHODS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=TTFT_METHODS,
+        default=None,
+        metavar="METHOD",
+        help="selectors timed against the full prompt (default specprefill-lah8 head-tail): " + ", ".join(TTFT_METHODS),
+    )
     parser.add_argument("--repeats", type=int, default=None, metavar="K", help="interleaved runs (median)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
@@ -317,8 +353,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout instead of a table")
 
 
-_SMOKE = {"base_shape": "tiny", "lengths": [512], "keep_rates": [0.1, 0.3], "repeats": 1,
-          "methods": ["specprefill-lah8", "head-tail"]}
+_SMOKE = {
+    "base_shape": "tiny",
+    "lengths": [512],
+    "keep_rates": [0.1, 0.3],
+    "repeats": 1,
+    "methods": ["specprefill-lah8", "head-tail"],
+}
 
 
 def options_from_args(args: argparse.Namespace) -> TTFTOptions:

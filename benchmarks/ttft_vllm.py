@@ -122,15 +122,15 @@ def _write_base(shape: str, max_len: int, folder: Path) -> Path:
 
 def _speculator(name: str, device: str, dtype: str, max_len: int) -> Any:
     """A shape name -> random-weight Llama with the SmolLM2 tokenizer; anything else -> ``load_speculator``."""
-    from specprefill.models import load_speculator
+    from specprefill.speculator.loading import load_speculator
 
     if name not in SHAPES:
         return load_speculator(name, device=device, dtype=dtype)
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from specprefill.hf import HFSpeculator
-    from specprefill.models import resolve_model_dir
+    from specprefill.speculator.hf import HFSpeculator
+    from specprefill.speculator.loading import resolve_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m"))
     config = _config(name, max_len)

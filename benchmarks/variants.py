@@ -84,12 +84,22 @@ VARIANTS: dict[str, Variant] = {
         _v("specprefill-mix", "SpecPrefill, mix of max and mean", query_reduction="mix"),
         _v("specprefill-ow32", "SpecPrefill + window 32 (mean)", observation_window=32),
         _v("specprefill-ow32-max", "SpecPrefill + window 32, max", observation_window=32, query_reduction="max"),
-        _v("specprefill-ow32-lah1-max", "window 32 only (no look-ahead), max", observation_window=32, lookahead=1,
-           query_reduction="max"),
+        _v(
+            "specprefill-ow32-lah1-max",
+            "window 32 only (no look-ahead), max",
+            observation_window=32,
+            lookahead=1,
+            query_reduction="max",
+        ),
         _v("specprefill-seg", "SpecPrefill, sentence grid", segment_by="sentences"),
         _v("specprefill-seg-para", "SpecPrefill, paragraph grid", segment_by="paragraphs"),
-        _v("specprefill-ow32-max-seg", "window 32, max, sentence grid", observation_window=32,
-           query_reduction="max", segment_by="sentences"),
+        _v(
+            "specprefill-ow32-max-seg",
+            "window 32, max, sentence grid",
+            observation_window=32,
+            query_reduction="max",
+            segment_by="sentences",
+        ),
     )
 }
 """Built-in variants: the paper grid vs the segment grid, look-ahead only vs look-ahead plus observation
@@ -174,7 +184,7 @@ def scoring_key(config: SpecPrefillConfig) -> str:
 def segment_starts(text: str, offsets: Sequence[Span], regions: Sequence[Span], level: str) -> list[int]:
     """Token indices where segments start, for ``select_chunks(..., segments=...)``.
 
-    They come from the library's own segmenter (``specprefill.segments.segment_starts``), so the harness
+    They come from the library's own segmenter (``specprefill.prompt.segments.segment_starts``), so the harness
     measures exactly what the library does.
 
     Args:
@@ -198,9 +208,9 @@ def segment_starts(text: str, offsets: Sequence[Span], regions: Sequence[Span], 
 
 def _segmenter() -> Any:
     try:
-        module = importlib.import_module("specprefill.segments")
+        module = importlib.import_module("specprefill.prompt.segments")
     except ImportError as exc:
         raise ConfigurationError(
-            "segment-aware variants need specprefill.segments (segment-aware selection); this specprefill has none"
+            "segment-aware variants need specprefill.prompt.segments (segment-aware selection); this specprefill has none"
         ) from exc
     return module.segment_starts

@@ -93,9 +93,9 @@ def build_chain(docs: Runnable[str, list[Document]], chat: Runnable[Any, Any]) -
     )
 
 
-def compressed(retriever: Runnable[str, list[Document]], compressor: SpecPrefillDocumentCompressor) -> Runnable[
-    str, list[Document]
-]:
+def compressed(
+    retriever: Runnable[str, list[Document]], compressor: SpecPrefillDocumentCompressor
+) -> Runnable[str, list[Document]]:
     """Retrieval followed by query-aware pruning of the passages (what ContextualCompressionRetriever does)."""
 
     def run(question: str) -> list[Document]:

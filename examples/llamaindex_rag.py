@@ -72,8 +72,9 @@ def build_query_engine(keep_rate: float, llm_keep_rate: float, top_k: int, max_n
     index = VectorStoreIndex.from_documents(
         documents, embed_model=embed_model, transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=0)]
     )
-    print(f"indexed {len(documents)} documents as {len(index.docstore.docs)} nodes "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"indexed {len(documents)} documents as {len(index.docstore.docs)} nodes in {time.perf_counter() - start:.1f} s"
+    )
 
     # One model, loaded once, is the speculator (for the postprocessor and the LLM) and the base.
     # The postprocessor already cut the passages; the LLM prunes the assembled prompt once more, at original
@@ -96,19 +97,25 @@ def show(question: str, response: Any, recorder: StatsRecorder, seconds: float) 
     for item in response.source_nodes:
         s = item.node.metadata.get(METADATA_KEY, {})
         text = " ".join(item.node.get_content().split())
-        print(f"  [{item.score:.3f}] {item.node.metadata.get('file_name', '?')}: "
-              f"{s.get('tokens_kept', '?')}/{s.get('tokens_in', '?')} tokens kept | {text[:200]}…")
+        print(
+            f"  [{item.score:.3f}] {item.node.metadata.get('file_name', '?')}: "
+            f"{s.get('tokens_kept', '?')}/{s.get('tokens_in', '?')} tokens kept | {text[:200]}…"
+        )
     p = recorder.postprocessor
     if p:
         prompt = p.get("prompt") or {}
-        print(f"Postprocessor: {p['nodes_in']} nodes -> {p['nodes_out']}, context tokens "
-              f"{p['context_tokens_in']} -> {p['context_tokens_kept']} ({p['context_keep_ratio']:.2f}), "
-              f"speculator {prompt.get('speculator_seconds', 0.0):.2f} s")
+        print(
+            f"Postprocessor: {p['nodes_in']} nodes -> {p['nodes_out']}, context tokens "
+            f"{p['context_tokens_in']} -> {p['context_tokens_kept']} ({p['context_keep_ratio']:.2f}), "
+            f"speculator {prompt.get('speculator_seconds', 0.0):.2f} s"
+        )
     q = recorder.llm
     if q:
-        print(f"LLM: prompt tokens {q['tokens_in']} -> {q['tokens_kept']} ({q['keep_ratio']:.2f}), base prefilled "
-              f"{q['base_prompt_tokens']} at {q['positions']} positions; speculator {q['speculator_seconds']:.2f} s, "
-              f"base prefill {q['base_prefill_seconds']:.2f} s, TTFT {q['ttft_seconds']:.2f} s")
+        print(
+            f"LLM: prompt tokens {q['tokens_in']} -> {q['tokens_kept']} ({q['keep_ratio']:.2f}), base prefilled "
+            f"{q['base_prompt_tokens']} at {q['positions']} positions; speculator {q['speculator_seconds']:.2f} s, "
+            f"base prefill {q['base_prefill_seconds']:.2f} s, TTFT {q['ttft_seconds']:.2f} s"
+        )
     print(f"query time {seconds:.1f} s")
 
 
@@ -116,8 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("questions", nargs="*", default=QUESTIONS, help="questions (default: two from the README)")
     parser.add_argument("--keep-rate", type=float, default=0.3, help="postprocessor keep rate (default 0.3)")
-    parser.add_argument("--llm-keep-rate", type=float, default=0.7,
-                        help="keep rate of the LLM's own pruning of the assembled prompt (1 disables it)")
+    parser.add_argument(
+        "--llm-keep-rate",
+        type=float,
+        default=0.7,
+        help="keep rate of the LLM's own pruning of the assembled prompt (1 disables it)",
+    )
     parser.add_argument("--top-k", type=int, default=4, help="nodes retrieved per question")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--async", dest="use_async", action="store_true", help="use query_engine.aquery")

@@ -1,6 +1,6 @@
 """The one shared set of hermetic fakes (unit tests only): a configurable speculator and a configurable base.
 
-:class:`FakeSpeculator` is a real :class:`~specprefill.speculator.Speculator`: one token per character
+:class:`FakeSpeculator` is a real :class:`~specprefill.speculator.base.Speculator`: one token per character
 (id = code point), a deterministic importance (a rising ramp, and 1.0 on every ``hot`` word), an optional
 delay and an optional failure. :class:`FakeBackend` is a real :class:`~specprefill.backends.base.BaseBackend`:
 a scripted reply, every request and parameter set recorded, an optional delay and an optional failure.
@@ -22,9 +22,9 @@ import numpy as np
 from specprefill import SpecPrefillConfig
 from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, StreamChunk
 from specprefill.engine import SpecPrefillEngine
-from specprefill.prompts import plain_chat
+from specprefill.prompt.prepared import plain_chat
 from specprefill.spans import Span
-from specprefill.speculator import ImportanceResult, Speculator
+from specprefill.speculator.base import ImportanceResult, Speculator
 
 Template = Callable[[list[dict[str, Any]]], str]
 

@@ -257,10 +257,23 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server_state
         moved = bool(body.get("vllm_xargs"))
         value = -2.0 if (moved and state.restores_positions) else -1.0
-        choice = {"index": 0, "text": "x", "finish_reason": "length",
-                  "logprobs": {"tokens": ["x"], "token_logprobs": [value], "top_logprobs": None, "text_offset": [0]}}
-        self._send_json(200, {"id": "cmpl-probe", "object": "text_completion", "created": 0,
-                              "model": state.model_name, "choices": [choice], "usage": _usage(2, 1)})
+        choice = {
+            "index": 0,
+            "text": "x",
+            "finish_reason": "length",
+            "logprobs": {"tokens": ["x"], "token_logprobs": [value], "top_logprobs": None, "text_offset": [0]},
+        }
+        self._send_json(
+            200,
+            {
+                "id": "cmpl-probe",
+                "object": "text_completion",
+                "created": 0,
+                "model": state.model_name,
+                "choices": [choice],
+                "usage": _usage(2, 1),
+            },
+        )
 
     def _tokenize(self, body: dict[str, Any]) -> None:
         backend = self.server_state.backend

@@ -17,7 +17,7 @@ import httpx
 from specprefill.errors import SpecPrefillError
 from specprefill.server.endpoint import PruneEndpointMiddleware
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 T = TypeVar("T")
 

@@ -9,11 +9,12 @@ them inside their functions).
 from __future__ import annotations
 
 from specprefill.backends.base import GenerationParams
-from specprefill.backends.openai import OpenAIBackend
+from specprefill.backends.openai.backend import OpenAIBackend
 from specprefill.backends.transformers import TransformersBackend
-from specprefill.callargs import split_call_kwargs
 from specprefill.config import SpecPrefillConfig
-from specprefill.engine import EngineResult, EngineStats, SpecPrefillEngine
+from specprefill.engine.callargs import split_call_kwargs
+from specprefill.engine.core import EngineResult, EngineStats, SpecPrefillEngine
+from specprefill.engine.factory import load_engine
 from specprefill.errors import (
     BackendError,
     BackendUnavailableError,
@@ -26,12 +27,11 @@ from specprefill.errors import (
     SpeculatorError,
     UnknownArgumentError,
 )
-from specprefill.factory import load_engine
-from specprefill.models import load_speculator
-from specprefill.prompts import ScoredPrompt
+from specprefill.prompt.prepared import ScoredPrompt
 from specprefill.result import PruneResult, PruneStats
 from specprefill.scoring import avg_pool1d, chunk_scores, importance_from_attention, select_chunks
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
+from specprefill.speculator.loading import load_speculator
 
 __version__ = "0.1.0"
 

@@ -63,7 +63,7 @@ class SpecPrefillConfig(BaseModel):
     retrieval_heads: int = Field(default=16, ge=0, le=65536)
     """Score with only the k heads of the speculator's retrieval-head profile that best find the asked-about
     sentence (0: every head, as the paper). Without a profile for the speculator every head is used; see
-    :mod:`specprefill.heads` and ``specprefill heads --speculator NAME``."""
+    :mod:`specprefill.speculator.heads` and ``specprefill heads --speculator NAME``."""
 
     max_kept_tokens: int | None = Field(default=None, ge=1)
     """Absolute cap on kept (unprotected) tokens, applied together with ``keep_rate``."""

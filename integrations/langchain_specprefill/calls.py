@@ -10,8 +10,8 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from specprefill.callargs import split_call_kwargs
 from specprefill.engine import SpecPrefillEngine
+from specprefill.engine.callargs import split_call_kwargs
 
 from .convert import json_instruction, to_chat_dicts, with_instruction
 

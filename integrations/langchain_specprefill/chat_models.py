@@ -26,7 +26,7 @@ from specprefill.backends.openai import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
 from specprefill.config import SpecPrefillConfig
 from specprefill.engine import SpecPrefillEngine
 from specprefill.errors import ConfigurationError
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 from .calls import ChatCall, EngineLRU, chat_prompt, engine_kwargs
 from .convert import chat_result, json_instruction, result_chunk, to_chat_dicts
@@ -36,6 +36,7 @@ __all__ = ["DEFAULT_MODEL", "ChatSpecPrefill", "json_instruction", "to_chat_dict
 
 DEFAULT_MODEL = "smollm2-135m"
 """The packaged embedded model (SmolLM2-135M-Instruct): default speculator, and default base in process."""
+
 
 class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
     r"""Chat model with Speculative Prefill: a small speculator prunes the prompt, the base prefills what is kept.
@@ -49,7 +50,7 @@ class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
       langchain-openai's ``ChatOpenAI`` (:meth:`server_chat`), so :meth:`bind_tools` and
       :meth:`with_structured_output` work through the server (it protects the tools block from pruning).
       No model is loaded in this process. An answer without the server's stats raises
-      :class:`~specprefill.server_wire.ServerStatsError` (the server does not prune).
+      :class:`~specprefill.wire.xargs.ServerStatsError` (the server does not prune).
     - In process, transformers base (default): ``ChatSpecPrefill(model="smollm2-135m")``. ``model`` is the
       base (an embedded name, a transformers folder, a ``.gguf`` file or a hub id); ``speculator`` the
       scorer. When both name the same model, its weights are loaded once and shared.
@@ -87,7 +88,7 @@ class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
 
     speculator: str | Speculator | None = None
     """The speculator that scores prompt tokens in this process: an embedded name, folder, hub id, or a loaded
-    :class:`~specprefill.speculator.Speculator` (None: ``"smollm2-135m"`` in process; with ``base_url``, None
+    :class:`~specprefill.speculator.base.Speculator` (None: ``"smollm2-135m"`` in process; with ``base_url``, None
     means server mode, where the server's speculator prunes). Ignored when ``engine`` is given."""
 
     engine: SpecPrefillEngine | None = Field(default=None, exclude=True)
@@ -247,7 +248,7 @@ class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
         speculator = self.speculator or DEFAULT_MODEL
         if self.base_url is not None:
             return SpecPrefillEngine(speculator, self._openai_backend(self.model))
-        from specprefill.factory import load_engine
+        from specprefill.engine.factory import load_engine
 
         return load_engine(speculator, base=self.model or DEFAULT_MODEL, device=self.device, dtype=self.dtype)
 
@@ -300,9 +301,7 @@ class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
         call_kwargs, options = engine_kwargs(self._defaults(), stop, kwargs)
         return ChatCall(self._engine_for(options.get("model")), chat_prompt(messages, options), call_kwargs)
 
-    async def _aprepare(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> ChatCall:
+    async def _aprepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> ChatCall:
         call_kwargs, options = engine_kwargs(self._defaults(), stop, kwargs)
         return ChatCall(await self._aengine_for(options.get("model")), chat_prompt(messages, options), call_kwargs)
 

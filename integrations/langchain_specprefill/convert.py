@@ -53,9 +53,8 @@ def json_instruction(response_format: dict[str, Any]) -> str:
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}
         schema = spec.get("schema", spec) if isinstance(spec, dict) else spec
-        return (
-            "Respond with a single JSON object that conforms to this JSON schema, and nothing else:\n"
-            + json.dumps(schema, ensure_ascii=False)
+        return "Respond with a single JSON object that conforms to this JSON schema, and nothing else:\n" + json.dumps(
+            schema, ensure_ascii=False
         )
     raise ValueError(f"response_format type must be 'json_object' or 'json_schema', got {kind!r}")
 

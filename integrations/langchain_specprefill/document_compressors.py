@@ -1,6 +1,6 @@
 """``SpecPrefillDocumentCompressor``: query-aware pruning of retrieved documents with a speculator.
 
-All documents are scored together with the question in one chat prompt (:mod:`specprefill.passages`), so
+All documents are scored together with the question in one chat prompt (:mod:`specprefill.prompt.passages`), so
 the keep budget goes to the documents the question needs; the kept character spans are then split back per
 document. One output document per input, in order, with its metadata and id kept and the statistics added.
 """
@@ -19,9 +19,9 @@ from typing_extensions import Self
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, SpeculatorError
-from specprefill.passages import PASSAGE_LOOKAHEAD, Passage, PrunedPassages, aprune_passages, prune_passages
-from specprefill.remote_speculator import RemoteSpeculator
-from specprefill.speculator import Speculator
+from specprefill.prompt.passages import PASSAGE_LOOKAHEAD, Passage, PrunedPassages, aprune_passages, prune_passages
+from specprefill.speculator.base import Speculator
+from specprefill.speculator.remote import RemoteSpeculator
 
 __all__ = ["SpecPrefillDocumentCompressor"]
 
@@ -32,7 +32,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
     """Prune retrieved documents down to what the question needs, scored jointly by a speculator LLM.
 
     The documents and the query form one chat prompt (``instruction`` as system message; the numbered
-    documents followed by ``Question: <query>`` as user message; see :mod:`specprefill.passages`). The
+    documents followed by ``Question: <query>`` as user message; see :mod:`specprefill.prompt.passages`). The
     speculator reads it, looks ahead at its own answer, and keeps the most important chunks across all
     documents (``keep_rate`` of their tokens); every document starts its own chunk grid, and the question,
     the document headers and the chat template are protected and do not use the budget. Each document
@@ -40,7 +40,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
 
     Use it as ``base_compressor`` of LangChain's ``ContextualCompressionRetriever``, or call
     :meth:`compress_documents` directly. The speculator loads on first use; pass a loaded
-    :class:`~specprefill.speculator.Speculator` (e.g. ``chat.get_engine().speculator``) to share one. With
+    :class:`~specprefill.speculator.base.Speculator` (e.g. ``chat.get_engine().speculator``) to share one. With
     ``base_url`` (a ``specprefill serve`` server) the server's speculator scores and no model loads here.
 
     Every output document gets ``metadata["specprefill"]`` (see ``metadata_key``) with ``tokens_in``,
@@ -127,7 +127,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         """The speculator, loaded now if it was given by name.
 
         Returns:
-            The loaded :class:`~specprefill.speculator.Speculator`.
+            The loaded :class:`~specprefill.speculator.base.Speculator`.
 
         Raises:
             ModelLoadError: The named speculator cannot be loaded.
@@ -141,7 +141,7 @@ class SpecPrefillDocumentCompressor(BaseDocumentCompressor):
         if self._loaded is None:
             with self._lock:
                 if self._loaded is None:
-                    from specprefill.models import load_speculator
+                    from specprefill.speculator.loading import load_speculator
 
                     loaded = load_speculator(self.speculator, device=self.device, dtype=self.dtype)
                     if not isinstance(loaded, Speculator):  # pragma: no cover - load_speculator's contract

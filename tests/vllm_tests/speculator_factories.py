@@ -12,7 +12,7 @@ from specprefill import load_speculator
 from specprefill.config import SpecPrefillConfig
 from specprefill.result import Message
 from specprefill.spans import Span
-from specprefill.speculator import ImportanceResult, Speculator
+from specprefill.speculator.base import ImportanceResult, Speculator
 
 FAIL_MARKER = "SPECPREFILL-FORCE-FAIL"
 """A prompt containing this text makes :class:`FailOnMarker` raise while scoring."""

@@ -23,7 +23,7 @@ pytest.register_assert_rewrite("serving", "vllm_helpers")
 from serving import ServerHandle, running_server  # noqa: E402
 from vllm_helpers import HAS_EMBEDDED, HAS_HF, VLLM_REASON, needs_vllm  # noqa: E402
 
-from specprefill.wire import PRUNE_PATH  # noqa: E402
+from specprefill.wire.prune import PRUNE_PATH  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, needs_vllm]
 pytest_plugins = ["serving"]

@@ -118,7 +118,7 @@ def tools_block(server: ServerHandle, prompt: list[tuple[str, str]]) -> list[int
     """Token positions of the rendered tools block (``# Tools`` to the end of the system turn) of ``prompt``."""
     from transformers import AutoTokenizer
 
-    from specprefill.models import cached_dense_dir
+    from specprefill.speculator.loading import cached_dense_dir
 
     roles = {"system": "system", "human": "user"}
     chat = [{"role": roles[r], "content": c} for r, c in prompt]

@@ -26,8 +26,8 @@ from vllm_helpers import needs_vllm  # noqa: E402
 
 from llama_index.postprocessor.specprefill import SpecPrefillNodePostprocessor  # noqa: E402
 from specprefill import SpecPrefillConfig  # noqa: E402
-from specprefill.remote_speculator import RemoteSpeculator  # noqa: E402
-from specprefill.wire import PRUNE_PATH  # noqa: E402
+from specprefill.speculator.remote import RemoteSpeculator  # noqa: E402
+from specprefill.wire.prune import PRUNE_PATH  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, needs_vllm]
 pytest_plugins = ["vllm_helpers", "serving"]

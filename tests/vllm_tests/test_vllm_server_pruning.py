@@ -156,7 +156,7 @@ TOOLS = [
 def test_a_pruned_chat_with_tools_keeps_the_whole_tools_block(spec_server: ServerHandle) -> None:
     from transformers import AutoTokenizer
 
-    from specprefill.models import cached_dense_dir
+    from specprefill.speculator.loading import cached_dense_dir
     from specprefill.vllm_plugin.positions import decode_runs
 
     xargs = {"specprefill_return_kept": True}

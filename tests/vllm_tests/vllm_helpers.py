@@ -78,7 +78,7 @@ def build_tiny_llama(path: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from specprefill.models import resolve_model_dir
+    from specprefill.speculator.loading import resolve_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m"))
     config = LlamaConfig(

@@ -7,7 +7,7 @@ when one is built. ``VLLMBackend`` lives in :mod:`specprefill.backends.vllm`.
 from __future__ import annotations
 
 from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, PositionMode, StreamChunk
-from specprefill.backends.openai import OpenAIBackend
+from specprefill.backends.openai.backend import OpenAIBackend
 from specprefill.backends.transformers import TransformersBackend
 
 __all__ = [

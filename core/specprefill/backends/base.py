@@ -71,9 +71,7 @@ class GenerationParams:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ConfigurationError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ConfigurationError(
-                f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}"
-            )
+            raise ConfigurationError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
         if not _is_number(self.top_p) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise ConfigurationError(f"top_p must be a finite number in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
@@ -357,4 +355,3 @@ def vocab_matches(theirs: Any, mine: Any, cache: dict[str, Any]) -> bool:
     if "vocab" not in cache:
         cache["vocab"] = dict(mine.get_vocab())
     return bool(dict(theirs.get_vocab()) == cache["vocab"])
-

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["IncrementalDetokenizer", "StopChecker", "TransformersBackend"]
 """The decoding helpers are re-exported from :mod:`specprefill.backends.decoding`."""
 
+
 @dataclass
 class _Prepared:
     ids: list[int]
@@ -58,7 +59,7 @@ class TransformersBackend(base.BaseBackend):
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-        from specprefill.hf import eos_token_ids
+        from specprefill.speculator.hf import eos_token_ids
 
         self.eos_ids = eos_token_ids(model, tokenizer)
         self._lock = threading.Lock()
@@ -73,7 +74,7 @@ class TransformersBackend(base.BaseBackend):
         dtype: Any = None,
         name: str | None = None,
     ) -> TransformersBackend:
-        """Load a base model with :func:`specprefill.models.load_causal_lm` (sdpa attention).
+        """Load a base model with :func:`specprefill.speculator.loading.load_causal_lm` (sdpa attention).
 
         Args:
             name_or_path: Embedded name (``"smollm2-135m"``), model folder, ``.gguf`` file, or hub id.
@@ -85,7 +86,7 @@ class TransformersBackend(base.BaseBackend):
             The backend.
 
         """
-        from specprefill.models import load_causal_lm
+        from specprefill.speculator.loading import load_causal_lm
 
         model, tokenizer = load_causal_lm(name_or_path, device=device, dtype=dtype, attn_implementation="sdpa")
         return cls(model, tokenizer, name=name or str(name_or_path))

@@ -133,7 +133,7 @@ class VLLMBackend(base.BaseBackend):
             vllm_plugin.enable()
         else:
             require_positions = False
-        from specprefill.models import resolve_model_dir
+        from specprefill.speculator.loading import resolve_model_dir
 
         model_path = resolve_model_dir(model)
         args: dict[str, Any] = {"model": model_path, "tensor_parallel_size": tensor_parallel_size, "dtype": dtype}

@@ -8,7 +8,7 @@ For each prompt length the same speculator runs (interleaved, after a warm-up):
 
 It prints median seconds, their ratio (target <= 1.15 at 4k) and the peak resident-memory growth of
 each, sampled from /proc. A second table times plain prefill with the speculator loaded in the device's
-default dtype (:func:`specprefill.models.default_dtype`), in float32 and in bfloat16, side by side, with
+default dtype (:func:`specprefill.speculator.loading.default_dtype`), in float32 and in bfloat16, side by side, with
 each load time, and says what the default picked (bf16 is ~4x slower than float32 on CPUs without native
 bf16). Run: ``specprefill bench overhead`` or ``python -m specprefill.bench.overhead``.
 """
@@ -99,7 +99,7 @@ def measure_overhead(
     """Measure plain prefill and SpecPrefill scoring at each length, interleaved.
 
     Args:
-        speculator: An :class:`~specprefill.hf.HFSpeculator`.
+        speculator: An :class:`~specprefill.speculator.hf.HFSpeculator`.
         lengths: Prompt lengths in speculator tokens.
         repeats: Timed runs of each kind per length (medians are reported).
         config: Scoring settings (defaults: look-ahead 8, pool 13).
@@ -225,7 +225,7 @@ def format_table(rows: Sequence[OverheadRow]) -> str:
 
 
 def _load_variants(name: str, device: str, dtypes: Sequence[str]) -> tuple[dict[str, Any], dict[str, float]]:
-    from specprefill.models import load_speculator
+    from specprefill.speculator.loading import load_speculator
 
     variants: dict[str, Any] = {}
     load_seconds: dict[str, float] = {}
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from specprefill.models import default_dtype
+    from specprefill.speculator.loading import default_dtype
 
     picked = str(default_dtype(args.device)).removeprefix("torch.")
     labels = ["default"] if args.no_dtypes else ["default", "float32", "bfloat16"]

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 from specprefill.cli import options
 from specprefill.cli.errors import EXIT_OK
 from specprefill.cli.output import engine_stats_lines, print_block, steps, time_split, write_json
-from specprefill.documents import ASK_STOP, ask_messages, load_documents
 from specprefill.errors import ConfigurationError, EmptyPromptError, SpecPrefillError
+from specprefill.prompt.documents import ASK_STOP, ask_messages, load_documents
 
 if TYPE_CHECKING:
     from specprefill.config import SpecPrefillConfig
-    from specprefill.engine import EngineResult, SpecPrefillEngine
+    from specprefill.engine.core import EngineResult, SpecPrefillEngine
     from specprefill.result import Message
 
 __all__ = ["add_parser", "run", "stream_answer"]
@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _load_engine(args: argparse.Namespace, config: SpecPrefillConfig) -> SpecPrefillEngine:
     """Load the speculator and the base model (weights loaded once when both are the same model)."""
-    from specprefill.factory import load_engine
+    from specprefill.engine.factory import load_engine
 
     with steps(["speculator", "base model"]) as step:
         step(f"loading speculator {args.speculator}")

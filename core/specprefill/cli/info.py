@@ -57,11 +57,11 @@ def _installed_version(module: str) -> str | None:
 def embedded_model_status(name: str) -> dict[str, Any]:
     """Whether an embedded model is installed and where its weights are, found as loading finds them.
 
-    Uses :func:`specprefill.models.embedded_gguf_path`, so models shipped in several packages are joined
+    Uses :func:`specprefill.speculator.loading.embedded_gguf_path`, so models shipped in several packages are joined
     (once, into the cache) and checked exactly as a load would.
     """
-    from specprefill.heads import profile_files
-    from specprefill.models import EMBEDDED_MODELS, cached_dense_dir, embedded_gguf_path
+    from specprefill.speculator.heads import profile_files
+    from specprefill.speculator.loading import EMBEDDED_MODELS, cached_dense_dir, embedded_gguf_path
 
     entry = EMBEDDED_MODELS[name]
     try:
@@ -85,14 +85,14 @@ def embedded_model_status(name: str) -> dict[str, Any]:
 def default_dtypes() -> dict[str, str] | None:
     """The dtype ``dtype=None`` loads models in, per available device (None without torch or the chooser).
 
-    Uses :func:`specprefill.models.default_dtype`, the loader's own choice (bfloat16 only where the hardware
+    Uses :func:`specprefill.speculator.loading.default_dtype`, the loader's own choice (bfloat16 only where the hardware
     runs it natively), and torch's CPU capability for context.
     """
     if importlib.util.find_spec("torch") is None:
         return None
     import torch
 
-    from specprefill.models import default_dtype
+    from specprefill.speculator.loading import default_dtype
 
     out = {
         "cpu": str(default_dtype("cpu")).removeprefix("torch."),
@@ -105,7 +105,7 @@ def default_dtypes() -> dict[str, str] | None:
 
 def collect() -> dict[str, Any]:
     """Everything ``info`` shows, as JSON-ready data."""
-    from specprefill.models import EMBEDDED_MODELS, cache_dir
+    from specprefill.speculator.loading import EMBEDDED_MODELS, cache_dir
 
     extras = {extra: {m: _installed_version(m) for m in modules} for extra, modules in EXTRAS}
     return {

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.documents import question_tail
 from specprefill.errors import PromptTooLongError
+from specprefill.prompt.documents import question_tail
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -254,7 +254,7 @@ def quiet_transformers(verbose: bool) -> None:
 
 def load_speculator(name: str, verbose: bool) -> Any:
     """Load the speculator, with transformers kept quiet unless ``--verbose``."""
-    from specprefill.models import load_speculator as load
+    from specprefill.speculator.loading import load_speculator as load
 
     quiet_transformers(verbose)
     return load(name)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from specprefill.cli import options
 from specprefill.cli.errors import EXIT_OK
 from specprefill.cli.output import print_block, prune_stats_lines, steps, write_json
-from specprefill.documents import question_messages, read_text_input
 from specprefill.errors import ConfigurationError, EmptyPromptError
+from specprefill.prompt.documents import question_messages, read_text_input
 
 if TYPE_CHECKING:
     from specprefill.result import Message, PruneResult

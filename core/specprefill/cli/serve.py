@@ -60,7 +60,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _served_model(model: str) -> tuple[str, list[str]]:
     """The model argument for vLLM and extra flags: embedded names become their dense folder."""
-    from specprefill.models import cached_dense_dir, resolve_model_dir
+    from specprefill.speculator.loading import cached_dense_dir, resolve_model_dir
 
     try:
         dense = cached_dense_dir(model)

@@ -28,11 +28,11 @@ from typing import Any, Protocol, TypeVar
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError, SpeculatorError
-from specprefill.passages import DEFAULT_INSTRUCTION, Passage, checked_layout, protect_passages
-from specprefill.segments import check_segments
+from specprefill.prompt.passages import DEFAULT_INSTRUCTION, Passage, checked_layout, protect_passages
+from specprefill.prompt.segments import check_segments
 from specprefill.spans import cut_spans, join_spans
-from specprefill.speculator import Speculator
-from specprefill.wire import (
+from specprefill.speculator.base import Speculator
+from specprefill.wire.prune import (
     PRUNE_PATH,
     PruneReply,
     PruneRequest,
@@ -118,7 +118,7 @@ def prune_request(speculator: Speculator, request: PruneRequest, config: SpecPre
 
     A text prompt without a question prunes exactly as ``speculator.prune(prompt, config, protected_spans=...,
     segments=...)``; messages likewise, on the rendered chat. A text prompt with a question is laid out as one
-    passage and the question (:mod:`specprefill.passages`: the question steers the look-ahead and is protected),
+    passage and the question (:mod:`specprefill.prompt.passages`: the question steers the look-ahead and is protected),
     and the kept spans are given in the prompt text.
     """
     if isinstance(request.prompt, str) and request.question is not None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompts import PreparedPrompt, ScoredPrompt
+from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
 from specprefill.result import Message
 from specprefill.server import metrics, shared
 from specprefill.server.pruning import (
@@ -49,7 +49,7 @@ from specprefill.server.pruning import (
 )
 from specprefill.server.service import ScoringUnavailableError, get_service
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 from specprefill.vllm_plugin.common import HOOK_MARK, unsupported_reason
 from specprefill.vllm_plugin.guard import has_position_keys
 from specprefill.vllm_plugin.positions import XARG_RUNS, request_extras
@@ -238,7 +238,7 @@ class ScoreJob:
 
     Called alone it is :func:`~specprefill.server.pruning.score_tokens`; in a micro-batch the service calls
     :meth:`prepare` for every job, scores all prepared prompts together
-    (:meth:`~specprefill.speculator.Speculator.score_prompts`) and calls :meth:`finish` with each result.
+    (:meth:`~specprefill.speculator.base.Speculator.score_prompts`) and calls :meth:`finish` with each result.
     """
 
     ids: list[int]

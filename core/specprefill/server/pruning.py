@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompts import (
+from specprefill.prompt.prepared import (
     PreparedPrompt,
     ScoredPrompt,
     locate_contents,
@@ -26,7 +26,7 @@ from specprefill.prompts import (
 )
 from specprefill.result import Message
 from specprefill.spans import Span
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 __all__ = [
     "XARG_KEEP_RATE",

@@ -10,7 +10,7 @@ import the plugin too) never load one. Coroutines hand work to the thread throug
 
 Micro-batching: on each wake-up the worker takes up to ``max_batch`` queued jobs at once (a job whose caller
 already gave up is skipped); :attr:`ScoringService.batches` counts the group sizes. When the speculator
-batches (:attr:`HFSpeculator.batch_forward <specprefill.hf.HFSpeculator.batch_forward>`, on CUDA by
+batches (:attr:`HFSpeculator.batch_forward <specprefill.speculator.hf.HFSpeculator.batch_forward>`, on CUDA by
 default) the :class:`BatchableJob` ones (every chat/completion request) share padded forward passes;
 otherwise they run back to back.
 
@@ -37,9 +37,9 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, SpecPrefillError
-from specprefill.prompts import PreparedPrompt, ScoredPrompt
+from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 __all__ = [
     "BatchableJob",
@@ -107,7 +107,7 @@ def _load(settings: ServerSettings) -> Speculator:
         if not isinstance(made, Speculator):
             raise ConfigurationError(f"speculator factory {name!r} returned {type(made).__name__}, not a Speculator")
         return made
-    from specprefill.models import load_speculator
+    from specprefill.speculator.loading import load_speculator
 
     return load_speculator(name, device=settings.device, dtype=settings.dtype)
 
@@ -117,7 +117,7 @@ class BatchableJob(Protocol):
     """A job whose model work can share a forward pass with the other jobs of its micro-batch.
 
     Alone it runs as ``job(speculator)``; in a batch the service calls :meth:`prepare` on each, scores
-    the prepared prompts together and hands each its :class:`~specprefill.prompts.ScoredPrompt`.
+    the prepared prompts together and hands each its :class:`~specprefill.prompt.prepared.ScoredPrompt`.
     """
 
     def __call__(self, speculator: Speculator) -> Any:

@@ -61,7 +61,7 @@ class ServerSettings(BaseModel):
 
     speculator: str | None = None
     """Speculator: an embedded name (``smollm2-135m``), a transformers folder, a hub id, or a ``module:callable``
-    factory returning a :class:`~specprefill.speculator.Speculator`. None: no pruning."""
+    factory returning a :class:`~specprefill.speculator.base.Speculator`. None: no pruning."""
 
     device: str = "cpu"
     """torch device of the speculator, e.g. ``"cpu"`` or ``"cuda:0"`` (beside tensor-parallel rank 0)."""

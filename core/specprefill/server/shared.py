@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeVar
 from specprefill.errors import SpeculatorError
 from specprefill.server.service import ScoringService, ScoringUnavailableError, _Job
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 __all__ = [
     "ADDRESS_ENV",

@@ -24,9 +24,9 @@ def shared_speculator(monkeypatch: pytest.MonkeyPatch, speculator: Any) -> Itera
     """Reuse the session's SmolLM2 instead of loading it again in each benchmark; restore torch threads."""
     import torch
 
-    import specprefill.models
+    import specprefill.speculator.loading
 
-    monkeypatch.setattr(specprefill.models, "load_speculator", lambda *a, **k: speculator)
+    monkeypatch.setattr(specprefill.speculator.loading, "load_speculator", lambda *a, **k: speculator)
     threads = torch.get_num_threads()
     yield speculator
     torch.set_num_threads(threads)

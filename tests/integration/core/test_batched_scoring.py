@@ -14,7 +14,7 @@ import pytest
 
 from conftest import HAS_EMBEDDED, needs_model
 from specprefill import SpecPrefillConfig
-from specprefill.staging import scoring_config
+from specprefill.prompt.staging import scoring_config
 
 pytestmark = needs_model
 
@@ -86,7 +86,7 @@ def test_a_prompt_over_the_context_is_scored_alone_in_windows(batching: Any) -> 
 def _tiny(kind: str) -> Any:
     from test_equivalence import _tiny_model
 
-    from specprefill.hf import HFSpeculator
+    from specprefill.speculator.hf import HFSpeculator
 
     model, tokenizer = _tiny_model(kind)
     return HFSpeculator(copy.deepcopy(model), tokenizer, name=f"tiny-{kind}", batch_forward=True)

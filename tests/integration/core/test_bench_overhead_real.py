@@ -13,7 +13,7 @@ from conftest import needs_model
 @pytest.mark.integration
 def test_overhead_bench_prints_default_float32_and_bfloat16_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
     from specprefill.bench.overhead import main
-    from specprefill.models import default_dtype
+    from specprefill.speculator.loading import default_dtype
 
     assert main(["--lengths", "48", "--repeats", "1", "--lookahead", "2"]) == 0
     out: Any = capsys.readouterr().out

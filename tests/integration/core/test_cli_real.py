@@ -174,7 +174,12 @@ def test_ask_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], use_fixtur
     for key in ("speculator_seconds", "base_prefill_seconds", "total_seconds"):
         assert stats[key] >= 0
     split = data["time_split"]
-    assert set(split) == {"model_load_seconds", "speculator_seconds", "base_prefill_seconds", "decode_seconds",
-                          "total_seconds"}
+    assert set(split) == {
+        "model_load_seconds",
+        "speculator_seconds",
+        "base_prefill_seconds",
+        "decode_seconds",
+        "total_seconds",
+    }
     assert split["total_seconds"] >= split["model_load_seconds"] + split["speculator_seconds"]
     assert data["prune"]["messages"][-1]["content"].endswith("Question: Who planted the apple tree?")

@@ -78,7 +78,7 @@ def reference_importance(
 @needs_model
 @pytest.mark.integration
 def test_embedded_model_matches_eager_reference(speculator_fp32: Any) -> None:
-    from specprefill.models import load_causal_lm
+    from specprefill.speculator.loading import load_causal_lm
 
     ids, _ = speculator_fp32.encode_with_specials(long_text(36))
     assert len(ids) >= 1000
@@ -104,7 +104,7 @@ def test_embedded_model_matches_eager_reference(speculator_fp32: Any) -> None:
 def test_observation_window_matches_eager_reference(
     speculator_fp32: Any, window: int, lookahead: int, reduction: str
 ) -> None:
-    from specprefill.models import load_causal_lm
+    from specprefill.speculator.loading import load_causal_lm
 
     ids, _ = speculator_fp32.encode_with_specials(long_text(36))
     cfg = SpecPrefillConfig.paper(
@@ -129,7 +129,7 @@ def _tiny_model(kind: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from specprefill.models import resolve_model_dir
+    from specprefill.speculator.loading import resolve_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m"))
     common: dict[str, Any] = dict(
@@ -154,7 +154,7 @@ def _tiny_model(kind: str) -> tuple[Any, Any]:
 @pytest.mark.skipif(not HAS_EMBEDDED, reason="uses the packaged SmolLM2 tokenizer")
 @pytest.mark.parametrize("kind", ["qwen2", "gemma3"])
 def test_other_architectures_match_reference(kind: str) -> None:
-    from specprefill.hf import HFSpeculator
+    from specprefill.speculator.hf import HFSpeculator
 
     model, tokenizer = _tiny_model(kind)
     eager = copy.deepcopy(model)
@@ -178,7 +178,7 @@ def test_other_architectures_match_reference(kind: str) -> None:
 
 @pytest.mark.skipif(not HAS_EMBEDDED, reason="uses the packaged SmolLM2 tokenizer")
 def test_sliding_layers_count_when_window_covers_prompt() -> None:
-    from specprefill.hf import HFSpeculator
+    from specprefill.speculator.hf import HFSpeculator
 
     model, tokenizer = _tiny_model("gemma3")
     eager = copy.deepcopy(model)
@@ -195,8 +195,8 @@ def test_sliding_layers_count_when_window_covers_prompt() -> None:
 @pytest.mark.skipif(not HAS_EMBEDDED, reason="uses the packaged SmolLM2 tokenizer")
 @pytest.mark.parametrize("kind", ["qwen2", "gemma3"])
 def test_retrieval_heads_match_reference_on_those_heads(kind: str, caplog: pytest.LogCaptureFixture) -> None:
-    from specprefill.heads import HeadProfile
-    from specprefill.hf import HFSpeculator
+    from specprefill.speculator.heads import HeadProfile
+    from specprefill.speculator.hf import HFSpeculator
 
     model, tokenizer = _tiny_model(kind)
     eager = copy.deepcopy(model)

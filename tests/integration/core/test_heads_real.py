@@ -11,7 +11,7 @@ import pytest
 from conftest import needs_model
 from specprefill import SpecPrefillConfig, cli
 from specprefill.cli import options
-from specprefill.heads import HeadProfile, calibrate_heads
+from specprefill.speculator.heads import HeadProfile, calibrate_heads
 
 pytestmark = [needs_model, pytest.mark.integration]
 
@@ -76,7 +76,7 @@ def test_heads_command_writes_a_profile(
 
 
 def test_window_queries_come_from_the_final_paragraph_of_the_last_message(speculator: Any) -> None:
-    from specprefill.segments import final_paragraph_tokens
+    from specprefill.prompt.segments import final_paragraph_tokens
 
     messages = [
         {"role": "system", "content": "Answer from the notes."},

@@ -214,8 +214,7 @@ def test_bad_protected_spans(speculator: Any, spans: Any) -> None:
 
 
 def test_protected_spans_outside_the_text_are_harmless(speculator: Any) -> None:
-    r = speculator.prune("hello world " * 30, protected_spans=[(-50, 0), (10**9, 10**9 + 5), (7, 3)],
-                         **SCORE_SHORT)
+    r = speculator.prune("hello world " * 30, protected_spans=[(-50, 0), (10**9, 10**9 + 5), (7, 3)], **SCORE_SHORT)
     assert r.stats.protected_tokens == 0
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import needs_model
 from specprefill import PruneResult, SpecPrefillConfig, SpeculatorError
+from specprefill.prompt.segments import final_paragraph_tokens
 from specprefill.scoring import chunk_bounds
-from specprefill.segments import final_paragraph_tokens
 from specprefill.spans import join_spans, kept_char_spans
 
 pytestmark = [needs_model, pytest.mark.integration]
@@ -113,9 +113,16 @@ def score_once(speculator: Any) -> Iterator[Callable[..., Any]]:
     cache: dict[tuple[Any, ...], Any] = {}
 
     def cached(input_ids: Any, config: SpecPrefillConfig) -> Any:
-        key = (tuple(int(t) for t in input_ids), config.lookahead, config.pool_kernel,
-               config.max_speculator_tokens, config.window_query_tokens,
-               config.observation_window, config.query_reduction, config.query_mix)
+        key = (
+            tuple(int(t) for t in input_ids),
+            config.lookahead,
+            config.pool_kernel,
+            config.max_speculator_tokens,
+            config.window_query_tokens,
+            config.observation_window,
+            config.query_reduction,
+            config.query_mix,
+        )
         if key not in cache:
             cache[key] = original(input_ids, config)
         return cache[key]
@@ -164,8 +171,9 @@ def test_paper_grid_keeps_whole_chunks_at_budget(speculator: Any, text_prompt: s
     assert len(chosen) == math.ceil(0.3 * len(bounds))
 
 
-def test_token_importance_is_deterministic(speculator: Any, text_result: PruneResult,
-                                           score_once: Callable[..., Any]) -> None:
+def test_token_importance_is_deterministic(
+    speculator: Any, text_result: PruneResult, score_once: Callable[..., Any]
+) -> None:
     ids = text_result.input_ids[:64]
     imp = speculator.token_importance(ids)
     assert imp.dtype == np.float32 and imp.shape == (64,)
@@ -254,7 +262,7 @@ def test_extra_protected_spans(speculator: Any, text_prompt: str, text_result: P
     cfg = SpecPrefillConfig(keep_rate=0.05)
     plain = speculator.prune(text_prompt, cfg)
     start = next(text_prompt.index(x) for x in SENTENCES if x in text_prompt and x not in plain.text)
-    sentence = text_prompt[start:text_prompt.index(".", start) + 1]
+    sentence = text_prompt[start : text_prompt.index(".", start) + 1]
     spans = [(start, start + len(sentence))]
     r = speculator.prune(text_prompt, cfg, protected_spans=spans)
     check_result(r, cfg, segments=grid(speculator, text_prompt, cfg))
@@ -284,16 +292,17 @@ def test_aprune(speculator: Any, text_prompt: str) -> None:
 def test_needle_fact_survives_keep_rate_02(speculator: Any, position: float) -> None:
     before = filler(int(60 * position), seed=7)
     after = filler(int(60 * (1 - position)), seed=107)
-    prompt = (f"Read the text and answer the question.\n\n{before} {FACT} {after}\n\n"
-              f"Question: {QUESTION}\nAnswer:")
+    prompt = f"Read the text and answer the question.\n\n{before} {FACT} {after}\n\nQuestion: {QUESTION}\nAnswer:"
     r = speculator.prune(prompt, keep_rate=0.2)
     assert 800 <= r.original_length <= 1200 and r.stats.keep_ratio < 0.3
     assert "7342" in r.text, f"fact dropped; kept text: {r.text[:400]!r}"
 
 
 def test_sentence_segments_exact_token_budget_and_needle(speculator: Any) -> None:
-    prompt = (f"Read the text and answer the question.\n\n{filler(30, seed=7)} {FACT} {filler(30, seed=107)}\n\n"
-              f"Question: {QUESTION}\nAnswer:")
+    prompt = (
+        f"Read the text and answer the question.\n\n{filler(30, seed=7)} {FACT} {filler(30, seed=107)}\n\n"
+        f"Question: {QUESTION}\nAnswer:"
+    )
     cfg = SpecPrefillConfig(keep_rate=0.2, segment_by="sentences")
     scored = speculator.score_prompt(prompt, cfg)
     assert scored.segments is not None and len(scored.segments) >= 60  # one per sentence at least
@@ -322,8 +331,9 @@ def _boom(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("simulated speculator crash")
 
 
-def test_fallback_keeps_everything_and_warns(speculator: Any, text_prompt: str, monkeypatch: pytest.MonkeyPatch,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_fallback_keeps_everything_and_warns(
+    speculator: Any, text_prompt: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(speculator, "score", _boom)
     with caplog.at_level(logging.WARNING, logger="specprefill"):
         r = speculator.prune(text_prompt)
@@ -335,16 +345,16 @@ def test_fallback_keeps_everything_and_warns(speculator: Any, text_prompt: str, 
     assert any("simulated speculator crash" in rec.getMessage() for rec in caplog.records)
 
 
-def test_fallback_off_raises_speculator_error(speculator: Any, text_prompt: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_off_raises_speculator_error(
+    speculator: Any, text_prompt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(speculator, "score", _boom)
     with pytest.raises(SpeculatorError, match="simulated speculator crash") as info:
         speculator.prune(text_prompt, fallback_on_error=False)
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
-def test_fallback_on_typed_speculator_error(speculator: Any, text_prompt: str,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_on_typed_speculator_error(speculator: Any, text_prompt: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def typed(*args: Any, **kwargs: Any) -> Any:
         raise SpeculatorError("out of memory while scoring")
 

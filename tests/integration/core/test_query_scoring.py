@@ -59,7 +59,7 @@ def test_demo_question_keeps_both_facts_at_the_default_keep_rate(speculator: Any
     from pathlib import Path
 
     from specprefill.cli.options import protect_question
-    from specprefill.documents import ask_messages, load_documents
+    from specprefill.prompt.documents import ask_messages, load_documents
 
     question = "How long is the saffron pear cake baked, and at what temperature?"
     docs = load_documents(Path(__file__).resolve().parents[3] / "examples" / "documents")

@@ -78,10 +78,8 @@ async def test_two_concurrent_ainvoke_calls_have_independent_stats(request: pyte
     assert alone.stats.tokens_kept == a["tokens_kept"]
 
 
-def test_named_models_load_lazily_once_and_share_weights(
-    monkeypatch: pytest.MonkeyPatch, speculator: Any
-) -> None:
-    import specprefill.models
+def test_named_models_load_lazily_once_and_share_weights(monkeypatch: pytest.MonkeyPatch, speculator: Any) -> None:
+    import specprefill.speculator.loading
 
     loads: list[str] = []
 
@@ -89,7 +87,7 @@ def test_named_models_load_lazily_once_and_share_weights(
         loads.append(name)
         return speculator
 
-    monkeypatch.setattr(specprefill.models, "load_speculator", fake_load)
+    monkeypatch.setattr(specprefill.speculator.loading, "load_speculator", fake_load)
     chat = ChatSpecPrefill(model="smollm2-135m", max_tokens=3)
     assert loads == []  # construction loads nothing
     first = chat.invoke("Hi")

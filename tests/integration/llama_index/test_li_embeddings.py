@@ -21,7 +21,10 @@ def test_construction_is_instant_and_serialisable() -> None:
     data = embed.to_dict()
     assert data["class_name"] == "SpecPrefillPackagedEmbedding"
     assert (data["model_name"], data["max_length"], data["embed_batch_size"], data["path"]) == (
-        "all-MiniLM-L6-v2", 128, 4, None
+        "all-MiniLM-L6-v2",
+        128,
+        4,
+        None,
     )
 
 

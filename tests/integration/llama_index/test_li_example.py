@@ -21,7 +21,11 @@ def test_example_runs_and_prints_answer_sources_and_stats() -> None:
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(EXAMPLE), question, "--max-new-tokens", "16", "--async"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]

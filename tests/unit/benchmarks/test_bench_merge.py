@@ -16,17 +16,44 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _row(task: str, seed: int, method: str, rate: float, kept: int) -> dict[str, Any]:
-    return {"sample_id": f"{task}/1024/{seed}", "task": task, "length": 1024, "tokens": 1030, "method": method,
-            "keep_rate": rate, "kept_tokens": kept, "retention": 1.0, "method_seconds": 0.1 * seed}
+    return {
+        "sample_id": f"{task}/1024/{seed}",
+        "task": task,
+        "length": 1024,
+        "tokens": 1030,
+        "method": method,
+        "keep_rate": rate,
+        "kept_tokens": kept,
+        "retention": 1.0,
+        "method_seconds": 0.1 * seed,
+    }
 
 
 def _slice(tasks: list[str], seeds: list[int], seed: int) -> dict[str, Any]:
     rows = [_row(t, s, "specprefill-lah8", 0.1, 100 + s) for t in tasks for s in seeds]
-    options = {"tasks": tasks, "lengths": [1024], "samples": len(seeds), "seed": seed, "speculator": "smollm2-135m",
-               "keep_rates": [0.1], "methods": ["specprefill-lah8"], "bases": [], "sources": ["stdlib"]}
-    meta = {"bench": "quality", "preset": "full", "options": options, "corpus": {"fingerprint": "f"},
-            "samples": len(rows), "skipped": {}, "wall": {"total_seconds": 10.0}, "machine": {"cpus": 2},
-            "finished": f"2026-11-29 0{seed}:00:00 +0000", "command": f"slice {seed}"}
+    options = {
+        "tasks": tasks,
+        "lengths": [1024],
+        "samples": len(seeds),
+        "seed": seed,
+        "speculator": "smollm2-135m",
+        "keep_rates": [0.1],
+        "methods": ["specprefill-lah8"],
+        "bases": [],
+        "sources": ["stdlib"],
+    }
+    meta = {
+        "bench": "quality",
+        "preset": "full",
+        "options": options,
+        "corpus": {"fingerprint": "f"},
+        "samples": len(rows),
+        "skipped": {},
+        "wall": {"total_seconds": 10.0},
+        "machine": {"cpus": 2},
+        "finished": f"2026-11-29 0{seed}:00:00 +0000",
+        "command": f"slice {seed}",
+    }
     return {"meta": meta, "rows": rows, "accuracy": []}
 
 

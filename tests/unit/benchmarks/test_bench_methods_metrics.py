@@ -47,9 +47,18 @@ def _char_encode(text: str) -> tuple[list[int], list[Span]]:
 
 
 def _sample(context: str, question: str = "Q?", spans: tuple[Span, ...] = ((0, 1),)) -> Sample:
-    return Sample(task="niah_single", target_tokens=128, seed=0, instruction="I", context=context,
-                  question=question, answer_prefix="A", answers=("x",), answer_spans=spans,
-                  documents=tuple(context.split("\n\n")))
+    return Sample(
+        task="niah_single",
+        target_tokens=128,
+        seed=0,
+        instruction="I",
+        context=context,
+        question=question,
+        answer_prefix="A",
+        answers=("x",),
+        answer_spans=spans,
+        documents=tuple(context.split("\n\n")),
+    )
 
 
 def test_prepare_sample_protects_outside_the_context() -> None:

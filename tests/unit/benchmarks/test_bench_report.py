@@ -16,59 +16,148 @@ HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
 def _retention(method: str, rate: float, task: str, value: float, length: int = 1024) -> dict[str, Any]:
-    return {"sample_id": f"{task}/{length}/0", "task": task, "length": length, "tokens": length + 20,
-            "method": method, "keep_rate": rate, "kept_tokens": int(rate * length), "keep_ratio": rate,
-            "context_keep_ratio": rate, "retention": value, "retained_all": value == 1.0,
-            "method_seconds": 0.5, "note": ""}
+    return {
+        "sample_id": f"{task}/{length}/0",
+        "task": task,
+        "length": length,
+        "tokens": length + 20,
+        "method": method,
+        "keep_rate": rate,
+        "kept_tokens": int(rate * length),
+        "keep_ratio": rate,
+        "context_keep_ratio": rate,
+        "retention": value,
+        "retained_all": value == 1.0,
+        "method_seconds": 0.5,
+        "note": "",
+    }
 
 
 def _accuracy(base: str, method: str, rate: float, score: float) -> dict[str, Any]:
-    return {"sample_id": "niah_single/1024/0", "task": "niah_single", "length": 1024, "tokens": 1044,
-            "base": base, "method": method, "keep_rate": rate, "score": score, "answer": " 1234567.",
-            "base_prompt_tokens": 100, "method_seconds": 0.5, "base_prefill_seconds": 0.2,
-            "ttft_seconds": 0.7, "positions": "original"}
+    return {
+        "sample_id": "niah_single/1024/0",
+        "task": "niah_single",
+        "length": 1024,
+        "tokens": 1044,
+        "base": base,
+        "method": method,
+        "keep_rate": rate,
+        "score": score,
+        "answer": " 1234567.",
+        "base_prompt_tokens": 100,
+        "method_seconds": 0.5,
+        "base_prefill_seconds": 0.2,
+        "ttft_seconds": 0.7,
+        "positions": "original",
+    }
 
 
 def _quality_result() -> dict[str, Any]:
     rows = [_retention("full", 1.0, t, 1.0) for t in ("niah_single", "qa_multidoc")]
     for rate in (0.1, 0.5):
-        rows += [_retention("specprefill-lah8", rate, "niah_single", 1.0),
-                 _retention("specprefill-lah8", rate, "qa_multidoc", 0.0),
-                 _retention("random", rate, "niah_single", rate),
-                 _retention("random", rate, "qa_multidoc", 0.0)]
+        rows += [
+            _retention("specprefill-lah8", rate, "niah_single", 1.0),
+            _retention("specprefill-lah8", rate, "qa_multidoc", 0.0),
+            _retention("random", rate, "niah_single", rate),
+            _retention("random", rate, "qa_multidoc", 0.0),
+        ]
     acc = [_accuracy("smollm2-135m", "full", 1.0, 1.0)]
-    acc += [_accuracy("smollm2-135m", m, r, s) for m, s in (("specprefill-lah8", 1.0), ("random", 0.0))
-            for r in (0.1, 0.5)]
-    meta = {"bench": "quality", "samples": 2, "speculator": "smollm2-135m", "bases": ["smollm2-135m"],
-            "needle_tasks": ["niah_single"], "skipped": {"longllmlingua": "not installed"},
-            "options": {"tasks": ["niah_single", "qa_multidoc"], "lengths": [1024], "samples": 1, "seed": 0,
-                        "keep_rates": [0.1, 0.5], "llmlingua_samples": 1, "llmlingua_lengths": [1024],
-                        "accuracy_samples": 1, "accuracy_lengths": [1024]},
-            "corpus": {"description": "test corpus", "tokens": 100, "fingerprint": "abc"},
-            "versions": {"python": "3.x"}, "machine": {"cpus": 2, "load_average_1m": 5.0},
-            "wall": {"total_seconds": 60.0, "load_seconds": 5.0, "selection_seconds": 40.0,
-                     "accuracy_seconds": 15.0},
-            "finished": "now"}
+    acc += [
+        _accuracy("smollm2-135m", m, r, s) for m, s in (("specprefill-lah8", 1.0), ("random", 0.0)) for r in (0.1, 0.5)
+    ]
+    meta = {
+        "bench": "quality",
+        "samples": 2,
+        "speculator": "smollm2-135m",
+        "bases": ["smollm2-135m"],
+        "needle_tasks": ["niah_single"],
+        "skipped": {"longllmlingua": "not installed"},
+        "options": {
+            "tasks": ["niah_single", "qa_multidoc"],
+            "lengths": [1024],
+            "samples": 1,
+            "seed": 0,
+            "keep_rates": [0.1, 0.5],
+            "llmlingua_samples": 1,
+            "llmlingua_lengths": [1024],
+            "accuracy_samples": 1,
+            "accuracy_lengths": [1024],
+        },
+        "corpus": {"description": "test corpus", "tokens": 100, "fingerprint": "abc"},
+        "versions": {"python": "3.x"},
+        "machine": {"cpus": 2, "load_average_1m": 5.0},
+        "wall": {"total_seconds": 60.0, "load_seconds": 5.0, "selection_seconds": 40.0, "accuracy_seconds": 15.0},
+        "finished": "now",
+    }
     return {"meta": meta, "rows": rows, "accuracy": acc}
 
 
 def _ttft_result() -> dict[str, Any]:
-    base = {"tokens": 2048, "kept_tokens": 2048, "keep_ratio": 1.0, "method_seconds": 0.0, "runs": 2,
-            "flop_ratio": 0.0, "ceiling": 1.0, "fraction_of_ceiling": 1.0, "ceiling_achieved": 1.0}
-    rows = [{**base, "method": "full", "keep_rate": 1.0, "base_prefill_seconds": 40.0, "ttft_seconds": 40.0,
-             "full_ttft_seconds": 40.0, "speedup": 1.0}]
+    base = {
+        "tokens": 2048,
+        "kept_tokens": 2048,
+        "keep_ratio": 1.0,
+        "method_seconds": 0.0,
+        "runs": 2,
+        "flop_ratio": 0.0,
+        "ceiling": 1.0,
+        "fraction_of_ceiling": 1.0,
+        "ceiling_achieved": 1.0,
+    }
+    rows = [
+        {
+            **base,
+            "method": "full",
+            "keep_rate": 1.0,
+            "base_prefill_seconds": 40.0,
+            "ttft_seconds": 40.0,
+            "full_ttft_seconds": 40.0,
+            "speedup": 1.0,
+        }
+    ]
     for rate, t in ((0.1, 10.0), (0.3, 16.0)):
-        rows.append({**base, "method": "specprefill-lah8", "keep_rate": rate, "kept_tokens": int(2048 * rate),
-                     "keep_ratio": rate, "method_seconds": 4.0, "base_prefill_seconds": t - 4,
-                     "ttft_seconds": t, "full_ttft_seconds": 40.0, "speedup": 40 / t, "flop_ratio": 0.09,
-                     "ceiling": 1 / (rate + 0.09), "fraction_of_ceiling": (40 / t) * (rate + 0.09),
-                     "ceiling_achieved": 1 / (rate + 0.09)})
-    meta = {"bench": "ttft", "options": {"repeats": 2}, "base_shape": {
-        "name": "smollm2-1.7b (random weights)", "hidden": 2048, "layers": 24, "heads": 32, "kv_heads": 32,
-        "intermediate": 8192, "vocab": 49152}, "base_parameters": 1.71e9, "speculator": "smollm2-135m",
-        "speculator_parameters": 1.35e8, "dtype": "torch.bfloat16", "torch_threads": 2, "skipped": {},
-        "flop_formula": "F", "versions": {}, "machine": {"cpus": 2}, "finished": "now",
-        "wall": {"total_seconds": 300.0, "build_base_seconds": 5.0}}
+        rows.append(
+            {
+                **base,
+                "method": "specprefill-lah8",
+                "keep_rate": rate,
+                "kept_tokens": int(2048 * rate),
+                "keep_ratio": rate,
+                "method_seconds": 4.0,
+                "base_prefill_seconds": t - 4,
+                "ttft_seconds": t,
+                "full_ttft_seconds": 40.0,
+                "speedup": 40 / t,
+                "flop_ratio": 0.09,
+                "ceiling": 1 / (rate + 0.09),
+                "fraction_of_ceiling": (40 / t) * (rate + 0.09),
+                "ceiling_achieved": 1 / (rate + 0.09),
+            }
+        )
+    meta = {
+        "bench": "ttft",
+        "options": {"repeats": 2},
+        "base_shape": {
+            "name": "smollm2-1.7b (random weights)",
+            "hidden": 2048,
+            "layers": 24,
+            "heads": 32,
+            "kv_heads": 32,
+            "intermediate": 8192,
+            "vocab": 49152,
+        },
+        "base_parameters": 1.71e9,
+        "speculator": "smollm2-135m",
+        "speculator_parameters": 1.35e8,
+        "dtype": "torch.bfloat16",
+        "torch_threads": 2,
+        "skipped": {},
+        "flop_formula": "F",
+        "versions": {},
+        "machine": {"cpus": 2},
+        "finished": "now",
+        "wall": {"total_seconds": 300.0, "build_base_seconds": 5.0},
+    }
     return {"meta": meta, "rows": rows}
 
 
@@ -166,8 +255,25 @@ def test_module_exports_resolve() -> None:
         variants,
     )
 
-    for module in (corpus, tasks, methods, catalog, llmlingua, metrics, runinfo, quality, quality_options, ttft,
-                   report, merge, plan, plots, tables, ablation, variants):
+    for module in (
+        corpus,
+        tasks,
+        methods,
+        catalog,
+        llmlingua,
+        metrics,
+        runinfo,
+        quality,
+        quality_options,
+        ttft,
+        report,
+        merge,
+        plan,
+        plots,
+        tables,
+        ablation,
+        variants,
+    ):
         assert module.__doc__
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -145,6 +145,8 @@ def test_errors_and_bulk_generation(corpus: Corpus) -> None:
         generate_sample("niah_single", 64, 0, corpus)
     samples = generate_samples(NEEDLE_TASKS[:2], [512, 1024], 2, corpus, seed=7)
     assert [(s.task, s.target_tokens, s.seed) for s in samples][:3] == [
-        ("niah_single", 512, 7), ("niah_single", 512, 8), ("niah_single", 1024, 7)
+        ("niah_single", 512, 7),
+        ("niah_single", 512, 8),
+        ("niah_single", 1024, 7),
     ]
     assert len(samples) == 8

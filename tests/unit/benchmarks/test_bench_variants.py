@@ -26,8 +26,17 @@ def _char_encode(text: str) -> tuple[list[int], list[Span]]:
 
 
 def _sample(sample_id_seed: int = 0, context: str = "x" * 64) -> Sample:
-    return Sample(task="niah_single", target_tokens=128, seed=sample_id_seed, instruction="I", context=context,
-                  question="Q?", answer_prefix="A", answers=("x",), answer_spans=((0, 1),))
+    return Sample(
+        task="niah_single",
+        target_tokens=128,
+        seed=sample_id_seed,
+        instruction="I",
+        context=context,
+        question="Q?",
+        answer_prefix="A",
+        answers=("x",),
+        answer_spans=((0, 1),),
+    )
 
 
 @dataclass
@@ -51,8 +60,12 @@ def test_parse_variant() -> None:
     v = variants.parse_variant('ow64={"observation_window": 64, "preset": "default"}')
     assert (v.name, dict(v.overrides), v.preset) == ("ow64", {"observation_window": 64}, "default")
     assert variants.parse_variant("plain={}").describe() == "paper"
-    for bad, match in (("noequals", "NAME="), ("x=[1]", "JSON object"), ("x={bad", "not valid JSON"),
-                       ('x={"preset": "fast"}', "preset must be")):
+    for bad, match in (
+        ("noequals", "NAME="),
+        ("x=[1]", "JSON object"),
+        ("x={bad", "not valid JSON"),
+        ('x={"preset": "fast"}', "preset must be"),
+    ):
         with pytest.raises(ConfigurationError, match=match):
             variants.parse_variant(bad)
 
@@ -90,17 +103,17 @@ def test_segment_starts_come_from_the_library(monkeypatch: pytest.MonkeyPatch) -
         seen.append((len(offsets), text, level, content_spans))
         return [3, 7]
 
-    module = types.ModuleType("specprefill.segments")
+    module = types.ModuleType("specprefill.prompt.segments")
     module.segment_starts = fake_segment_starts  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "specprefill.segments", module)
+    monkeypatch.setitem(sys.modules, "specprefill.prompt.segments", module)
     offsets = [(i, i + 1) for i in range(10)]
     assert variants.segment_starts("0123456789", offsets, [(2, 8)], "sentences") == [3, 7]
     assert seen == [(10, "0123456789", "sentences", [(2, 8)])]
     assert variants.segment_starts("0123456789", offsets, [(2, 8)], "none") == []
     with pytest.raises(ConfigurationError, match="unknown segment level"):
         variants.segment_starts("x", [(0, 1)], [], "words")
-    monkeypatch.setitem(sys.modules, "specprefill.segments", None)  # a library without segment-aware selection
-    with pytest.raises(ConfigurationError, match=r"need specprefill\.segments"):
+    monkeypatch.setitem(sys.modules, "specprefill.prompt.segments", None)  # a library without segment-aware selection
+    with pytest.raises(ConfigurationError, match=r"need specprefill\.prompt\.segments"):
         variants.segment_starts("x", [(0, 1)], [], "paragraphs")
 
 
@@ -109,8 +122,10 @@ def test_variants_share_one_speculator_pass_per_sample_and_scoring_setting() -> 
     speculator = _CountingSpeculator()
     cache = ImportanceCache()
     custom = {"lah8-c16": {"chunk_size": 16}, "lah8-c8": {"chunk_size": 8}}
-    methods = [build_method(n, speculator=speculator, cache=cache, variants=custom)
-               for n in ("specprefill-lah8", "lah8-c16", "lah8-c8", "specprefill-lah1")]
+    methods = [
+        build_method(n, speculator=speculator, cache=cache, variants=custom)
+        for n in ("specprefill-lah8", "lah8-c16", "lah8-c8", "specprefill-lah1")
+    ]
     assert all(isinstance(m, SpecPrefillMethod) for m in methods)
     for seed in (0, 1):
         prepared = prepare_sample(_sample(seed), _char_encode)
@@ -149,9 +164,11 @@ def test_full_preset_is_the_ablation() -> None:
 
 
 def test_custom_variants_join_the_methods_and_the_command() -> None:
-    opts = quality_options.options_from_args(_args(
-        ["--preset", "smoke", "--tasks", "niah_single", "--seed", "4", "--variants", 'w={"observation_window": 8}']
-    ))
+    opts = quality_options.options_from_args(
+        _args(
+            ["--preset", "smoke", "--tasks", "niah_single", "--seed", "4", "--variants", 'w={"observation_window": 8}']
+        )
+    )
     assert opts.tasks == ["niah_single"] and opts.seed == 4 and opts.methods[-1] == "w"
     assert opts.variants == {"w": {"observation_window": 8, "preset": "paper"}}
     command = runinfo.command_line("python -m benchmarks.quality", opts)
@@ -164,21 +181,37 @@ def test_custom_variants_join_the_methods_and_the_command() -> None:
 def test_plan_counts_work_and_scales_the_calibration() -> None:
     samples = [_sample(0), _sample(1)]
     shape = ModelShape(layers=2, hidden=8, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=32)
-    made = plan.plan_run(samples, [8, 1], lambda s: 5, lambda s: [("smollm2-135m", 0.1)] if s.seed == 0 else [],
-                         lambda s: 0, calibration=(1.0, shape), answer_tokens=lambda s: 4)
+    made = plan.plan_run(
+        samples,
+        [8, 1],
+        lambda s: 5,
+        lambda s: [("smollm2-135m", 0.1)] if s.seed == 0 else [],
+        lambda s: 0,
+        calibration=(1.0, shape),
+        answer_tokens=lambda s: 4,
+    )
     assert (made.samples, made.speculator_passes, made.selections, made.answers) == (2, 4, 10, 1)
     assert made.estimated_seconds is not None and made.estimated_seconds > 0
     text = plan.describe(made)
     assert "4 speculator passes" in text and "estimated CPU time: about" in text
-    unknown = plan.plan_run(samples, [8], lambda s: 1, lambda s: [], lambda s: 0, calibration=None,
-                            answer_tokens=lambda s: 1)
+    unknown = plan.plan_run(
+        samples, [8], lambda s: 1, lambda s: [], lambda s: 0, calibration=None, answer_tokens=lambda s: 1
+    )
     assert unknown.estimated_seconds is None and "unknown" in plan.describe(unknown)
 
 
 # --- ablation tables ------------------------------------------------------------------------------------
 def _row(method: str, task: str, retention: float, rate: float = 0.1) -> dict[str, Any]:
-    return {"sample_id": f"{task}/1024/0", "task": task, "length": 1024, "method": method, "keep_rate": rate,
-            "retention": retention, "retained_all": retention == 1.0, "method_seconds": 2.0}
+    return {
+        "sample_id": f"{task}/1024/0",
+        "task": task,
+        "length": 1024,
+        "method": method,
+        "keep_rate": rate,
+        "retention": retention,
+        "retained_all": retention == 1.0,
+        "method_seconds": 2.0,
+    }
 
 
 def _ablation_result() -> dict[str, Any]:
@@ -186,9 +219,15 @@ def _ablation_result() -> dict[str, Any]:
     rows = [_row("specprefill-lah8", t, 1.0) for t in ruler] + [_row("specprefill-lah8", "niah_multianswer", 2 / 3)]
     rows += [_row("specprefill-max", t, 0.5) for t in ruler] + [_row("specprefill-max", "niah_multianswer", 1.0)]
     rows += [_row("rag", t, 0.75) for t in ruler]
-    meta = {"needle_tasks": ruler[:4], "ruler_tasks": ruler, "scoring": {"computed": 2, "reused": 0},
-            "variants": {"specprefill-lah8": {"describe": "paper", "scoring_group": 0},
-                         "specprefill-max": {"describe": "paper + query_reduction=max", "scoring_group": 1}}}
+    meta = {
+        "needle_tasks": ruler[:4],
+        "ruler_tasks": ruler,
+        "scoring": {"computed": 2, "reused": 0},
+        "variants": {
+            "specprefill-lah8": {"describe": "paper", "scoring_group": 0},
+            "specprefill-max": {"describe": "paper + query_reduction=max", "scoring_group": 1},
+        },
+    }
     return {"meta": meta, "rows": rows}
 
 

@@ -12,12 +12,12 @@ import pytest
 
 from fakes import FakeSpeculator
 from specprefill import SpecPrefillConfig
-from specprefill.batching import length_buckets
 from specprefill.errors import PromptError
 from specprefill.server.hooks import _PROBE, ScoreJob
 from specprefill.server.service import BatchableJob, ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator import ImportanceResult
+from specprefill.speculator.base import ImportanceResult
+from specprefill.speculator.batching import length_buckets
 
 CFG = SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8, keep_rate=0.3)
 PROBE = [ord(c) for c in _PROBE]
@@ -149,7 +149,7 @@ async def test_without_batch_forward_jobs_run_one_by_one() -> None:
 
 @pytest.mark.parametrize("value", ["true", "false"])
 def test_the_batch_forward_setting_reaches_the_speculator(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import specprefill.models as models
+    import specprefill.speculator.loading as models
     from specprefill.server.service import load_configured_speculator
 
     monkeypatch.setattr(models, "load_speculator", lambda name, **kw: BatchingFake(name=name))

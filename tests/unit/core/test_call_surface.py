@@ -9,8 +9,8 @@ import pytest
 
 from specprefill import UnknownArgumentError, load_engine, split_call_kwargs
 from specprefill.backends.base import MAX_SEED, GenerationParams, finish_reason
+from specprefill.engine.factory import same_model
 from specprefill.errors import BackendError, ConfigurationError
-from specprefill.factory import same_model
 
 
 def test_split_separates_generation_and_config() -> None:
@@ -66,8 +66,16 @@ def test_generation_params_accept_the_boundaries() -> None:
     assert GenerationParams(stop=["a", "b"]).stop == ("a", "b") and GenerationParams(stop="x").stop == ("x",)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("stop", "stop"), ("eos", "stop"), ("length", "length"),
-                                               ("max_tokens", "length"), ("content_filter", "content_filter")])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("stop", "stop"),
+        ("eos", "stop"),
+        ("length", "length"),
+        ("max_tokens", "length"),
+        ("content_filter", "content_filter"),
+    ],
+)
 def test_finish_reasons_normalise(raw: str, expected: str) -> None:
     assert finish_reason(raw, source="s") == expected
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from cli_support import DOC, run_cli
-from specprefill import cli, documents
+from specprefill import cli
+from specprefill.prompt import documents
 from specprefill.cli import ask, bench, errors, info, options
 
 
@@ -132,7 +133,7 @@ def test_info_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["embedded_models"]["smollm2-135m"]["head_profile"].endswith("smollm2-135m.json")
     if data["embedded_models"]["smollm2-135m"]["installed"]:
         assert "retrieval-head profile: " in out
-    from specprefill import models
+    from specprefill.speculator import loading as models
 
     chooser = getattr(models, "default_dtype", None)  # the loader's choice, where this specprefill has one
     if chooser is None or importlib.util.find_spec("torch") is None:
@@ -265,9 +266,7 @@ def test_binary_input_is_reported_clearly(tmp_path: Path, capsys: pytest.Capture
         assert err.startswith("error: ") and "is a binary file" in err and len(err.strip().splitlines()) == 1
 
 
-def test_binary_files_in_a_folder_are_skipped_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_binary_files_in_a_folder_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "a.txt").write_text("text")
     (tmp_path / "b.bin").write_bytes(b"\x00\x01")
     with caplog.at_level("WARNING", logger="specprefill"):
@@ -314,7 +313,7 @@ def test_short_reason_and_full_message_at_debug(caplog: pytest.LogCaptureFixture
 
 
 def test_info_finds_models_shipped_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from specprefill import models
+    from specprefill.speculator import loading as models
 
     for i, piece in enumerate((b"first half|", b"second half")):
         package = tmp_path / f"fake_model_part{i + 1}"
@@ -335,13 +334,17 @@ def test_info_finds_models_shipped_in_parts(tmp_path: Path, monkeypatch: pytest.
     status = info.embedded_model_status("fake-parts")
     assert status["installed"] is True and status["problem"] is None
     assert Path(status["path"]).read_bytes() == b"first half|second half"
-    monkeypatch.setitem(models.EMBEDDED_MODELS, "fake-parts", entry.__class__(**{**entry.__dict__, "parts": (
-        ("fake_model_missing_part", "data/x"),)}))
+    monkeypatch.setitem(
+        models.EMBEDDED_MODELS,
+        "fake-parts",
+        entry.__class__(**{**entry.__dict__, "parts": (("fake_model_missing_part", "data/x"),)}),
+    )
     missing = info.embedded_model_status("fake-parts")
     assert missing["installed"] is False and "pip install fake-model" in missing["problem"]
 
 
 def test_python_dash_m_runs_the_cli() -> None:
-    proc = subprocess.run([sys.executable, "-m", "specprefill.cli", "--version"], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "specprefill.cli", "--version"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("specprefill ")

@@ -57,9 +57,19 @@ def test_out_of_bounds_names_the_field(field: str, value: Any) -> None:
         SpecPrefillConfig(**{field: value})
 
 
-@pytest.mark.parametrize(("field", "value"), [("keep_rate", 1.0), ("keep_rate", 1e-6), ("pool_kernel", 1),
-                                              ("chunk_size", 1), ("lookahead", 1), ("min_prompt_tokens", 0),
-                                              ("protect_question_tokens", 0), ("protect_system_tokens", None)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("keep_rate", 1.0),
+        ("keep_rate", 1e-6),
+        ("pool_kernel", 1),
+        ("chunk_size", 1),
+        ("lookahead", 1),
+        ("min_prompt_tokens", 0),
+        ("protect_question_tokens", 0),
+        ("protect_system_tokens", None),
+    ],
+)
 def test_boundary_values_accepted(field: str, value: Any) -> None:
     assert getattr(SpecPrefillConfig(**{field: value}), field) == value
 

@@ -16,7 +16,7 @@ from specprefill import SpecPrefillConfig
 from specprefill.backends.base import BaseRequest, GenerationParams
 from specprefill.engine import EngineChunk, EngineResult, EngineStats, SpecPrefillEngine
 from specprefill.errors import ConfigurationError, EmptyPromptError, ModelLoadError, SpeculatorError
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 PROMPT = "".join(f"line {i:03d}: filler text that does not matter much.\n" for i in range(12)) + "Question?"
 CONFIG = SpecPrefillConfig(keep_rate=0.25, chunk_size=16, min_prompt_tokens=0, lookahead=1)
@@ -161,12 +161,12 @@ def test_scoring_failure_without_fallback_raises():
 
 
 def test_speculator_that_cannot_load_falls_back(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
-    import specprefill.models
+    import specprefill.speculator.loading
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ModelLoadError("weights not installed")
 
-    monkeypatch.setattr(specprefill.models, "load_speculator", broken)
+    monkeypatch.setattr(specprefill.speculator.loading, "load_speculator", broken)
     eng = SpecPrefillEngine("missing-model", recording_backend(same=True), CONFIG)
     assert eng.speculator_name == "missing-model"
     with caplog.at_level(logging.WARNING, logger="specprefill"):
@@ -187,7 +187,7 @@ def test_speculator_that_cannot_load_falls_back(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_named_speculator_loads_lazily_once(monkeypatch: pytest.MonkeyPatch):
-    import specprefill.models
+    import specprefill.speculator.loading
 
     loads: list[str] = []
 
@@ -195,7 +195,7 @@ def test_named_speculator_loads_lazily_once(monkeypatch: pytest.MonkeyPatch):
         loads.append(name)
         return FakeSpeculator()
 
-    monkeypatch.setattr(specprefill.models, "load_speculator", fake_load)
+    monkeypatch.setattr(specprefill.speculator.loading, "load_speculator", fake_load)
     eng = SpecPrefillEngine("some-model", recording_backend(), CONFIG)
     assert loads == []
     eng.generate(PROMPT)

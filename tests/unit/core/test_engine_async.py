@@ -16,7 +16,7 @@ from specprefill import SpecPrefillConfig
 from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, StreamChunk
 from specprefill.engine import SpecPrefillEngine
 from specprefill.errors import ConfigurationError
-from specprefill.speculator import ImportanceResult
+from specprefill.speculator.base import ImportanceResult
 
 SCORE_SECONDS = 0.08
 PREFILL_SECONDS = 0.05

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from specprefill import ConfigurationError, SpecPrefillConfig
-from specprefill.heads import (
+from specprefill.prompt.prepared import PreparedPrompt
+from specprefill.prompt.segments import final_paragraph_tokens
+from specprefill.prompt.staging import scoring_config
+from specprefill.speculator.heads import (
     PACKAGED_PROFILES,
     HeadProfile,
     calibration_samples,
@@ -20,17 +23,14 @@ from specprefill.heads import (
     profile_path,
     save_profile,
 )
-from specprefill.prompts import PreparedPrompt
-from specprefill.segments import final_paragraph_tokens
-from specprefill.staging import scoring_config
 
 PROFILE = HeadProfile("tiny", ((0.1, 0.0, 0.5), (0.5, 0.2, 0.0)), samples=3, seed=1)
 
 
 def test_explicit_exports() -> None:
-    import specprefill.heads
+    import specprefill.speculator.heads
 
-    assert specprefill.heads.__all__ == [
+    assert specprefill.speculator.heads.__all__ == [
         "PACKAGED_PROFILES",
         "CalibrationSample",
         "HeadProfile",

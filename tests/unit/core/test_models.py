@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from specprefill._precision import choose_dtype, cpu_flags, cpu_has_native_bf16
 from specprefill.errors import ModelLoadError
+from specprefill.speculator.precision import choose_dtype, cpu_flags, cpu_has_native_bf16
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason='needs torch: pip install "specprefill[hf]"')
@@ -68,8 +68,8 @@ def test_cpu_flags_parses_x86_and_arm_cpuinfo() -> None:
 def test_default_dtype_on_an_avx2_cpu_is_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import specprefill._precision as precision
-    from specprefill.models import default_dtype
+    import specprefill.speculator.precision as precision
+    from specprefill.speculator.loading import default_dtype
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(precision, "cpu_flags", lambda: X86_AVX2)
@@ -80,8 +80,8 @@ def test_default_dtype_on_an_avx2_cpu_is_float32(monkeypatch: pytest.MonkeyPatch
 def test_default_dtype_on_a_native_bf16_cpu_is_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import specprefill._precision as precision
-    from specprefill.models import default_dtype
+    import specprefill.speculator.precision as precision
+    from specprefill.speculator.loading import default_dtype
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(precision, "cpu_flags", lambda: X86_AVX512 | {"amx_bf16"})
@@ -92,7 +92,7 @@ def test_default_dtype_on_a_native_bf16_cpu_is_bfloat16(monkeypatch: pytest.Monk
 def test_default_dtype_matches_this_machine() -> None:
     import torch
 
-    from specprefill.models import default_dtype
+    from specprefill.speculator.loading import default_dtype
 
     native = cpu_has_native_bf16(torch.backends.cpu.get_cpu_capability(), cpu_flags())
     assert default_dtype("cpu") is (torch.bfloat16 if native else torch.float32)
@@ -105,7 +105,7 @@ def test_default_dtype_on_cuda_reads_the_compute_capability(
 ) -> None:
     import torch
 
-    from specprefill.models import default_dtype
+    from specprefill.speculator.loading import default_dtype
 
     seen: list[int] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -119,7 +119,7 @@ def test_default_dtype_on_cuda_reads_the_compute_capability(
 def test_default_dtype_without_cuda_is_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from specprefill.models import default_dtype
+    from specprefill.speculator.loading import default_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_dtype("cuda") is torch.float32
@@ -129,7 +129,7 @@ def test_default_dtype_without_cuda_is_float32(monkeypatch: pytest.MonkeyPatch) 
 def test_dtype_names_resolve_and_bad_ones_say_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import specprefill.models as models
+    import specprefill.speculator.loading as models
 
     monkeypatch.setattr(models, "default_dtype", lambda device: ("picked", device))
     assert models._torch_dtype(torch, None, "cuda:0") == ("picked", "cuda:0")
@@ -148,7 +148,7 @@ def test_dtype_names_resolve_and_bad_ones_say_the_fix(monkeypatch: pytest.Monkey
 def test_exact_storage_keeps_float32_unless_float16_is_lossless() -> None:
     import torch
 
-    from specprefill.models import exact_storage
+    from specprefill.speculator.loading import exact_storage
 
     halves = torch.tensor([0.5, -2.0, 1024.0, 0.0009765625])
     assert exact_storage(torch, halves).dtype is torch.float16
@@ -161,7 +161,7 @@ def test_exact_storage_keeps_float32_unless_float16_is_lossless() -> None:
 
 
 def test_dense_copy_dir_is_versioned_and_keyed_by_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from specprefill.models import DENSE_FORMAT, dense_copy_dir
+    from specprefill.speculator.loading import DENSE_FORMAT, dense_copy_dir
 
     monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path / "cache"))
     gguf = tmp_path / "m.gguf"
@@ -174,7 +174,7 @@ def test_dense_copy_dir_is_versioned_and_keyed_by_file(monkeypatch: pytest.Monke
 
 
 def test_existing_dense_copy_is_reused_without_converting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import specprefill.models as models
+    import specprefill.speculator.loading as models
 
     monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path))
     gguf = tmp_path / "m.gguf"
@@ -192,7 +192,7 @@ def test_existing_dense_copy_is_reused_without_converting(monkeypatch: pytest.Mo
 
 
 def test_an_old_format_copy_is_not_reused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import specprefill.models as models
+    import specprefill.speculator.loading as models
 
     monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path))
     gguf = tmp_path / "m.gguf"
@@ -214,7 +214,7 @@ def test_an_old_format_copy_is_not_reused(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_cached_dense_dir_finds_only_a_finished_current_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import specprefill.models as models
+    import specprefill.speculator.loading as models
 
     monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path / "cache"))
     gguf = tmp_path / "pkg" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -26,8 +26,7 @@ IMPORT_ROOTS = [
 
 
 def _run(code: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, *args, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+    proc = subprocess.run([sys.executable, *args, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -83,9 +82,22 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (src / "README.md").write_text("specprefill\n")
     out = tmp / "dist"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wheels = list(out.glob("specprefill-*.whl"))
@@ -98,8 +110,8 @@ def test_wheel_contents(wheel: Path) -> None:
     for required in (
         "specprefill/__init__.py",
         "specprefill/py.typed",
-        "specprefill/scoring.py",
-        "specprefill/head_profiles/smollm2-135m.json",
+        "specprefill/scoring/select.py",
+        "specprefill/speculator/head_profiles/smollm2-135m.json",
         "specprefill/cli/__init__.py",
         "specprefill/bench/overhead.py",
         "langchain_specprefill/__init__.py",
@@ -108,8 +120,11 @@ def test_wheel_contents(wheel: Path) -> None:
         "llama_index/llms/specprefill/__init__.py",
     ):
         assert required in names, required
-    for forbidden in ("llama_index/__init__.py", "llama_index/postprocessor/__init__.py",
-                      "llama_index/llms/__init__.py"):
+    for forbidden in (
+        "llama_index/__init__.py",
+        "llama_index/postprocessor/__init__.py",
+        "llama_index/llms/__init__.py",
+    ):
         assert forbidden not in names, forbidden
     assert not any(n.startswith(("tests/", "examples/", "core/", "integrations/", "benchmarks/")) for n in names)
     assert not any(n.startswith("specprefill/bench/") and n.endswith(("quality.py", "tasks.py")) for n in names)
@@ -122,8 +137,11 @@ def test_wheel_metadata(wheel: Path) -> None:
         metadata = zf.read(info).decode()
         entry_points = zf.read(info.replace("METADATA", "entry_points.txt")).decode()
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
-    unconditional = {r.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
-                     for r in requires if "extra ==" not in r}
+    unconditional = {
+        r.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        for r in requires
+        if "extra ==" not in r
+    }
     assert unconditional <= {"numpy", "pydantic", "tqdm"}, unconditional
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
     assert {"hf", "vllm", "langchain", "llama-index", "all", "dev"} <= extras

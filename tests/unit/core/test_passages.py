@@ -1,4 +1,4 @@
-"""Passage pruning in core (specprefill.passages) with a character-level fake speculator."""
+"""Passage pruning in core (specprefill.prompt.passages) with a character-level fake speculator."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from fakes import BosSpeculator  # one token per character; upper-case letters are important
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.passages import (
+from specprefill.prompt.passages import (
     DEFAULT_INSTRUCTION,
     Passage,
     aprune_passages,
@@ -17,7 +17,7 @@ from specprefill.passages import (
     prune_passages,
     score_passages,
 )
-from specprefill.prompts import plain_chat
+from specprefill.prompt.prepared import plain_chat
 
 CFG = SpecPrefillConfig(chunk_size=4, lookahead=1, min_prompt_tokens=0, gap_marker="|", chunk_context=0)
 

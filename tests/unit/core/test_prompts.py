@@ -10,7 +10,7 @@ import pytest
 
 from fakes import BosSpeculator, WordSpeculator, chatml
 from specprefill import EmptyPromptError, PromptError, SpecPrefillConfig
-from specprefill.prompts import (
+from specprefill.prompt.prepared import (
     ScoredPrompt,
     check_spans,
     locate_contents,
@@ -22,7 +22,7 @@ from specprefill.prompts import (
     scrub_surrogates,
     validate_messages,
 )
-from specprefill.speculator import ImportanceResult
+from specprefill.speculator.base import ImportanceResult
 
 
 def char_offsets(text: str) -> list[tuple[int, int]]:
@@ -145,8 +145,7 @@ def test_plain_chat_layout() -> None:
 def _protect(messages: list[dict[str, Any]], **cfg: Any) -> tuple[str, list[tuple[int, int]], np.ndarray]:
     rendered = chatml(messages)
     spans = locate_contents_by_template(rendered, messages, chatml)
-    mask = protection_for_messages(char_offsets(rendered), len(rendered), messages, spans,
-                                   SpecPrefillConfig(**cfg))
+    mask = protection_for_messages(char_offsets(rendered), len(rendered), messages, spans, SpecPrefillConfig(**cfg))
     return rendered, spans, mask
 
 
@@ -184,17 +183,17 @@ def test_protection_question_tail_only() -> None:
     rendered, spans, mask = _protect(MESSAGES, protect_question_tokens=6)
     s, e = spans[3]
     assert rendered[s:e][-6:] == "FINALQ"
-    assert mask[e - 6:e].all() and not mask[s:e - 6].any()
+    assert mask[e - 6 : e].all() and not mask[s : e - 6].any()
 
 
 def test_protection_zero_and_none_semantics() -> None:
     _, spans, mask = _protect(MESSAGES, protect_question_tokens=0, protect_system_tokens=0)
-    assert not mask[spans[0][0]:spans[0][1]].any()
-    assert not mask[spans[3][0]:spans[3][1]].any()
+    assert not mask[spans[0][0] : spans[0][1]].any()
+    assert not mask[spans[3][0] : spans[3][1]].any()
     _, spans, mask = _protect(MESSAGES, protect_question_tokens=None, protect_system_tokens=3)
     s, e = spans[0]
-    assert mask[s:s + 3].all() and not mask[s + 3:e].any()
-    assert mask[spans[3][0]:spans[3][1]].all()
+    assert mask[s : s + 3].all() and not mask[s + 3 : e].any()
+    assert mask[spans[3][0] : spans[3][1]].all()
 
 
 def test_protection_template_off() -> None:
@@ -252,8 +251,11 @@ def test_fake_prune_text_keeps_important_chunks() -> None:
 
 def test_fake_prune_messages_locate_real_content() -> None:
     spec = BosSpeculator()
-    messages = [{"role": "user", "content": "user"}, {"role": "assistant", "content": "ok"},
-                {"role": "user", "content": "xx QQ yy"}]
+    messages = [
+        {"role": "user", "content": "user"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "xx QQ yy"},
+    ]
     prepared = spec.prepare(messages)
     s, e = prepared.content_spans[0]  # type: ignore[index]
     assert prepared.text is not None and prepared.text[s:e] == "user" and prepared.text[s - 1] == "\n"

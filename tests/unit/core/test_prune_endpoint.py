@@ -14,9 +14,9 @@ import pytest
 from fakes import BosSpeculator, FakeSpeculator
 from remote_fakes import FakeService, call_asgi, middleware
 from specprefill import SpecPrefillConfig
-from specprefill.prompts import plain_chat, select_scored
+from specprefill.prompt.prepared import plain_chat, select_scored
 from specprefill.server.endpoint import PRUNE_PATH, PruneEndpointMiddleware, handle_prune
-from specprefill.wire import PruneReply
+from specprefill.wire.prune import PruneReply
 
 # the paper's fixed grid: the kept spans below are worked out on it, not on the default sentence grid
 CONFIG = {"chunk_size": 4, "lookahead": 1, "min_prompt_tokens": 0, "gap_marker": "|", "segment_by": "none"}
@@ -239,7 +239,7 @@ async def test_non_finite_importance_travels_as_null() -> None:
     imp[3] = np.nan
     from dataclasses import replace
 
-    from specprefill.wire import scored_from_wire, scored_to_wire
+    from specprefill.wire.prune import scored_from_wire, scored_to_wire
 
     wire = json.loads(json.dumps(scored_to_wire(replace(scored, importance=imp)), allow_nan=False))
     assert wire["importance"][3] is None

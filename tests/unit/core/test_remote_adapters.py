@@ -18,7 +18,7 @@ from llama_index.postprocessor.specprefill import METADATA_KEY, SpecPrefillNodeP
 from remote_fakes import FakeService, asgi_transport, async_asgi_transport, failing_transport, middleware
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
-from specprefill.remote_speculator import RemoteSpeculator
+from specprefill.speculator.remote import RemoteSpeculator
 
 FILLER = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
 TEXTS = [FILLER * 3 + "The ANSWER is forty-two. " + FILLER * 3, FILLER * 6, FILLER * 4]

@@ -19,9 +19,9 @@ from remote_fakes import (
 )
 from specprefill import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
-from specprefill.passages import Passage, prune_passages
-from specprefill.prompts import plain_chat
-from specprefill.remote_speculator import (
+from specprefill.prompt.passages import Passage, prune_passages
+from specprefill.prompt.prepared import plain_chat
+from specprefill.speculator.remote import (
     RemoteConnectionError,
     RemoteProtocolError,
     RemoteRequestError,

@@ -167,7 +167,7 @@ def _recorded(window: int, heads: int = 4, kv_heads: int = 2, n_queries: int = 8
     """A recorder holding one random layer, and the reference ``[1, H, Q, N]`` probabilities of it."""
     import torch
 
-    from specprefill.capture import Recorder
+    from specprefill.speculator.capture import Recorder
 
     rng = np.random.default_rng(window)
     q = torch.from_numpy(rng.normal(size=(heads, n_queries, dim)).astype(np.float32))
@@ -184,7 +184,7 @@ def _recorded(window: int, heads: int = 4, kv_heads: int = 2, n_queries: int = 8
 def test_torch_layer_scores_match_reference_mask(window: int) -> None:
     # hf's per-layer path masks logits before the softmax; the reference masks and renormalises
     # unmasked probabilities. They must agree, and with window > 1 the mask must change the result.
-    from specprefill.capture import prompt_importance
+    from specprefill.speculator.capture import prompt_importance
 
     recorder, probs = _recorded(window)
     for reduction in ("mean", "max"):
@@ -200,7 +200,7 @@ def test_torch_layer_scores_match_reference_mask(window: int) -> None:
 @pytest.mark.parametrize("chosen", [(0,), (1, 3), (0, 1), (2,), (0, 1, 2, 3)])
 def test_torch_head_subset_matches_reference_on_those_heads(chosen: tuple[int, ...]) -> None:
     # heads 0,1 share KV head 0 and heads 2,3 KV head 1: any subset scores like the reference on it alone
-    from specprefill.capture import head_scores, prompt_importance
+    from specprefill.speculator.capture import head_scores, prompt_importance
 
     recorder, probs = _recorded(3)
     config = SpecPrefillConfig(pool_kernel=3, query_reduction="max")
@@ -216,7 +216,7 @@ def test_torch_head_subset_matches_reference_on_those_heads(chosen: tuple[int, .
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
 def test_torch_head_subset_rejects_out_of_range_heads_and_skips_unlisted_layers() -> None:
-    from specprefill.capture import prompt_importance
+    from specprefill.speculator.capture import prompt_importance
 
     recorder, _ = _recorded(0)
     with pytest.raises(SpeculatorError, match=r"outside 0\.\.3"):
@@ -232,7 +232,7 @@ def test_single_query_decode_attention_matches_sdpa(mask_kind: str) -> None:
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from specprefill._decode_attention import single_query_attention
+    from specprefill.speculator.decode_attention import single_query_attention
 
     gen = torch.Generator().manual_seed(0)
     heads, kv_heads, n, dim = 6, 2, 37, 8
@@ -256,7 +256,7 @@ def test_single_query_decode_attention_matches_sdpa(mask_kind: str) -> None:
 def test_decode_fast_path_only_for_plain_cpu_single_queries() -> None:
     import torch
 
-    from specprefill._decode_attention import plain_cpu_decode
+    from specprefill.speculator.decode_attention import plain_cpu_decode
 
     one, many = torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 3, 4)
     assert plain_cpu_decode(one, {"scaling": 0.5, "dropout": 0.0, "sliding_window": None})
@@ -619,7 +619,7 @@ def test_segment_invariants_random() -> None:
 
 # --- chunk_context: a chunk's score also sees its neighbourhood -------------------------------------------
 def test_blend_context_weights_own_score_and_neighbourhood_peak() -> None:
-    from specprefill.chunk_context import blend_context
+    from specprefill.scoring.chunks import blend_context
 
     imp = np.array([0.0, 0.0, 0.0, 0.0, 8.0, 0.0], dtype=np.float32)
     bounds = [(0, 2), (2, 4), (4, 6)]

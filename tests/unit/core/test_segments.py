@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from specprefill.errors import PromptError
-from specprefill.segments import boundary_chars, check_segments, segment_starts, token_starts
+from specprefill.prompt.segments import boundary_chars, check_segments, segment_starts, token_starts
 
 
 def test_levels_include_the_coarser_ones() -> None:

@@ -13,7 +13,7 @@ from fakes import FakeSpeculator
 from specprefill.errors import ConfigurationError
 from specprefill.server.service import ScoringService, ScoringUnavailableError, load_configured_speculator
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 
 def service(**settings: Any) -> ScoringService:

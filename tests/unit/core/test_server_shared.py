@@ -18,7 +18,7 @@ from specprefill.config import SpecPrefillConfig
 from specprefill.server import hooks, shared
 from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 ENV = {shared.ADDRESS_ENV: "@x", shared.KEY_ENV: "00"}
 

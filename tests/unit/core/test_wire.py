@@ -1,4 +1,4 @@
-"""The prune endpoint's wire form (specprefill.wire): round trips through JSON and typed errors for bad payloads."""
+"""The prune endpoint's wire form (specprefill.wire.prune): round trips through JSON and typed errors for bad payloads."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from fakes import BosSpeculator
 from specprefill import SpecPrefillConfig
-from specprefill.prompts import plain_chat
+from specprefill.prompt.prepared import plain_chat
 from specprefill.result import PruneStats
-from specprefill.wire import (
+from specprefill.wire.prune import (
     STATS_KEYS,
     PruneReply,
     PruneRequest,

@@ -121,7 +121,11 @@ def test_generation_kwargs_and_stop() -> None:
     assert model.invoke(LONG).content == "Hello there "
     params = backend(model).params[-1]
     assert (params.stop, params.temperature, params.top_p, params.seed, params.max_new_tokens) == (
-        ("friend",), 0.7, 0.9, 3, 9
+        ("friend",),
+        0.7,
+        0.9,
+        3,
+        9,
     )
     assert model.invoke(LONG, stop=["there"]).content == "Hello "  # a call's stop replaces the default
     model.invoke(LONG, temperature=0, max_new_tokens=4, seed=None)
@@ -190,9 +194,10 @@ async def test_concurrent_ainvoke_keeps_stats_apart() -> None:
 def test_batch() -> None:
     results = chat().batch([LONG, "hi there"], keep_rate=0.2)
     assert [r.content for r in results] == ["Hello there friend"] * 2
-    assert results[0].response_metadata["specprefill"]["tokens_in"] != results[1].response_metadata["specprefill"][
-        "tokens_in"
-    ]
+    assert (
+        results[0].response_metadata["specprefill"]["tokens_in"]
+        != results[1].response_metadata["specprefill"]["tokens_in"]
+    )
 
 
 # --- messages ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from fakes import fake_engine
 from langchain_specprefill import ChatSpecPrefill
 from langchain_specprefill.server_chat import SpecPrefillServerChat
 from specprefill.errors import ConfigurationError
-from specprefill.server_wire import ServerStatsError
+from specprefill.wire.xargs import ServerStatsError
 
 pytest_plugins = ["fake_vllm_server"]  # the fake_vllm fixture
 

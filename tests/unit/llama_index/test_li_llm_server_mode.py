@@ -14,7 +14,7 @@ from llama_index.llms.specprefill import STATS_KEY, SpecPrefillLLM
 from llama_index.llms.specprefill.server import SpecPrefillOpenAILike
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
-from specprefill.server_wire import ServerStatsError
+from specprefill.wire.xargs import ServerStatsError
 
 pytest_plugins = ["fake_vllm_server"]  # the fake_vllm fixture
 

@@ -123,7 +123,11 @@ def test_call_kwargs_override_generation_and_config() -> None:
     llm.chat(_messages(), max_tokens=12, keep_rate=0.5, top_p=0.9)
     params = base.params[-1]
     assert (params.max_new_tokens, params.temperature, params.top_p, params.stop, params.seed) == (
-        12, 0.5, 0.9, ("\n",), 3
+        12,
+        0.5,
+        0.9,
+        ("\n",),
+        3,
     )
     wide = llm.chat(_messages()).additional_kwargs[STATS_KEY]["tokens_kept"]
     narrow = llm.chat(_messages(), max_kept_tokens=10).additional_kwargs[STATS_KEY]["tokens_kept"]
@@ -186,8 +190,13 @@ def test_base_url_builds_an_openai_backend_without_network() -> None:
     pytest.importorskip("openai")
     from specprefill.backends.openai import OpenAIBackend
 
-    llm = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served", api_key="sk-secret-123",
-                         speculator=hot_word_speculator(), config=SpecPrefillConfig(keep_rate=0.4))
+    llm = SpecPrefillLLM(
+        base_url="http://127.0.0.1:9/v1",
+        model="served",
+        api_key="sk-secret-123",
+        speculator=hot_word_speculator(),
+        config=SpecPrefillConfig(keep_rate=0.4),
+    )
     assert isinstance(llm.engine.base, OpenAIBackend)
     assert llm.engine.base.base_url == "http://127.0.0.1:9/v1"
     assert llm.engine.config.keep_rate == 0.4
@@ -196,7 +205,13 @@ def test_base_url_builds_an_openai_backend_without_network() -> None:
     lazy = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served", speculator="smollm2-135m")
     assert lazy.engine.speculator_name == "smollm2-135m"
     assert lazy.engine.base.request_timeout == 600.0 and lazy.engine.base.timeout == 60.0  # type: ignore[attr-defined]
-    bounded = SpecPrefillLLM(base_url="http://127.0.0.1:9/v1", model="served", timeout=5.0, request_timeout=20.0,
-                             max_retries=0, speculator="smollm2-135m")
+    bounded = SpecPrefillLLM(
+        base_url="http://127.0.0.1:9/v1",
+        model="served",
+        timeout=5.0,
+        request_timeout=20.0,
+        max_retries=0,
+        speculator="smollm2-135m",
+    )
     base = bounded.engine.base
     assert (base.timeout, base.request_timeout, base.max_retries) == (5.0, 20.0, 0)  # type: ignore[attr-defined]

@@ -64,8 +64,9 @@ def test_one_output_per_input_with_identity_scores_and_metadata() -> None:
 
 
 def test_text_is_cut_to_kept_spans_with_gap_marker() -> None:
-    out = _pp(keep_rate=0.1, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8, gap_marker=" [...] ")
-              ).postprocess_nodes(_nodes(), query_str="answer?")
+    out = _pp(
+        keep_rate=0.1, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8, gap_marker=" [...] ")
+    ).postprocess_nodes(_nodes(), query_str="answer?")
     text = out[0].node.get_content()
     assert "[...]" in text
     original = _nodes()[0].node.get_content()
@@ -115,8 +116,9 @@ def test_protected_metadata_values_stay_and_do_not_use_the_budget() -> None:
     assert "Harbour Almanac" in by_id["node-2"].node.get_content()
     s = by_id["node-2"].node.metadata[METADATA_KEY]
     assert s["protected_tokens"] == len("Harbour Almanac")
-    total = sum(n.node.metadata[METADATA_KEY]["tokens_kept"] - n.node.metadata[METADATA_KEY]["protected_tokens"]
-                for n in out)
+    total = sum(
+        n.node.metadata[METADATA_KEY]["tokens_kept"] - n.node.metadata[METADATA_KEY]["protected_tokens"] for n in out
+    )
     assert total == 10
 
 
@@ -183,7 +185,7 @@ def test_speculator_failure_falls_back_to_unpruned_nodes(caplog: pytest.LogCaptu
 
 
 def test_construction_is_lazy_and_loading_happens_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import specprefill.models
+    import specprefill.speculator.loading
 
     calls: list[str] = []
 
@@ -191,9 +193,10 @@ def test_construction_is_lazy_and_loading_happens_once(monkeypatch: pytest.Monke
         calls.append(name)
         return hot_word_speculator()
 
-    monkeypatch.setattr(specprefill.models, "load_speculator", fake_load)
-    pp = SpecPrefillNodePostprocessor("some-speculator", keep_rate=0.2,
-                                      config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
+    monkeypatch.setattr(specprefill.speculator.loading, "load_speculator", fake_load)
+    pp = SpecPrefillNodePostprocessor(
+        "some-speculator", keep_rate=0.2, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8)
+    )
     assert calls == []
     assert pp.speculator_name == "some-speculator"
     pp.postprocess_nodes(_nodes(), query_str="answer?")
@@ -202,12 +205,12 @@ def test_construction_is_lazy_and_loading_happens_once(monkeypatch: pytest.Monke
 
 
 def test_unloadable_speculator_falls_back_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    import specprefill.models
+    import specprefill.speculator.loading
 
     def broken(name: str, **kwargs: Any) -> FakeSpeculator:
         raise ModelLoadError(f"no model called {name!r}")
 
-    monkeypatch.setattr(specprefill.models, "load_speculator", broken)
+    monkeypatch.setattr(specprefill.speculator.loading, "load_speculator", broken)
     out = SpecPrefillNodePostprocessor("missing", config=SpecPrefillConfig(min_prompt_tokens=0)).postprocess_nodes(
         _nodes(), query_str="q"
     )

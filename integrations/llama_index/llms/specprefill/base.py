@@ -31,12 +31,12 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.llm import LLM
 
 from specprefill.backends.openai import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
-from specprefill.callargs import split_call_kwargs
 from specprefill.config import SpecPrefillConfig
 from specprefill.engine import SpecPrefillEngine
+from specprefill.engine.callargs import split_call_kwargs
 from specprefill.errors import ConfigurationError
 from specprefill.result import STATS_KEY
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 from .convert import chat_response, completion_response, to_messages, user_chat, user_message
 from .server import ServerCalls, server_call_kwargs, server_llm
@@ -54,7 +54,7 @@ class SpecPrefillLLM(LLM):
     no ``engine`` sends the FULL prompt to a vLLM server that prunes (``specprefill serve``), with
     ``keep_rate`` / ``max_kept_tokens`` as ``vllm_xargs``, through LlamaIndex's ``OpenAILike``; no model is
     loaded here, and ``raw`` is the server's JSON. An answer without the server's stats raises
-    :class:`~specprefill.server_wire.ServerStatsError`. Otherwise give it a ready
+    :class:`~specprefill.wire.xargs.ServerStatsError`. Otherwise give it a ready
     :class:`~specprefill.engine.SpecPrefillEngine`, or ``base_url`` plus a ``speculator`` to prune here and
     generate on any OpenAI-compatible server (an :class:`~specprefill.backends.openai.OpenAIBackend`). All
     eight endpoints are implemented and natively async. ``complete`` sends the prompt as one user message.
@@ -338,9 +338,7 @@ class SpecPrefillLLM(LLM):
         return gen()
 
     @llm_completion_callback()
-    async def astream_complete(
-        self, prompt: str, formatted: bool = False, **kwargs: Any
-    ) -> CompletionResponseAsyncGen:
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         """Async :meth:`stream_complete` (``engine.astream``)."""
         if self.server_mode:
             return await self.server_calls().astream_complete(user_chat(prompt), self._server_args(kwargs))

@@ -11,7 +11,7 @@ Example:
 from llama_index.postprocessor.specprefill.base import DEFAULT_LOOKAHEAD, METADATA_KEY, SpecPrefillNodePostprocessor
 from llama_index.postprocessor.specprefill.events import SpecPrefillPruneEndEvent, SpecPrefillPruneStartEvent
 from llama_index.postprocessor.specprefill.stats import NodePruneStats, PostprocessStats
-from specprefill.passages import DEFAULT_INSTRUCTION
+from specprefill.prompt.passages import DEFAULT_INSTRUCTION
 
 __all__ = [
     "DEFAULT_INSTRUCTION",

@@ -1,7 +1,7 @@
 """``SpecPrefillNodePostprocessor``: query-aware pruning of retrieved nodes with a speculator model.
 
 All retrieved nodes and the query go to the speculator as **one** chat prompt (an instruction, the numbered
-passages, then the question; see :mod:`specprefill.passages`), so the budget goes to whichever passages the
+passages, then the question; see :mod:`specprefill.prompt.passages`), so the budget goes to whichever passages the
 question needs rather than being split evenly. The kept character spans are then written back node by node:
 every input node gives one output node with the same id, score and metadata, its text cut down to its kept
 spans with ``set_content``.
@@ -27,7 +27,7 @@ from llama_index.postprocessor.specprefill.events import SpecPrefillPruneEndEven
 from llama_index.postprocessor.specprefill.stats import NodePruneStats, PostprocessStats
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.passages import (
+from specprefill.prompt.passages import (
     DEFAULT_INSTRUCTION,
     PASSAGE_LOOKAHEAD,
     Passage,
@@ -36,10 +36,10 @@ from specprefill.passages import (
     aprune_passages,
     prune_passages,
 )
-from specprefill.remote_speculator import RemoteSpeculator
 from specprefill.result import STATS_KEY
 from specprefill.spans import Span
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
+from specprefill.speculator.remote import RemoteSpeculator
 
 __all__ = ["DEFAULT_LOOKAHEAD", "METADATA_KEY", "SpecPrefillNodePostprocessor"]
 
@@ -50,7 +50,7 @@ METADATA_KEY = STATS_KEY
 """Metadata key of the per-node pruning statistics (excluded from LLM and embedding text)."""
 
 DEFAULT_LOOKAHEAD = PASSAGE_LOOKAHEAD
-"""Look-ahead of the default config (:data:`specprefill.passages.PASSAGE_LOOKAHEAD`, shared with LangChain)."""
+"""Look-ahead of the default config (:data:`specprefill.prompt.passages.PASSAGE_LOOKAHEAD`, shared with LangChain)."""
 
 
 @dataclass
@@ -66,7 +66,7 @@ class _Run:
 
     @property
     def args(self) -> tuple[list[Passage], str | None, SpecPrefillConfig]:
-        """``(passages, question, config)``, as :func:`~specprefill.passages.prune_passages` takes them."""
+        """``(passages, question, config)``, as :func:`~specprefill.prompt.passages.prune_passages` takes them."""
         return self.passages, self.query, self.cfg
 
 
@@ -81,7 +81,7 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
     ``RERANKING`` event with ``additional_kwargs``) and to the instrumentation dispatcher
     (:class:`SpecPrefillPruneStartEvent`, :class:`SpecPrefillPruneEndEvent`). Input nodes are not modified.
 
-    Layout, scoring and selection are :mod:`specprefill.passages`: the chunk grid restarts at every node,
+    Layout, scoring and selection are :mod:`specprefill.prompt.passages`: the chunk grid restarts at every node,
     so no chunk straddles two nodes or a node and its header, and a chunk is scored by its unprotected
     tokens only. The default config also looks ahead :data:`DEFAULT_LOOKAHEAD` tokens instead of 8. On the
     bundled example documents (15 retrievable README questions, top-4 nodes of 256 tokens) with the
@@ -95,9 +95,9 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
     ``config.min_prompt_tokens`` pass through unchanged.
 
     Args:
-        speculator: A loaded :class:`~specprefill.speculator.Speculator`, or a name/path for
+        speculator: A loaded :class:`~specprefill.speculator.base.Speculator`, or a name/path for
             :func:`specprefill.load_speculator`, loaded on first use (default: the embedded
-            ``"smollm2-135m"``), or a :class:`~specprefill.remote_speculator.RemoteSpeculator`. Constructing
+            ``"smollm2-135m"``), or a :class:`~specprefill.speculator.remote.RemoteSpeculator`. Constructing
             the postprocessor never loads a model.
         base_url: Root URL of a specprefill server (``specprefill serve``): the joint prompt is scored by the
             server's speculator (``POST /specprefill/v1/prune``) and selected here, so no model loads in this
@@ -204,7 +204,7 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
         if self._speculator is None:
             with self._load_lock:
                 if self._speculator is None:
-                    from specprefill.models import load_speculator
+                    from specprefill.speculator.loading import load_speculator
 
                     logger.info("loading speculator %s", self.speculator_name)
                     self._speculator = load_speculator(self.speculator_name)

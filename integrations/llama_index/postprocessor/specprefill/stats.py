@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.passages import PassageOutcome
+from specprefill.prompt.passages import PassageOutcome
 from specprefill.result import PruneStats
 
 __all__ = ["NodePruneStats", "PostprocessStats"]

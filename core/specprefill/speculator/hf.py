@@ -5,10 +5,10 @@ every layer, the queries of the newest positions (during prefill the last ``max(
 prompt tokens, then each fed-back look-ahead token) and the newest key tensor. After look-ahead, each
 layer's queries are scored against its prompt keys (observation-window queries causally masked), softmaxed
 in float32, pooled, reduced over heads and folded into a running ``[queries, N]`` max over layers
-(:mod:`specprefill.capture`), so memory stays O(heads x queries x N) with queries = observation window +
-look-ahead. With ``config.retrieval_heads`` and a head profile (:mod:`specprefill.heads`), only the
+(:mod:`specprefill.speculator.capture`), so memory stays O(heads x queries x N) with queries = observation window +
+look-ahead. With ``config.retrieval_heads`` and a head profile (:mod:`specprefill.speculator.heads`), only the
 profile's best heads are scored, and only their layers are recorded. :meth:`HFSpeculator.score_many` scores
-several prompts in shared, left-padded forward passes (:mod:`specprefill.batching`; on CUDA by default).
+several prompts in shared, left-padded forward passes (:mod:`specprefill.speculator.batching`; on CUDA by default).
 
 Sliding-window layers (e.g. 5 of 6 Gemma-3 layers) whose window is shorter than the scored sequence are
 **excluded** from the max: their queries cannot see most of the prompt, and their window would force the
@@ -29,17 +29,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from specprefill._decode_attention import plain_cpu_decode, single_query_attention
 from specprefill._deps import require
-from specprefill.batching import capture_batch, length_buckets
-from specprefill.capture import Recorder, head_scores, prompt_importance
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
-from specprefill.heads import HeadProfile, find_profile
-from specprefill.prompts import plain_chat
+from specprefill.prompt.prepared import plain_chat
 from specprefill.result import Message
 from specprefill.spans import Span
-from specprefill.speculator import ImportanceResult, Speculator
+from specprefill.speculator.base import ImportanceResult, Speculator
+from specprefill.speculator.batching import capture_batch, length_buckets
+from specprefill.speculator.capture import Recorder, head_scores, prompt_importance
+from specprefill.speculator.decode_attention import plain_cpu_decode, single_query_attention
+from specprefill.speculator.heads import HeadProfile, find_profile
 
 __all__ = ["CAPTURE_ATTENTION", "HFSpeculator", "eos_token_ids", "register_capture_attention"]
 
@@ -122,7 +122,7 @@ class HFSpeculator(Speculator):
         self.eos_ids = eos_token_ids(model, tokenizer)
         self._lock = threading.Lock()
         self.head_profile: HeadProfile | None = self._find_profile()
-        """Retrieval-head profile used when ``config.retrieval_heads > 0`` (see :mod:`specprefill.heads`)."""
+        """Retrieval-head profile used when ``config.retrieval_heads > 0`` (see :mod:`specprefill.speculator.heads`)."""
         self.batch_forward: bool = model.device.type == "cuda" if batch_forward is None else batch_forward
         """:meth:`score_many` runs prompts in one padded forward pass (default: on CUDA only; on CPU the
         padded batch measured slower than one prompt at a time). Models with sliding-window layers never do."""
@@ -253,7 +253,7 @@ class HFSpeculator(Speculator):
         """:meth:`score` for several prompts; with :attr:`batch_forward`, compatible ones share one forward pass.
 
         Prompts that fit the context window and share ``lookahead`` and the scored heads are left-padded into
-        one batch (:mod:`specprefill.batching`); each gets the importance an unbatched run gives, up to float
+        one batch (:mod:`specprefill.speculator.batching`); each gets the importance an unbatched run gives, up to float
         rounding. Longer prompts (scored in windows) and lone ones are scored alone.
         """
         if not self.batch_forward or self._sliding or len(batch) < 2:
@@ -308,7 +308,7 @@ class HFSpeculator(Speculator):
     def head_scores(self, input_ids: Sequence[int], config: SpecPrefillConfig) -> npt.NDArray[np.float32]:
         """``[layers, heads, N]``: every head's pooled attention on each prompt token, max over the queries.
 
-        What :func:`specprefill.heads.calibrate_heads` ranks; the prompt must fit the context window.
+        What :func:`specprefill.speculator.heads.calibrate_heads` ranks; the prompt must fit the context window.
         """
         ids = self._check_ids(input_ids)
         window = min(config.observation_window, len(ids))

@@ -1,7 +1,7 @@
 """Building a :class:`~specprefill.result.PruneResult` from a scored prompt and the kept token indices.
 
-Pure: no model in it. :meth:`Speculator.build_result <specprefill.speculator.Speculator.build_result>` and the
-remote client (:mod:`specprefill.remote_speculator`, which selects locally on a prompt the server scored)
+Pure: no model in it. :meth:`Speculator.build_result <specprefill.speculator.base.Speculator.build_result>` and the
+remote client (:mod:`specprefill.speculator.remote`, which selects locally on a prompt the server scored)
 both call :func:`assemble_result`, so a prompt scored in another process prunes exactly as one scored here.
 """
 
@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError
-from specprefill.prompts import ScoredPrompt, cut_messages
+from specprefill.prompt.prepared import ScoredPrompt, cut_messages
 from specprefill.result import Message, PruneResult, PruneStats
 from specprefill.scoring import chunk_bounds, protected_mask
 from specprefill.spans import Span, index_runs, join_runs, join_spans, kept_char_spans

@@ -1,7 +1,7 @@
 """JSON wire form of the prune endpoint (``POST /specprefill/v1/prune``): requests, replies, stats, scores.
 
 Pure and symmetric: the server (:mod:`specprefill.server.endpoint`) and the client
-(:mod:`specprefill.remote_speculator`) use the same functions, so what one writes the other reads back.
+(:mod:`specprefill.speculator.remote`) use the same functions, so what one writes the other reads back.
 Everything read from the wire is validated; a malformed payload (truncated, empty, not JSON, a wrong type, a
 span out of range) raises :class:`WireFormatError` naming the field, never passes as a success.
 
@@ -28,7 +28,10 @@ from typing import Any, get_args
 
 import numpy as np
 
-from specprefill._wire_fields import (
+from specprefill.prompt.prepared import PromptKind, ScoredPrompt
+from specprefill.result import Message, PruneStats
+from specprefill.spans import Span, index_runs
+from specprefill.wire.fields import (
     WireFormatError,
     as_bool,
     as_int,
@@ -41,9 +44,6 @@ from specprefill._wire_fields import (
     as_segments,
     as_spans,
 )
-from specprefill.prompts import PromptKind, ScoredPrompt
-from specprefill.result import Message, PruneStats
-from specprefill.spans import Span, index_runs
 
 __all__ = [
     "PRUNE_PATH",
@@ -160,7 +160,7 @@ def read_stats(value: object, where: str = "stats") -> dict[str, Any]:
 
 # --- scored prompts --------------------------------------------------------------------------------------
 def scored_to_wire(scored: ScoredPrompt) -> dict[str, Any]:
-    """A :class:`~specprefill.prompts.ScoredPrompt` as a JSON-safe dict.
+    """A :class:`~specprefill.prompt.prepared.ScoredPrompt` as a JSON-safe dict.
 
     ``protected`` is sent as ``[start, end)`` runs of protected token indices; non-finite importance values
     are sent as ``null`` (they read back as NaN, which selection ranks lowest).

@@ -13,8 +13,8 @@ from typing import Any
 
 from specprefill.backends.base import BaseBackend
 from specprefill.config import SpecPrefillConfig
-from specprefill.engine import SpecPrefillEngine
-from specprefill.speculator import Speculator
+from specprefill.engine.core import SpecPrefillEngine
+from specprefill.speculator.base import Speculator
 
 __all__ = ["load_engine", "same_model"]
 
@@ -22,7 +22,7 @@ ModelRef = str | os.PathLike[str]
 
 
 def _canonical(name: ModelRef) -> str:
-    from specprefill.models import EMBEDDED_MODELS, _canonical
+    from specprefill.speculator.loading import EMBEDDED_MODELS, _canonical
 
     text = str(name)
     key = _canonical(text)
@@ -36,7 +36,7 @@ def _canonical(name: ModelRef) -> str:
 
 def _is_cache_copy(embedded_key: str, path_key: str) -> bool:
     """Whether ``path_key`` is a folder in the specprefill cache made from the embedded model ``embedded_key``."""
-    from specprefill.models import cache_dir
+    from specprefill.speculator.loading import cache_dir
 
     name = embedded_key.removeprefix("embedded:")
     path = Path(path_key.removeprefix("path:"))
@@ -81,7 +81,7 @@ def load_engine(
 
     Args:
         model: The speculator: a model name or path (``"smollm2-135m"`` is the packaged default), or an
-            already loaded :class:`~specprefill.speculator.Speculator`.
+            already loaded :class:`~specprefill.speculator.base.Speculator`.
         base: The base: a model name or path (None: the same model as the speculator, weights shared), or
             a ready :class:`~specprefill.backends.base.BaseBackend` (e.g. an ``OpenAIBackend``).
         device: torch device for the models loaded here.
@@ -89,7 +89,7 @@ def load_engine(
         config: Pruning settings of the engine.
 
     Returns:
-        The :class:`~specprefill.engine.SpecPrefillEngine`.
+        The :class:`~specprefill.engine.core.SpecPrefillEngine`.
 
     Raises:
         ModelLoadError: A model cannot be found or loaded.
@@ -101,7 +101,7 @@ def load_engine(
 
     """
     from specprefill.backends.transformers import TransformersBackend
-    from specprefill.models import load_speculator
+    from specprefill.speculator.loading import load_speculator
 
     speculator = model if isinstance(model, Speculator) else load_speculator(model, device=device, dtype=dtype)
     if isinstance(base, BaseBackend):

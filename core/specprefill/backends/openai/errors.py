@@ -27,7 +27,7 @@ def translate_openai_error(
         base_url: The server.
         model: The model name asked for (None: not known).
         timeout: The per-attempt silence limit, for the timeout message.
-        deadline: The request's :class:`~specprefill.backends.openai_http.Deadline`, if any.
+        deadline: The request's :class:`~specprefill.backends.openai.http.Deadline`, if any.
 
     Returns:
         The error to raise (``from exc``).
@@ -47,8 +47,7 @@ def translate_openai_error(
         )
     if isinstance(exc, openai.AuthenticationError):
         return BackendError(
-            f"the server at {base_url} rejected the API key ({exc.status_code}); pass api_key=... or set "
-            "OPENAI_API_KEY"
+            f"the server at {base_url} rejected the API key ({exc.status_code}); pass api_key=... or set OPENAI_API_KEY"
         )
     if isinstance(exc, openai.NotFoundError):
         return BackendError(

@@ -14,7 +14,7 @@ import numpy as np
 
 from specprefill.backends.base import BaseRequest
 from specprefill.errors import EmptyPromptError, PromptError
-from specprefill.prompts import Prompt, prompt_kind, validate_messages
+from specprefill.prompt.prepared import Prompt, prompt_kind, validate_messages
 from specprefill.result import PruneResult, PruneStats
 
 __all__ = ["Plan", "bare_prune", "fallback_plan", "full_request", "is_token_ids", "plan_request"]

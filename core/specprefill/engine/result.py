@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from specprefill.backends.base import BaseOutput, PositionMode
-from specprefill.planning import Plan, bare_prune
+from specprefill.engine.planning import Plan, bare_prune
 from specprefill.result import PruneResult
 
 __all__ = ["CallTiming", "EngineChunk", "EngineResult", "EngineStats", "build_result"]

@@ -32,7 +32,7 @@ from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from specprefill.hf import HFSpeculator
+    from specprefill.speculator.hf import HFSpeculator
 
 __all__ = [
     "PACKAGED_PROFILES",
@@ -53,7 +53,7 @@ PACKAGED_PROFILES = Path(__file__).parent / "head_profiles"
 """Folder of the profiles shipped with the package (one ``<speculator name>.json`` each)."""
 
 CALIBRATION_LOOKAHEAD = 16
-"""Look-ahead used while calibrating (the passage pruners' default, ``specprefill.passages.PASSAGE_LOOKAHEAD``)."""
+"""Look-ahead used while calibrating (the passage pruners' default, ``specprefill.prompt.passages.PASSAGE_LOOKAHEAD``)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class HeadProfile:
 
 def profile_path(name: str) -> Path:
     """Where :func:`save_profile` writes the profile of speculator ``name`` by default (the cache)."""
-    from specprefill.models import cache_dir
+    from specprefill.speculator.loading import cache_dir
 
     return cache_dir() / "heads" / f"{_slug(name)}.json"
 
@@ -277,9 +277,9 @@ def calibrate_heads(
 
 def _answer_ranks(speculator: HFSpeculator, sample: CalibrationSample, config: SpecPrefillConfig) -> npt.NDArray[Any]:
     """``[L, H]`` rank (0 = best) of the answer sentence's best chunk under each head alone."""
-    from specprefill.passages import Passage, layout_passages, protect_passages
+    from specprefill.prompt.passages import Passage, layout_passages, protect_passages
+    from specprefill.prompt.segments import check_segments, segment_starts
     from specprefill.scoring import chunk_bounds
-    from specprefill.segments import check_segments, segment_starts
 
     layout = layout_passages([Passage(text=t) for t in sample.passages], sample.question)
     prepared = speculator.prepare(layout.messages, config=config)

@@ -1,7 +1,7 @@
 """The engine: prune a prompt with the speculator, then generate with the base model.
 
 ``SpecPrefillEngine`` only moves data: the speculator decides what to keep (:class:`PruneResult`), the
-planning core (:mod:`specprefill.planning`) turns that into a :class:`~specprefill.backends.base.BaseRequest`
+planning core (:mod:`specprefill.engine.planning`) turns that into a :class:`~specprefill.backends.base.BaseRequest`
 (token form with original positions when both share a tokenizer, text or messages otherwise), and the base
 backend generates. Sync and async calls, generate and stream, share one path; async calls score on the
 engine's own bounded scoring pool, so base calls never queue behind other calls' pruning.
@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from specprefill.backends.base import BaseBackend, GenerationParams, StreamChunk
-from specprefill.callargs import split_call_kwargs, stop_tuple
 from specprefill.config import SpecPrefillConfig
-from specprefill.engine_result import CallTiming, EngineChunk, EngineResult, EngineStats, build_result
+from specprefill.engine.callargs import split_call_kwargs, stop_tuple
+from specprefill.engine.planning import Plan, fallback_plan, plan_request
+from specprefill.engine.result import CallTiming, EngineChunk, EngineResult, EngineStats, build_result
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.planning import Plan, fallback_plan, plan_request
-from specprefill.prompts import Prompt, check_spans
+from specprefill.prompt.prepared import Prompt, check_spans
 from specprefill.result import PruneResult
 from specprefill.spans import Span
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 __all__ = ["EngineChunk", "EngineResult", "EngineStats", "SpecPrefillEngine"]
 
@@ -48,12 +48,12 @@ class SpecPrefillEngine:
     """Speculative Prefill end to end: a speculator prunes the prompt, a base backend generates.
 
     Args:
-        speculator: A :class:`~specprefill.speculator.Speculator`, or a name/path for
+        speculator: A :class:`~specprefill.speculator.base.Speculator`, or a name/path for
             :func:`specprefill.load_speculator` (loaded on first use, e.g. ``"smollm2-135m"``). If it
             cannot load and ``config.fallback_on_error`` is set, calls go through unpruned (with a warning
             and ``stats.fallback=True``) and loading is tried again on the next call.
         base: The base model backend, e.g. :class:`~specprefill.backends.transformers.TransformersBackend`
-            or :class:`~specprefill.backends.openai.OpenAIBackend`.
+            or :class:`~specprefill.backends.openai.backend.OpenAIBackend`.
         config: Pruning settings (defaults if omitted); every call may override single fields.
         scoring_workers: Threads of the pool async calls score on (scoring is compute-bound: more
             workers than the speculator's device can run at once only add waiting).
@@ -101,7 +101,7 @@ class SpecPrefillEngine:
         if self._speculator is None:
             with self._load_lock:
                 if self._speculator is None:
-                    from specprefill.models import load_speculator
+                    from specprefill.speculator.loading import load_speculator
 
                     logger.info("loading speculator %s", self._speculator_source)
                     self._speculator = load_speculator(self._speculator_source)

@@ -4,11 +4,11 @@ The prompts are left-padded to the longest, with an attention mask and per-row p
 ends at the same column: its observation-window queries are the last ones of the prefill, and the
 look-ahead steps append one column for all rows at once. A row that reached end-of-sequence keeps being fed
 a pad token (in its own row, so no other prompt sees it) and its later queries are dropped. Each row's
-recorder is then cut out with :func:`specprefill.capture.row_view` and scored as an unbatched run would be.
+recorder is then cut out with :func:`specprefill.speculator.capture.row_view` and scored as an unbatched run would be.
 
 On a 2-core CPU the batch measured 1.10x faster than one by one for 1,024-token prompts but 0.90x for four
-4,096-token ones (``benchmarks/batch_scoring.py``), so :class:`~specprefill.hf.HFSpeculator` batches by
-default only on CUDA (:attr:`~specprefill.hf.HFSpeculator.batch_forward`).
+4,096-token ones (``benchmarks/batch_scoring.py``), so :class:`~specprefill.speculator.hf.HFSpeculator` batches by
+default only on CUDA (:attr:`~specprefill.speculator.hf.HFSpeculator.batch_forward`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from specprefill.capture import Recorder, row_view
+from specprefill.speculator.capture import Recorder, row_view
 
 __all__ = ["PADDING_SLACK", "BatchCapture", "capture_batch", "length_buckets"]
 
@@ -103,7 +103,7 @@ def capture_batch(
         layers: Layers to record (None: all).
         eos_ids: Tokens that end a row's look-ahead.
         pad_id: Token fed in padding and to finished rows (never attended to by a live row).
-        recording: Installs the recorder for the model's attention calls (:func:`specprefill.hf._recording`).
+        recording: Installs the recorder for the model's attention calls (:func:`specprefill.speculator.hf._recording`).
 
     """
     import torch

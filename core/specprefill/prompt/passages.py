@@ -29,12 +29,12 @@ import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompts import PreparedPrompt, ScoredPrompt, scrub_surrogates, select_scored, validate_messages
+from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt, scrub_surrogates, select_scored, validate_messages
+from specprefill.prompt.segments import check_segments, segment_starts, token_starts
 from specprefill.result import Message, PruneResult
 from specprefill.scoring import chunk_bounds, fill_chunks
-from specprefill.segments import check_segments, segment_starts, token_starts
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
-from specprefill.speculator import Speculator
+from specprefill.speculator.base import Speculator
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -68,7 +68,7 @@ QUESTION_HEADER = "Question:"
 
 
 class ResultBuilder(Protocol):
-    """What builds the result of a selection: a :class:`~specprefill.speculator.Speculator`, or a remote one."""
+    """What builds the result of a selection: a :class:`~specprefill.speculator.base.Speculator`, or a remote one."""
 
     def build_result(
         self,
@@ -78,7 +78,7 @@ class ResultBuilder(Protocol):
         *,
         seconds: float = 0.0,
     ) -> PruneResult:
-        """The result of keeping ``kept`` of ``scored`` (see :func:`specprefill.assemble.assemble_result`)."""
+        """The result of keeping ``kept`` of ``scored`` (see :func:`specprefill.prompt.assemble.assemble_result`)."""
         ...
 
 

@@ -1,7 +1,7 @@
 """Pure functions for steps 4-6 of Speculative Prefill: smoothing, reduction, chunking and selection.
 
 Everything here works on NumPy arrays and has no model in it, so it is tested on tiny literal inputs.
-The speculator computes the same reductions layer by layer in torch (see ``specprefill.hf``); these
+The speculator computes the same reductions layer by layer in torch (see ``specprefill.speculator.hf``); these
 functions are the reference it is checked against.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from specprefill.chunk_context import blend_context
 from specprefill.errors import ConfigurationError
+from specprefill.scoring.chunks import blend_context
 
 __all__ = [
     "avg_pool1d",
@@ -223,7 +223,7 @@ def select_chunks(
 
     With ``chunk_context > 0`` a chunk's score in either grid is ``(1 - context_weight) * score +
     context_weight * peak``, the peak being the highest unprotected importance within ``chunk_context``
-    tokens around it (:func:`specprefill.chunk_context.blend_context`). Ties go to the earlier chunk in both grids; NaN
+    tokens around it (:func:`specprefill.scoring.chunks.blend_context`). Ties go to the earlier chunk in both grids; NaN
     importance ranks lowest.
 
     Args:

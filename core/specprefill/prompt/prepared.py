@@ -66,7 +66,7 @@ class PreparedPrompt:
 class ScoredPrompt(PreparedPrompt):
     """A prepared prompt with the speculator's importance, before any selection.
 
-    What :meth:`Speculator.score_prompt <specprefill.speculator.Speculator.score_prompt>` returns: feed it to
+    What :meth:`Speculator.score_prompt <specprefill.speculator.base.Speculator.score_prompt>` returns: feed it to
     :func:`~specprefill.scoring.select_chunks` (with ``segments``) or to ``Speculator.select`` to prune.
     """
 

@@ -1,7 +1,7 @@
 """What scoring takes from a prepared prompt: whether it is scored, its segment starts, its scoring config.
 
-Pure helpers shared by :meth:`Speculator.score_prompt <specprefill.speculator.Speculator.score_prompt>` and
-its batched form :meth:`~specprefill.speculator.Speculator.score_prompts`.
+Pure helpers shared by :meth:`Speculator.score_prompt <specprefill.speculator.base.Speculator.score_prompt>` and
+its batched form :meth:`~specprefill.speculator.base.Speculator.score_prompts`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.prompts import PreparedPrompt
-from specprefill.segments import final_paragraph_tokens, segment_starts
+from specprefill.prompt.prepared import PreparedPrompt
+from specprefill.prompt.segments import final_paragraph_tokens, segment_starts
 
 __all__ = ["due", "scoring_config", "segment_starts_of"]
 
@@ -31,7 +31,7 @@ def due(prepared: PreparedPrompt, config: SpecPrefillConfig) -> bool:
 
 
 def segment_starts_of(prepared: PreparedPrompt, config: SpecPrefillConfig, extra: Sequence[int]) -> list[int] | None:
-    """Token indices where the prompt's segments start (:func:`~specprefill.segments.segment_starts`)."""
+    """Token indices where the prompt's segments start (:func:`~specprefill.prompt.segments.segment_starts`)."""
     return segment_starts(
         prepared.offsets,
         prepared.text,

@@ -1,8 +1,8 @@
 """``RemoteSpeculator``: the server's speculator over HTTP (``POST /specprefill/v1/prune``), no model here.
 
 The server tokenises, renders and scores; the client gets the scored prompt back (``return_scores``) and
-selects locally with the same pure functions as in-process pruning (:func:`~specprefill.prompts.select_scored`,
-:func:`~specprefill.passages.select_passages`), so the result equals in-process pruning with the same
+selects locally with the same pure functions as in-process pruning (:func:`~specprefill.prompt.prepared.select_scored`,
+:func:`~specprefill.prompt.passages.select_passages`), so the result equals in-process pruning with the same
 speculator and config. The client's config travels with the request, so the server scores with the client's
 look-ahead and pooling settings.
 
@@ -24,10 +24,10 @@ import numpy as np
 import numpy.typing as npt
 
 from specprefill._deps import require
-from specprefill.assemble import assemble_result
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
-from specprefill.passages import (
+from specprefill.prompt.assemble import assemble_result
+from specprefill.prompt.passages import (
     DEFAULT_INSTRUCTION,
     Passage,
     PassageLayout,
@@ -37,11 +37,11 @@ from specprefill.passages import (
     protect_scored_passages,
     select_passages,
 )
-from specprefill.prompts import ScoredPrompt, check_spans, select_scored
+from specprefill.prompt.prepared import ScoredPrompt, check_spans, select_scored
+from specprefill.prompt.segments import check_segments
 from specprefill.result import Message, PruneResult, PruneStats
-from specprefill.segments import check_segments
 from specprefill.spans import Span
-from specprefill.wire import PRUNE_PATH, PruneReply, PruneRequest, WireFormatError, decode_json
+from specprefill.wire.prune import PRUNE_PATH, PruneReply, PruneRequest, WireFormatError, decode_json
 
 if TYPE_CHECKING:
     import httpx
@@ -277,7 +277,7 @@ class RemoteSpeculator:
         instruction: str = DEFAULT_INSTRUCTION,
         min_tokens_per_passage: int = 0,
     ) -> PrunedPassages:
-        """:func:`specprefill.passages.prune_passages` with the joint prompt scored on the server.
+        """:func:`specprefill.prompt.passages.prune_passages` with the joint prompt scored on the server.
 
         Raises:
             RemoteSpeculatorError: The server could not score and ``config.fallback_on_error`` is off (with it

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from specprefill.backends.base import BaseRequest
-from specprefill.backends.openai_http import Deadline, ProbeGate, status_of
+from specprefill.backends.openai.http import Deadline, ProbeGate, status_of
 from specprefill.errors import BackendError
 
 __all__ = ["TOKENIZER_PROBE", "ServerProbes"]
@@ -27,7 +27,7 @@ _REFUSED = frozenset({400, 404, 405, 422})
 
 
 class ServerProbes:
-    """The probes of :class:`~specprefill.backends.openai.OpenAIBackend` (mixed into it)."""
+    """The probes of :class:`~specprefill.backends.openai.backend.OpenAIBackend` (mixed into it)."""
 
     client: Any
     base_url: str

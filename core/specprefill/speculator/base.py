@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from specprefill.assemble import assemble_result
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, EmptyPromptError, PromptError, SpecPrefillError, SpeculatorError
-from specprefill.prompts import (
+from specprefill.prompt.assemble import assemble_result
+from specprefill.prompt.prepared import (
     PreparedPrompt,
     Prompt,
     ScoredPrompt,
@@ -28,10 +28,10 @@ from specprefill.prompts import (
     select_scored,
     validate_messages,
 )
+from specprefill.prompt.segments import check_segments
+from specprefill.prompt.staging import due, scoring_config, segment_starts_of
 from specprefill.result import Message, PruneResult
-from specprefill.segments import check_segments
 from specprefill.spans import Span, char_spans_to_token_mask
-from specprefill.staging import due, scoring_config, segment_starts_of
 
 __all__ = ["ImportanceResult", "Speculator"]
 
@@ -154,7 +154,7 @@ class Speculator(ABC):
             **overrides: Per-call config changes.
 
         Returns:
-            A :class:`~specprefill.prompts.ScoredPrompt`. ``importance`` is None when the prompt is shorter than
+            A :class:`~specprefill.prompt.prepared.ScoredPrompt`. ``importance`` is None when the prompt is shorter than
             ``min_prompt_tokens`` or scoring failed with ``fallback_on_error`` (then ``fallback_reason`` says why).
 
         Raises:
@@ -190,7 +190,7 @@ class Speculator(ABC):
         """:meth:`score` for several prompts at once (a micro-batch), in order.
 
         The base class scores them one by one; a subclass may run them in one forward pass (see
-        :class:`~specprefill.hf.HFSpeculator`). Raises what :meth:`score` raises.
+        :class:`~specprefill.speculator.hf.HFSpeculator`). Raises what :meth:`score` raises.
         """
         return [self.score(ids, config) for ids, config in batch]
 
@@ -205,7 +205,7 @@ class Speculator(ABC):
             items: ``(prepared prompt, config)`` pairs, e.g. from :meth:`prepare`.
 
         Returns:
-            One :class:`~specprefill.prompts.ScoredPrompt` per item, in order.
+            One :class:`~specprefill.prompt.prepared.ScoredPrompt` per item, in order.
 
         """
         start = time.perf_counter()
@@ -351,9 +351,9 @@ class Speculator(ABC):
     ) -> PruneResult:
         """The :class:`PruneResult` of keeping ``kept`` (sorted token indices) of a scored prompt.
 
-        For callers that select tokens themselves (e.g. :mod:`specprefill.passages`); ``seconds`` (the time
+        For callers that select tokens themselves (e.g. :mod:`specprefill.prompt.passages`); ``seconds`` (the time
         their selection took) is added to ``scored.speculator_seconds`` in the stats. See
-        :func:`~specprefill.assemble.assemble_result`.
+        :func:`~specprefill.prompt.assemble.assemble_result`.
         """
         return assemble_result(scored, kept, _as_config(config), name=self.name, seconds=seconds, decode=self.decode)
 

@@ -173,7 +173,7 @@ def _pooled_probs(
 
 
 def row_view(recorder: Recorder, row: int, *, start: int, n_prompt: int, window: int, steps: int) -> Recorder:
-    """One prompt's recorder out of a left-padded batch (see :func:`specprefill.batching.capture_batch`).
+    """One prompt's recorder out of a left-padded batch (see :func:`specprefill.speculator.batching.capture_batch`).
 
     Args:
         recorder: The batch's recorder: prefill queries of the batch's longest window, then one query per
@@ -193,9 +193,7 @@ def row_view(recorder: Recorder, row: int, *, start: int, n_prompt: int, window:
     for layer, queries in recorder.queries.items():
         prefill, *decode = queries
         tail = prefill.shape[2]
-        view.queries[layer] = [prefill[row : row + 1, :, tail - own :, :]] + [
-            q[row : row + 1] for q in decode[:steps]
-        ]
+        view.queries[layer] = [prefill[row : row + 1, :, tail - own :, :]] + [q[row : row + 1] for q in decode[:steps]]
         view.keys[layer] = recorder.keys[layer][row : row + 1, :, start : start + n_prompt, :]
     view.scaling, view.softcap, view.excluded = dict(recorder.scaling), dict(recorder.softcap), set(recorder.excluded)
     return view

@@ -1,4 +1,4 @@
-"""Bounded, honest HTTP for :class:`~specprefill.backends.openai.OpenAIBackend`.
+"""Bounded, honest HTTP for :class:`~specprefill.backends.openai.backend.OpenAIBackend`.
 
 Every request has an overall deadline (:class:`Deadline`) that covers retries, ``Retry-After`` waits and a
 stream that trickles; retries happen only before the first byte of an answer was used. Replies that are not

@@ -21,9 +21,7 @@ GENERATION_ALIASES = {"max_tokens": "max_new_tokens"}
 """Accepted other spellings (OpenAI / LangChain style) and the name they stand for."""
 
 
-def split_call_kwargs(
-    kwargs: Mapping[str, Any], *, caller: str = "this call"
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_call_kwargs(kwargs: Mapping[str, Any], *, caller: str = "this call") -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a call's keyword arguments into generation settings and config overrides.
 
     Args:

@@ -9,7 +9,7 @@ another tokenizer the pruned messages go to ``/v1/chat/completions`` (plain prom
 
 Generation always streams internally, so ``prefill_seconds`` is a real time to first token. Every request
 has an overall deadline (``request_timeout``) covering retries and a trickling stream; probes cache only
-definite answers and retry transient failures later (:mod:`specprefill.backends.openai_http`).
+definite answers and retry transient failures later (:mod:`specprefill.backends.openai.http`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 from specprefill._deps import require
 from specprefill.backends import base
 from specprefill.backends.base import BaseRequest, GenerationParams, StreamChunk, finish_reason
-from specprefill.backends.openai_errors import translate_openai_error
-from specprefill.backends.openai_http import (
+from specprefill.backends.openai.errors import translate_openai_error
+from specprefill.backends.openai.http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -42,13 +42,12 @@ from specprefill.backends.openai_http import (
     status_of,
     stream_format_error,
 )
-from specprefill.backends.openai_probes import TOKENIZER_PROBE, ServerProbes
+from specprefill.backends.openai.probes import TOKENIZER_PROBE, ServerProbes
 from specprefill.errors import BackendError, ConfigurationError, PromptError, SpecPrefillError
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_TIMEOUT", "TOKENIZER_PROBE", "OpenAIBackend"]
 
 logger = logging.getLogger("specprefill.openai")
-
 
 
 @dataclass
@@ -142,8 +141,8 @@ class OpenAIBackend(ServerProbes, base.BaseBackend):
         """Per-attempt ``openai.Timeout``: the silence and connect limits, never past the deadline."""
         left = deadline.remaining()
         read = None if self.timeout is None and left == float("inf") else min(self.timeout or left, left)
-        connect = None if self.connect_timeout is None and left == float("inf") else min(
-            self.connect_timeout or left, left
+        connect = (
+            None if self.connect_timeout is None and left == float("inf") else min(self.connect_timeout or left, left)
         )
         return self._openai.Timeout(read, connect=connect)
 

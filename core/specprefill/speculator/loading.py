@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from specprefill._deps import require
-from specprefill._precision import choose_dtype, device_facts
 from specprefill.errors import ModelLoadError
+from specprefill.speculator.precision import choose_dtype, device_facts
 
 if TYPE_CHECKING:
     import torch
 
-    from specprefill.hf import HFSpeculator
+    from specprefill.speculator.hf import HFSpeculator
 
 __all__ = [
     "DEFAULT_SPECULATOR",
@@ -225,10 +225,10 @@ def load_speculator(
             (bfloat16 where the device computes it natively, float32 otherwise).
 
     Returns:
-        A :class:`specprefill.hf.HFSpeculator`.
+        A :class:`specprefill.speculator.hf.HFSpeculator`.
 
     """
-    from specprefill.hf import HFSpeculator
+    from specprefill.speculator.hf import HFSpeculator
 
     model, tokenizer = load_causal_lm(name_or_path, device=device, dtype=dtype)
     label = _canonical(str(name_or_path)) if _canonical(str(name_or_path)) in EMBEDDED_MODELS else str(name_or_path)

@@ -1,4 +1,4 @@
-"""Field readers of the prune endpoint's wire form (:mod:`specprefill.wire`): each checks one JSON value."""
+"""Field readers of the prune endpoint's wire form (:mod:`specprefill.wire.prune`): each checks one JSON value."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from specprefill.callargs import GENERATION_ALIASES
 from specprefill.config import SpecPrefillConfig
+from specprefill.engine.callargs import GENERATION_ALIASES
 from specprefill.errors import BackendError, ConfigurationError
 from specprefill.result import STATS_KEY
 

@@ -1,0 +1,40 @@
+"""Pure functions for steps 4-6 of Speculative Prefill: smoothing, query reduction, chunking and selection.
+
+Everything here works on NumPy arrays and has no model in it, so it is tested on tiny literal inputs; the
+speculator computes the same reductions layer by layer in torch (:mod:`specprefill.speculator.capture`) and
+is checked against these.
+
+- :mod:`.reduce`: smoothing and the query reductions (a table: :func:`~.reduce.register_reduction`);
+- :mod:`.chunks`: the chunk grid and chunk scores (with their neighbourhood, ``chunk_context``);
+- :mod:`.select`: the budget and the selection of kept chunks.
+"""
+
+from __future__ import annotations
+
+from specprefill.scoring.select import (
+    avg_pool1d,
+    best_run,
+    budget_chunks,
+    chunk_bounds,
+    chunk_scores,
+    fill_chunks,
+    importance_from_attention,
+    protected_mask,
+    reduce_queries,
+    segment_edges,
+    select_chunks,
+)
+
+__all__ = [
+    "avg_pool1d",
+    "best_run",
+    "budget_chunks",
+    "chunk_bounds",
+    "chunk_scores",
+    "fill_chunks",
+    "importance_from_attention",
+    "protected_mask",
+    "reduce_queries",
+    "segment_edges",
+    "select_chunks",
+]
