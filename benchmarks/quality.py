@@ -136,7 +136,7 @@ class _BaseModel:
 
 def _load_bases(names: Sequence[str], speculator: Any, skipped: dict[str, str]) -> list[_BaseModel]:
     from specprefill.backends.transformers import TransformersBackend
-    from specprefill.speculator.loading import EMBEDDED_MODELS
+    from specprefill.speculator.embedded import EMBEDDED_MODELS
 
     bases = []
     for name in names:

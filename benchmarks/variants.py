@@ -211,6 +211,7 @@ def _segmenter() -> Any:
         module = importlib.import_module("specprefill.prompt.segments")
     except ImportError as exc:
         raise ConfigurationError(
-            "segment-aware variants need specprefill.prompt.segments (segment-aware selection); this specprefill has none"
+            "segment-aware variants need specprefill.prompt.segments (segment-aware selection); "
+            "this specprefill has none"
         ) from exc
     return module.segment_starts

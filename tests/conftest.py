@@ -19,7 +19,7 @@ needs_model = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def speculator() -> Any:
-    """The embedded SmolLM2-135M speculator in its default dtype (`specprefill.speculator.loading.default_dtype("cpu")`)."""
+    """The embedded SmolLM2-135M speculator in its default dtype (`loading.default_dtype("cpu")`)."""
     if not (HAS_TORCH and HAS_EMBEDDED):
         pytest.skip("packaged model not installed")
     from specprefill import load_speculator

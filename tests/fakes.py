@@ -22,7 +22,7 @@ import numpy as np
 from specprefill import SpecPrefillConfig
 from specprefill.backends.base import BaseBackend, BaseOutput, BaseRequest, GenerationParams, StreamChunk
 from specprefill.engine import SpecPrefillEngine
-from specprefill.prompt.prepared import plain_chat
+from specprefill.prompt.messages import plain_chat
 from specprefill.spans import Span
 from specprefill.speculator.base import ImportanceResult, Speculator
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,8 +55,9 @@ class SpecPrefillConfig(BaseModel):
     usually the question, while queries of context tokens mostly attend to their own neighbours and lift
     them above the answer. False: the last ``observation_window`` tokens, whatever they are."""
 
-    query_reduction: Literal["mean", "max", "mix"] = "max"
-    """How the queries' scores combine after the max over layers x heads: mean, max, or ``query_mix`` blend."""
+    query_reduction: str = "max"
+    """How the queries' scores combine after the max over layers x heads: ``mean``, ``max``, ``mix`` (a
+    ``query_mix`` blend), or any name added with :func:`specprefill.scoring.reduce.register_reduction`."""
 
     query_mix: float = Field(default=0.5, ge=0.0, le=1.0)
     """Weight of the max in ``query_reduction="mix"``: ``query_mix * max + (1 - query_mix) * mean``."""
@@ -96,7 +98,8 @@ class SpecPrefillConfig(BaseModel):
     """For chat messages: protect the first N tokens of each system message (None: all of it; 0: none)."""
 
     protect_question_tokens: int | None = Field(default=256, ge=0)
-    """For chat messages: protect the last N tokens of the final user message (None: all of it; 0: none)."""
+    """For chat messages: protect the question, the final paragraph of the final user message (after its last
+    blank line; all of it without one), at most its last N tokens (None: the whole message; 0: none)."""
 
     protected_count_toward_budget: bool = False
     """If true, protected tokens use up the ``keep_rate`` / ``max_kept_tokens`` budget."""
@@ -140,6 +143,15 @@ class SpecPrefillConfig(BaseModel):
             f"SpecPrefillConfig is immutable; make a changed copy with config.with_overrides({name}=...)"
         )
 
+    @field_validator("query_reduction")
+    @classmethod
+    def _check_query_reduction(cls, value: str) -> str:
+        from specprefill.scoring.reduce import reduction_names  # the table of reductions; it imports no config
+
+        if value not in reduction_names():
+            raise ValueError(f"query_reduction must be one of {list(reduction_names())} (got {value!r})")
+        return value
+
     @field_validator("pool_kernel")
     @classmethod
     def _check_pool_kernel(cls, value: int) -> int:
@@ -164,6 +176,31 @@ class SpecPrefillConfig(BaseModel):
                 f"({self.window_query_tokens}): in windowed scoring every window must hold the same query tail"
             )
         return self
+
+    @classmethod
+    def of(cls, value: object) -> SpecPrefillConfig:
+        """The config a call means: the defaults for None, a mapping of fields validated, a config as it is.
+
+        Raises:
+            ConfigurationError: ``value`` is something else, or the mapping holds an invalid field.
+
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, SpecPrefillConfig):
+            return value
+        if isinstance(value, Mapping):
+            return cls.model_validate(dict(value))
+        raise ConfigurationError(
+            f"config must be a SpecPrefillConfig or a mapping of its fields, got {type(value).__name__}"
+        )
+
+    def long_enough(self, n_tokens: int) -> bool:
+        """Whether a prompt of ``n_tokens`` speculator tokens is scored at all (``min_prompt_tokens``).
+
+        The one length gate: the speculator, passage pruning and the server all ask it.
+        """
+        return n_tokens >= max(self.min_prompt_tokens, 1)
 
     @classmethod
     def paper(cls, **overrides: Any) -> Self:

@@ -50,7 +50,7 @@ class ChatSpecPrefill(ServerModeMixin, BaseChatModel):
       langchain-openai's ``ChatOpenAI`` (:meth:`server_chat`), so :meth:`bind_tools` and
       :meth:`with_structured_output` work through the server (it protects the tools block from pruning).
       No model is loaded in this process. An answer without the server's stats raises
-      :class:`~specprefill.wire.xargs.ServerStatsError` (the server does not prune).
+      :class:`~specprefill.wire.stats.ServerStatsError` (the server does not prune).
     - In process, transformers base (default): ``ChatSpecPrefill(model="smollm2-135m")``. ``model`` is the
       base (an embedded name, a transformers folder, a ``.gguf`` file or a hub id); ``speculator`` the
       scorer. When both name the same model, its weights are loaded once and shared.

@@ -25,15 +25,8 @@ from pydantic import BaseModel, Field, SecretStr
 
 from specprefill.errors import ConfigurationError
 from specprefill.result import STATS_KEY
-from specprefill.wire.xargs import (
-    SERVER_OVERRIDES,
-    find_stats,
-    missing_stats_error,
-    openai_call_kwargs,
-    served_model,
-    server_xargs,
-    with_xargs,
-)
+from specprefill.wire.stats import find_stats, missing_stats_error
+from specprefill.wire.xargs import SERVER_OVERRIDES, openai_call_kwargs, served_model, server_xargs, with_xargs
 
 from .structured import JsonByPromptMixin
 
@@ -46,7 +39,7 @@ class SpecPrefillServerChat(ChatOpenAI):
     Adds the per-request overrides ``keep_rate`` / ``max_kept_tokens`` (fields, or keyword arguments of a
     call) as ``vllm_xargs``, asks for usage on streams, and puts the server's stats object into
     ``response_metadata["specprefill"]`` (streaming: on the usage chunk, so the merged message has it).
-    An answer without a valid stats object raises :class:`~specprefill.wire.xargs.ServerStatsError`.
+    An answer without a valid stats object raises :class:`~specprefill.wire.stats.ServerStatsError`.
     """
 
     keep_rate: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -8,7 +8,7 @@ from typing import Any
 
 from specprefill.backends.base import BaseRequest, PositionMode
 from specprefill.errors import EmptyPromptError, PromptError
-from specprefill.prompt.prepared import plain_chat, validate_messages
+from specprefill.prompt.messages import plain_chat, validate_messages
 
 __all__ = ["TokenRequest", "tokenize_request_text", "validate_token_request"]
 

@@ -4,3 +4,7 @@ Only what the installed command needs lives here. The evaluation harness (RULER-
 quality and TTFT runners, the report) is the top-level ``benchmarks`` package of the repository, run from a
 checkout with ``python -m benchmarks.<module>``; it is not part of the installed library.
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []

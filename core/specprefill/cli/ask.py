@@ -62,7 +62,6 @@ def _load_engine(args: argparse.Namespace, config: SpecPrefillConfig) -> SpecPre
     with steps(["speculator", "base model"]) as step:
         step(f"loading speculator {args.speculator}")
         speculator = options.load_speculator(args.speculator, options.verbose(args))
-        config = options.protect_question(config, args, speculator, args.question)
         step(f"loading base model {args.base}")
         return load_engine(speculator, base=args.base, config=config)
 

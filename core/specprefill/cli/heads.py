@@ -1,4 +1,4 @@
-"""``specprefill heads``: calibrate and save a speculator's retrieval-head profile (:mod:`specprefill.speculator.heads`)."""
+"""``specprefill heads``: calibrate and save a speculator's retrieval-head profile (``speculator.heads``)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     """Calibrate, save, and print the best heads."""
     from tqdm.auto import tqdm
 
-    from specprefill.speculator.heads import calibrate_heads, format_top, save_profile
+    from specprefill.speculator.calibrate import calibrate_heads
+    from specprefill.speculator.heads import format_top, save_profile
 
     speculator = options.load_speculator(args.speculator, options.verbose(args))
     with tqdm(total=args.samples, desc="calibration prompts", unit="prompt", disable=None) as bar:

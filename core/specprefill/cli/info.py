@@ -57,11 +57,12 @@ def _installed_version(module: str) -> str | None:
 def embedded_model_status(name: str) -> dict[str, Any]:
     """Whether an embedded model is installed and where its weights are, found as loading finds them.
 
-    Uses :func:`specprefill.speculator.loading.embedded_gguf_path`, so models shipped in several packages are joined
+    Uses :func:`specprefill.speculator.embedded.embedded_gguf_path`, so models shipped in several packages are joined
     (once, into the cache) and checked exactly as a load would.
     """
+    from specprefill.speculator.embedded import EMBEDDED_MODELS, embedded_gguf_path
     from specprefill.speculator.heads import profile_files
-    from specprefill.speculator.loading import EMBEDDED_MODELS, cached_dense_dir, embedded_gguf_path
+    from specprefill.speculator.loading import cached_dense_dir
 
     entry = EMBEDDED_MODELS[name]
     try:
@@ -105,7 +106,7 @@ def default_dtypes() -> dict[str, str] | None:
 
 def collect() -> dict[str, Any]:
     """Everything ``info`` shows, as JSON-ready data."""
-    from specprefill.speculator.loading import EMBEDDED_MODELS, cache_dir
+    from specprefill.speculator.embedded import EMBEDDED_MODELS, cache_dir
 
     extras = {extra: {m: _installed_version(m) for m in modules} for extra, modules in EXTRAS}
     return {

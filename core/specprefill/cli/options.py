@@ -12,7 +12,6 @@ from typing import Any
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptTooLongError
-from specprefill.prompt.documents import question_tail
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -27,7 +26,6 @@ __all__ = [
     "build_config",
     "check_size",
     "load_speculator",
-    "protect_question",
     "quiet_transformers",
     "read_limit",
     "size_estimate",
@@ -159,7 +157,7 @@ def add_pruning(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="protect the last N tokens of the user message (default: the question itself)",
+        help="protect at most the last N tokens of the question, the final paragraph of the user message (default 256)",
     )
     group.add_argument(
         "--speculator",
@@ -182,18 +180,6 @@ def build_config(args: argparse.Namespace) -> SpecPrefillConfig:
         "protect_question_tokens": getattr(args, "protect_question_tokens", None),
     }
     return SpecPrefillConfig(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def protect_question(
-    config: SpecPrefillConfig, args: argparse.Namespace, speculator: Any, question: str
-) -> SpecPrefillConfig:
-    """Protect exactly the question tail (plus a token of slack), unless the user chose a number."""
-    if args.protect_question_tokens is not None:
-        return config
-    count = getattr(speculator, "count_tokens", None)
-    if not callable(count):
-        return config
-    return config.with_overrides(protect_question_tokens=int(count(question_tail(question))) + 1)
 
 
 def read_limit(args: argparse.Namespace) -> int | None:

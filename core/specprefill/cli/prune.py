@@ -63,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
     with steps(["loading speculator"]) as step:
         step("loading speculator")
         speculator = options.load_speculator(args.speculator, options.verbose(args))
-    if args.question:
-        config = options.protect_question(config, args, speculator, args.question)
     result: PruneResult = speculator.prune(prompt, config)
     if args.html:
         _write_html(result, args.html, source, args.question)

@@ -24,7 +24,8 @@ from specprefill.engine.callargs import split_call_kwargs, stop_tuple
 from specprefill.engine.planning import Plan, fallback_plan, plan_request
 from specprefill.engine.result import CallTiming, EngineChunk, EngineResult, EngineStats, build_result
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompt.prepared import Prompt, check_spans
+from specprefill.prompt.prepared import Prompt
+from specprefill.prompt.protect import check_spans
 from specprefill.result import PruneResult
 from specprefill.spans import Span
 from specprefill.speculator.base import Speculator

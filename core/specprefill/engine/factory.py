@@ -15,17 +15,16 @@ from specprefill.backends.base import BaseBackend
 from specprefill.config import SpecPrefillConfig
 from specprefill.engine.core import SpecPrefillEngine
 from specprefill.speculator.base import Speculator
+from specprefill.speculator.embedded import EMBEDDED_MODELS, cache_dir, canonical_name
 
 __all__ = ["load_engine", "same_model"]
 
 ModelRef = str | os.PathLike[str]
 
 
-def _canonical(name: ModelRef) -> str:
-    from specprefill.speculator.loading import EMBEDDED_MODELS, _canonical
-
+def _model_key(name: ModelRef) -> str:
     text = str(name)
-    key = _canonical(text)
+    key = canonical_name(text)
     if key in EMBEDDED_MODELS:
         return f"embedded:{key}"
     path = Path(text).expanduser()
@@ -36,8 +35,6 @@ def _canonical(name: ModelRef) -> str:
 
 def _is_cache_copy(embedded_key: str, path_key: str) -> bool:
     """Whether ``path_key`` is a folder in the specprefill cache made from the embedded model ``embedded_key``."""
-    from specprefill.speculator.loading import cache_dir
-
     name = embedded_key.removeprefix("embedded:")
     path = Path(path_key.removeprefix("path:"))
     root = cache_dir().expanduser().resolve()
@@ -60,7 +57,7 @@ def same_model(a: ModelRef, b: ModelRef) -> bool:
         True when loading both would load the same weights.
 
     """
-    ka, kb = _canonical(a), _canonical(b)
+    ka, kb = _model_key(a), _model_key(b)
     if ka == kb:
         return True
     for x, y in ((ka, kb), (kb, ka)):

@@ -14,7 +14,8 @@ import numpy as np
 
 from specprefill.backends.base import BaseRequest
 from specprefill.errors import EmptyPromptError, PromptError
-from specprefill.prompt.prepared import Prompt, prompt_kind, validate_messages
+from specprefill.prompt.messages import validate_messages
+from specprefill.prompt.prepared import Prompt, prompt_kind
 from specprefill.result import PruneResult, PruneStats
 
 __all__ = ["Plan", "bare_prune", "fallback_plan", "full_request", "is_token_ids", "plan_request"]
@@ -24,11 +25,23 @@ __all__ = ["Plan", "bare_prune", "fallback_plan", "full_request", "is_token_ids"
 class Plan:
     """What one call sends to the base, and what the speculator decided."""
 
-    prune: PruneResult
+    prune: PruneResult | None
+    """What the speculator kept; None when it could not run (see :meth:`prune_result`)."""
     request: BaseRequest
     speculator_name: str
     fallback_prompt: Prompt | None = None
-    """Set when the speculator raised outside ``prune``; the prune result is rebuilt after generation."""
+    """Set when the speculator raised outside ``prune``; the whole prompt went to the base."""
+    fallback_reason: str | None = None
+    """Why the speculator could not run."""
+
+    def prune_result(self, base_prompt_tokens: int) -> PruneResult:
+        """The prune result of the call: the speculator's, or, after a fallback, the whole prompt's.
+
+        A fallback's result is built once, here, when the base has said how long the prompt was.
+        """
+        if self.prune is not None:
+            return self.prune
+        return bare_prune(self.fallback_prompt or "", base_prompt_tokens, self.speculator_name, self.fallback_reason)
 
 
 def is_token_ids(prompt: Prompt) -> bool:
@@ -75,7 +88,7 @@ def plan_request(prompt: Prompt, pruned: PruneResult, *, same_tokenizer: bool, s
 def fallback_plan(prompt: Prompt, speculator_name: str, reason: str) -> Plan:
     """The plan when the speculator could not run at all (e.g. it failed to load): the whole prompt."""
     request = full_request(prompt, None, same=False)
-    return Plan(bare_prune(prompt, 0, speculator_name, reason), request, speculator_name, fallback_prompt=prompt)
+    return Plan(None, request, speculator_name, fallback_prompt=prompt, fallback_reason=reason)
 
 
 def full_request(prompt: Prompt, pruned: PruneResult | None, *, same: bool) -> BaseRequest:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from specprefill.backends.base import BaseOutput, PositionMode
-from specprefill.engine.planning import Plan, bare_prune
+from specprefill.engine.planning import Plan
 from specprefill.result import PruneResult
 
 __all__ = ["CallTiming", "EngineChunk", "EngineResult", "EngineStats", "build_result"]
@@ -111,11 +111,7 @@ class CallTiming:
 
 def build_result(plan: Plan, output: BaseOutput, timing: CallTiming) -> EngineResult:
     """Combine the plan, the base output and the call's timing into the :class:`EngineResult`."""
-    pruned = plan.prune
-    if plan.fallback_prompt is not None:
-        pruned = bare_prune(
-            plan.fallback_prompt, output.prompt_tokens, plan.speculator_name, pruned.stats.fallback_reason
-        )
+    pruned = plan.prune_result(output.prompt_tokens)
     ps = pruned.stats
     full = not ps.pruned
     if full and output.positions != "full":

@@ -9,3 +9,7 @@
 - :mod:`.passages`: several retrieved passages pruned together against a question;
 - :mod:`.documents`: reading text files and laying them out as question prompts.
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,25 +1,30 @@
-"""Building a :class:`~specprefill.result.PruneResult` from a scored prompt and the kept token indices.
+"""Step 6 and the result: selecting on a scored prompt and building its :class:`~specprefill.result.PruneResult`.
 
-Pure: no model in it. :meth:`Speculator.build_result <specprefill.speculator.base.Speculator.build_result>` and the
-remote client (:mod:`specprefill.speculator.remote`, which selects locally on a prompt the server scored)
-both call :func:`assemble_result`, so a prompt scored in another process prunes exactly as one scored here.
+Pure: no model in it. :class:`ResultBuilder` is the part every speculator shares, the in-process one
+(:class:`~specprefill.speculator.base.Speculator`) and the remote client
+(:class:`~specprefill.speculator.remote.RemoteSpeculator`, which selects locally on a prompt the server
+scored), so a prompt scored in another process prunes exactly as one scored here.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError
-from specprefill.prompt.prepared import ScoredPrompt, cut_messages
+from specprefill.prompt.messages import cut_messages
+from specprefill.prompt.prepared import ScoredPrompt
 from specprefill.result import Message, PruneResult, PruneStats
-from specprefill.scoring import chunk_bounds, protected_mask
+from specprefill.scoring.chunks import chunk_bounds, protected_mask
+from specprefill.scoring.select import select_scored
 from specprefill.spans import Span, index_runs, join_runs, join_spans, kept_char_spans
 
-__all__ = ["assemble_result"]
+__all__ = ["ResultBuilder", "assemble_result"]
 
 
 def assemble_result(
@@ -91,3 +96,49 @@ def assemble_result(
         messages=messages,
         lookahead_token_ids=scored.lookahead_token_ids,
     )
+
+
+class ResultBuilder:
+    """Selection on a scored prompt and its result: what the in-process and the remote speculator share."""
+
+    name: str = "speculator"
+    """The speculator's name (in the stats of every result)."""
+
+    def _token_text(self) -> Callable[[Sequence[int]], str] | None:
+        """Token ids to text, for token-id prompts (None: this builder has no tokenizer)."""
+        return None
+
+    def select(self, scored: ScoredPrompt, config: SpecPrefillConfig | None = None, **overrides: Any) -> PruneResult:
+        """Step 6 on a scored prompt: keep its most important chunks and build the result.
+
+        Args:
+            scored: What ``score_prompt`` returned.
+            config: Budget settings (``keep_rate``, ``max_kept_tokens``, ``chunk_size``, ``gap_marker``, ...).
+            **overrides: Per-call config changes.
+
+        Returns:
+            A :class:`~specprefill.result.PruneResult`; everything is kept when ``scored.importance`` is None.
+
+        """
+        cfg = SpecPrefillConfig.of(config).with_overrides(**overrides)
+        start = time.perf_counter()
+        kept = select_scored(scored, cfg)
+        return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start)
+
+    def build_result(
+        self,
+        scored: ScoredPrompt,
+        kept: npt.NDArray[np.int64],
+        config: SpecPrefillConfig | None = None,
+        *,
+        seconds: float = 0.0,
+    ) -> PruneResult:
+        """The :class:`~specprefill.result.PruneResult` of keeping ``kept`` (sorted token indices) of ``scored``.
+
+        For callers that select tokens themselves (e.g. :mod:`specprefill.prompt.passages`); ``seconds`` (the
+        time their selection took) is added to ``scored.speculator_seconds`` in the stats. See
+        :func:`assemble_result`.
+        """
+        name = scored.speculator or self.name
+        cfg = SpecPrefillConfig.of(config)
+        return assemble_result(scored, kept, cfg, name=name, seconds=seconds, decode=self._token_text())

@@ -126,15 +126,19 @@ def read_text_input(file: str, *, max_bytes: int | None = None) -> tuple[str, st
 
 
 def question_tail(question: str) -> str:
-    """The end of the user message that carries the question (what the CLI protects)."""
+    """The end of the user message that carries the question: its own final paragraph.
+
+    :func:`~specprefill.prompt.protect.question_tokens` protects it for every caller (the CLI,
+    ``Speculator.prune``, the integrations and the server alike).
+    """
     return f"\n\nQuestion: {question.strip()}"
 
 
 def question_messages(document: str, question: str) -> list[Message]:
     """Chat messages for pruning a document against a question.
 
-    The question comes last in the user message, where the config's ``protect_question_tokens`` keeps
-    it from being dropped.
+    The question comes last in the user message, as its final paragraph, where it is protected
+    (:func:`~specprefill.prompt.protect.question_tokens`).
     """
     return [{"role": "user", "content": document.rstrip() + question_tail(question)}]
 

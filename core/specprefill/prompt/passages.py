@@ -22,17 +22,21 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Unpack
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt, scrub_surrogates, select_scored, validate_messages
-from specprefill.prompt.segments import check_segments, segment_starts, token_starts
+from specprefill.errors import PromptError
+from specprefill.prompt.assemble import ResultBuilder
+from specprefill.prompt.messages import validate_messages
+from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt, scrub_surrogates
+from specprefill.prompt.segments import check_segments, segment_starts_of, token_starts
 from specprefill.result import Message, PruneResult
 from specprefill.scoring import chunk_bounds, fill_chunks
+from specprefill.scoring.select import select_scored
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
 from specprefill.speculator.base import Speculator
 
@@ -41,16 +45,16 @@ __all__ = [
     "PASSAGE_LOOKAHEAD",
     "Passage",
     "PassageLayout",
+    "PassageOptions",
     "PassageOutcome",
     "PrunedPassages",
-    "ResultBuilder",
     "aprune_passages",
-    "checked_layout",
     "layout_passages",
     "protect_passages",
     "protect_scored_passages",
     "prune_passages",
     "score_passages",
+    "scored_windows",
     "select_passages",
 ]
 
@@ -67,19 +71,13 @@ PASSAGES_HEADER = "Passages:"
 QUESTION_HEADER = "Question:"
 
 
-class ResultBuilder(Protocol):
-    """What builds the result of a selection: a :class:`~specprefill.speculator.base.Speculator`, or a remote one."""
+class PassageOptions(TypedDict, total=False):
+    """Keyword options of :func:`prune_passages` (and of every passage pruner that takes the same)."""
 
-    def build_result(
-        self,
-        scored: ScoredPrompt,
-        kept: npt.NDArray[np.int64],
-        config: SpecPrefillConfig | None = None,
-        *,
-        seconds: float = 0.0,
-    ) -> PruneResult:
-        """The result of keeping ``kept`` of ``scored`` (see :func:`specprefill.prompt.assemble.assemble_result`)."""
-        ...
+    instruction: str
+    """The system message of the joint prompt (default :data:`DEFAULT_INSTRUCTION`)."""
+    min_tokens_per_passage: int
+    """Every passage keeps at least this many tokens (all of a shorter one); default 0."""
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,20 @@ def layout_passages(
     return PassageLayout(messages=messages, indices=indices, windows=windows, protected=protected)
 
 
-def score_passages(speculator: Speculator, layout: PassageLayout, config: SpecPrefillConfig) -> ScoredPrompt:
+def score_passages(
+    speculator: Speculator,
+    layout: PassageLayout,
+    config: SpecPrefillConfig,
+    *,
+    segments: Sequence[Sequence[int]] = (),
+) -> ScoredPrompt:
     """Render and score the joint prompt once; everything outside the passages and their protected spans is protected.
+
+    Args:
+        speculator: The speculator.
+        layout: What :func:`layout_passages` laid out.
+        config: Scoring settings.
+        segments: Per laid-out passage, character offsets within its text where its chunk grid also restarts.
 
     Raises:
         PromptError: The speculator's chat template changes the passages' text (kept spans could not be
@@ -190,7 +200,19 @@ def score_passages(speculator: Speculator, layout: PassageLayout, config: SpecPr
     """
     prepared = speculator.prepare(layout.messages, config=config)
     protected, windows = protect_passages(prepared, layout, speculator.name)
-    return speculator.score_prompt(replace(prepared, protected=protected), config, segments=windows)
+    starts = [s + p for (s, e), extra in zip(windows, segments, strict=False) for p in extra if p <= e - s]
+    return speculator.score_prompt(replace(prepared, protected=protected), config, segments=[*windows, *starts])
+
+
+def scored_windows(scored: PreparedPrompt, layout: PassageLayout) -> list[Span]:
+    """Each laid-out passage's character window in the rendered prompt (the user message's offset added)."""
+    offset = _message_offset(scored)
+    return [(s + offset, e + offset) for s, e in layout.windows]
+
+
+def _message_offset(prepared: PreparedPrompt) -> int:
+    """Where the user message (the passages and the question) starts in the rendered prompt."""
+    return (prepared.content_spans or [(0, 0), (0, 0)])[1][0]
 
 
 def protect_passages(
@@ -233,15 +255,9 @@ def protect_scored_passages(scored: ScoredPrompt, layout: PassageLayout, config:
 
     """
     protected, windows = protect_passages(scored, layout, scored.speculator)
-    segments = segment_starts(
-        scored.offsets,
-        scored.text,
-        config.segment_by,
-        content_spans=scored.content_spans or (),
-        extra=check_segments(windows),
-    )
-    short = scored.n_tokens < max(config.min_prompt_tokens, 1)
-    return replace(scored, protected=protected, segments=segments, importance=None if short else scored.importance)
+    segments = segment_starts_of(scored, config, check_segments(windows))
+    importance = scored.importance if config.long_enough(scored.n_tokens) else None
+    return replace(scored, protected=protected, segments=segments, importance=importance)
 
 
 def select_passages(
@@ -269,8 +285,8 @@ def select_passages(
     """
     start = time.perf_counter()
     n = scored.n_tokens
-    offset = (scored.content_spans or [(0, 0), (0, 0)])[1][0]
-    windows = [(s + offset, e + offset) for s, e in layout.windows]
+    windows = scored_windows(scored, layout)
+    offset = _message_offset(scored)
     ranges = _token_ranges(scored.offsets or [], windows)
     added = [0] * len(ranges)
     if scored.importance is None:
@@ -319,54 +335,33 @@ def prune_passages(
     passages: Sequence[Passage],
     question: str | None,
     config: SpecPrefillConfig,
-    *,
-    instruction: str = DEFAULT_INSTRUCTION,
-    min_tokens_per_passage: int = 0,
+    **options: Unpack[PassageOptions],
 ) -> PrunedPassages:
     """Lay out, score and prune passages for a question: layout, :func:`score_passages`, :func:`select_passages`.
 
+    Args:
+        speculator: The speculator that scores.
+        passages: The passages, in order.
+        question: What they should answer (laid out last, protected; None or blank: no question).
+        config: Scoring and budget settings.
+        **options: ``instruction`` and ``min_tokens_per_passage`` (:class:`PassageOptions`).
+
     Raises:
-        ConfigurationError: ``protected_count_toward_budget`` is set (headers and the question never use
-            the budget here).
         PromptError: The speculator's chat template changes the passages' text.
         SpeculatorError: Scoring failed and ``config.fallback_on_error`` is off.
 
     """
-    layout = checked_layout(passages, question, instruction, config)
+    layout = layout_passages(passages, question, options.get("instruction", DEFAULT_INSTRUCTION))
     scored = score_passages(speculator, layout, config)
-    return select_passages(speculator, scored, layout, passages, config, min_tokens_per_passage=min_tokens_per_passage)
+    minimum = options.get("min_tokens_per_passage", 0)
+    return select_passages(speculator, scored, layout, passages, config, min_tokens_per_passage=minimum)
 
 
 async def aprune_passages(
-    speculator: Speculator,
-    passages: Sequence[Passage],
-    question: str | None,
-    config: SpecPrefillConfig,
-    *,
-    instruction: str = DEFAULT_INSTRUCTION,
-    min_tokens_per_passage: int = 0,
+    speculator: Speculator, passages: Sequence[Passage], question: str | None, config: SpecPrefillConfig, **options: Any
 ) -> PrunedPassages:
-    """Async :func:`prune_passages`: scoring runs in a worker thread so the event loop stays free."""
-    layout = checked_layout(passages, question, instruction, config)
-    scored = await asyncio.to_thread(score_passages, speculator, layout, config)
-    return select_passages(speculator, scored, layout, passages, config, min_tokens_per_passage=min_tokens_per_passage)
-
-
-def checked_layout(
-    passages: Sequence[Passage], question: str | None, instruction: str, config: SpecPrefillConfig
-) -> PassageLayout:
-    """:func:`layout_passages` after checking that ``config`` suits passage pruning.
-
-    Raises:
-        ConfigurationError: ``protected_count_toward_budget`` is set.
-
-    """
-    if config.protected_count_toward_budget:
-        raise ConfigurationError(
-            "passage pruning does not support protected_count_toward_budget: headers, the instruction and the "
-            "question never use the budget; lower max_kept_tokens instead"
-        )
-    return layout_passages(passages, question, instruction)
+    """Async :func:`prune_passages` (same arguments): the work runs in a worker thread, the event loop stays free."""
+    return await asyncio.to_thread(prune_passages, speculator, passages, question, config, **options)
 
 
 def _token_ranges(offsets: Sequence[Span], windows: Sequence[Span]) -> list[tuple[int, int]]:

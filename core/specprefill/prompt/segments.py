@@ -12,15 +12,20 @@ from typing import Literal
 
 import numpy as np
 
+from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError
+from specprefill.prompt.prepared import PreparedPrompt
 from specprefill.spans import Span
 
 __all__ = [
     "SegmentBy",
     "boundary_chars",
     "check_segments",
+    "final_paragraph_start",
     "final_paragraph_tokens",
+    "scoring_config",
     "segment_starts",
+    "segment_starts_of",
     "token_starts",
 ]
 
@@ -83,22 +88,33 @@ def token_starts(offsets: Sequence[Span], positions: Iterable[int]) -> list[int]
     return sorted({int(np.searchsorted(starts, p, side="left")) for p in positions})
 
 
+def final_paragraph_start(text: str, lo: int = 0, hi: int | None = None) -> int | None:
+    r"""Where the final paragraph of ``text[lo:hi]`` starts: after its last blank line (None: it has none).
+
+    Trailing white space is not a paragraph, so ``"a\n\nb\n\n"`` ends with the paragraph ``"b"``.
+    """
+    hi = len(text) if hi is None else hi
+    end = lo + len(text[lo:hi].rstrip())
+    cut = text.rfind("\n\n", lo, end)
+    return None if cut < 0 else cut + 2
+
+
 def final_paragraph_tokens(
     text: str | None, offsets: Sequence[Span] | None, content_spans: Sequence[Span] | None = None
 ) -> int | None:
     """Tokens from the start of the prompt's final paragraph to the end (None: the prompt has no blank line).
 
     The final paragraph starts after the last blank line (two line breaks in a row) of the text, or, in a
-    rendered chat, of the last message's content; the chat template after that content counts too. It is
-    usually the question, which is where the observation window's queries should come from.
+    rendered chat, of the last message's content (:func:`final_paragraph_start`); the chat template after
+    that content counts too. It is usually the question, which is where the observation window's queries
+    should come from.
     """
     if not text or not offsets:
         return None
-    lo, hi = content_spans[-1] if content_spans else (0, len(text))
-    cut = text.rfind("\n\n", lo, hi)
-    if cut < 0:
+    start = final_paragraph_start(text, *(content_spans[-1] if content_spans else (0, len(text))))
+    if start is None:
         return None
-    return len(offsets) - token_starts(offsets, [cut + 2])[0]
+    return len(offsets) - token_starts(offsets, [start])[0]
 
 
 def check_segments(segments: Iterable[object]) -> list[int]:
@@ -156,3 +172,24 @@ def segment_starts(
             raise PromptError("segments are character offsets and need a text or message prompt")
         return []
     return token_starts(offsets, [*boundary_chars(text, level, content_spans), *extra])
+
+
+def scoring_config(prepared: PreparedPrompt, config: SpecPrefillConfig) -> SpecPrefillConfig:
+    """``config`` with the observation window cut to the prompt's final paragraph (``window_in_final_paragraph``)."""
+    if not config.window_in_final_paragraph or config.observation_window == 0:
+        return config
+    tail = final_paragraph_tokens(prepared.text, prepared.offsets, prepared.content_spans)
+    if tail is None or tail >= config.observation_window:
+        return config
+    return config.with_overrides(observation_window=max(tail, 1))
+
+
+def segment_starts_of(prepared: PreparedPrompt, config: SpecPrefillConfig, extra: Sequence[int]) -> list[int] | None:
+    """Token indices where the prompt's segments start (:func:`~specprefill.prompt.segments.segment_starts`)."""
+    return segment_starts(
+        prepared.offsets,
+        prepared.text,
+        config.segment_by,
+        content_spans=prepared.content_spans or (),
+        extra=extra,
+    )

@@ -11,23 +11,14 @@ is checked against these.
 
 from __future__ import annotations
 
-from specprefill.scoring.select import (
-    avg_pool1d,
-    best_run,
-    budget_chunks,
-    chunk_bounds,
-    chunk_scores,
-    fill_chunks,
-    importance_from_attention,
-    protected_mask,
-    reduce_queries,
-    segment_edges,
-    select_chunks,
-)
+from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask, segment_edges
+from specprefill.scoring.reduce import avg_pool1d, importance_from_attention, reduce_queries, register_reduction
+from specprefill.scoring.select import best_run, budget_chunks, fill_chunks, select_chunks, select_scored
 
 __all__ = [
     "avg_pool1d",
     "best_run",
+    "blend_context",
     "budget_chunks",
     "chunk_bounds",
     "chunk_scores",
@@ -35,6 +26,8 @@ __all__ = [
     "importance_from_attention",
     "protected_mask",
     "reduce_queries",
+    "register_reduction",
     "segment_edges",
     "select_chunks",
+    "select_scored",
 ]

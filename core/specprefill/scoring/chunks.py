@@ -1,23 +1,84 @@
-"""Chunk scores that also see their neighbourhood (``SpecPrefillConfig.chunk_context``).
+"""The chunk grid and chunk scores: contiguous chunks (restarting at segment starts) and what each scores.
 
 A small speculator often attends to the words a question names (``"saffron pear cake"``) and not to the
-value that follows a few tokens later (``"175 degrees"``). With ``context > 0`` a chunk scores a blend of
-its own score and the highest importance within ``context`` tokens on either side (``weight`` of the peak),
-so a sentence right next to what the question points at ranks higher, while the chunk holding the peak
-itself still ranks first. All functions are pure.
+value that follows a few tokens later (``"175 degrees"``). With ``SpecPrefillConfig.chunk_context > 0`` a
+chunk scores a blend of its own score and the highest importance within that many tokens on either side
+(:func:`blend_context`), so a sentence right next to what the question points at ranks higher, while the
+chunk holding the peak itself still ranks first. All functions are pure.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["blend_context"]
+from specprefill.errors import ConfigurationError
+
+__all__ = ["blend_context", "chunk_bounds", "chunk_scores", "protected_mask", "segment_edges"]
 
 FloatArray = npt.NDArray[np.float32]
+
+
+def chunk_bounds(n_tokens: int, chunk_size: int, segments: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` token ranges of contiguous chunks.
+
+    Without ``segments`` the grid starts at token 0 (the paper's grid); the last chunk may be shorter. With
+    ``segments`` (token indices where segments start) the grid restarts at every segment start, so no chunk
+    crosses a segment boundary and the last chunk of every segment may be shorter.
+    """
+    if chunk_size < 1:
+        raise ConfigurationError(f"chunk_size must be >= 1, got {chunk_size}")
+    if segments is None:
+        return [(s, min(s + chunk_size, n_tokens)) for s in range(0, n_tokens, chunk_size)]
+    edges = segment_edges(n_tokens, segments)
+    return [(s, min(s + chunk_size, hi)) for lo, hi in itertools.pairwise(edges) for s in range(lo, hi, chunk_size)]
+
+
+def segment_edges(n_tokens: int, segments: Sequence[int]) -> list[int]:
+    """Sorted distinct segment edges ``[0, ..., n_tokens]`` from the token indices where segments start.
+
+    Repeated starts (empty segments) collapse; starts at 0 or ``n_tokens`` add nothing.
+
+    Raises:
+        ConfigurationError: A start is not an integer in ``[0, n_tokens]``.
+
+    """
+    starts: set[int] = set()
+    for value in segments:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= n_tokens:
+            raise ConfigurationError(f"segment starts must be token indices in [0, {n_tokens}], got {value!r:.40}")
+        starts.add(int(value))
+    return sorted(starts | {0, n_tokens}) if n_tokens else [0]
+
+
+def chunk_scores(importance: npt.ArrayLike, chunk_size: int) -> FloatArray:
+    """Mean importance of each chunk (a short last chunk is averaged over its own length)."""
+    imp = np.asarray(importance, dtype=np.float32)
+    bounds = chunk_bounds(imp.shape[0], chunk_size)
+    return np.array([imp[s:e].mean() for s, e in bounds], dtype=np.float32)
+
+
+def protected_mask(n_tokens: int, protected: npt.ArrayLike | Iterable[int] = ()) -> npt.NDArray[np.bool_]:
+    """Boolean mask of protected tokens from either a mask of length N or an iterable of token indices."""
+    arr = protected if isinstance(protected, np.ndarray) else np.asarray(list(cast(Iterable[Any], protected)))
+    if arr.dtype == np.bool_:
+        if arr.shape != (n_tokens,):
+            raise ConfigurationError(f"protected mask has shape {arr.shape}, expected ({n_tokens},)")
+        return arr.copy()
+    mask = np.zeros(n_tokens, dtype=np.bool_)
+    if arr.size:
+        idx = arr.astype(np.int64).ravel()
+        if idx.min() < 0 or idx.max() >= n_tokens:
+            raise ConfigurationError(
+                f"protected token index out of range [0, {n_tokens}): min {idx.min()}, max {idx.max()}"
+            )
+        mask[idx] = True
+    return mask
 
 
 def blend_context(

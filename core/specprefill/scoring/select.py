@@ -1,186 +1,48 @@
-"""Pure functions for steps 4-6 of Speculative Prefill: smoothing, reduction, chunking and selection.
+"""Step 6: the budget and the chunks kept, on the paper's grid or on a segment grid.
 
-Everything here works on NumPy arrays and has no model in it, so it is tested on tiny literal inputs.
-The speculator computes the same reductions layer by layer in torch (see ``specprefill.speculator.hf``); these
-functions are the reference it is checked against.
+:func:`select_chunks` is the pure selection on importance arrays; :func:`select_scored` applies a config to a
+:class:`~specprefill.prompt.prepared.ScoredPrompt` (the one place that reads the budget settings, including
+``protected_count_toward_budget``).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
-from specprefill.scoring.chunks import blend_context
+from specprefill.prompt.prepared import ScoredPrompt
+from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask
 
-__all__ = [
-    "avg_pool1d",
-    "best_run",
-    "budget_chunks",
-    "chunk_bounds",
-    "chunk_scores",
-    "fill_chunks",
-    "importance_from_attention",
-    "protected_mask",
-    "reduce_queries",
-    "segment_edges",
-    "select_chunks",
-]
+__all__ = ["best_run", "budget_chunks", "fill_chunks", "select_chunks", "select_scored"]
 
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
 
 
-def avg_pool1d(rows: npt.ArrayLike, kernel: int) -> FloatArray:
-    """Average-pool the last axis with stride 1 and zero padding ``kernel // 2``.
+def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig) -> IndexArray:
+    """Kept token indices of a scored prompt: :func:`select_chunks` with ``config``'s budget settings.
 
-    Matches ``torch.nn.functional.avg_pool1d(x, kernel, 1, kernel // 2)`` with the default
-    ``count_include_pad=True``: every output is the window sum divided by ``kernel``, so the first and
-    last ``kernel // 2`` positions are diluted by the zero padding.
-
-    Args:
-        rows: Array whose last axis is pooled.
-        kernel: Odd window length (1 returns the input unchanged).
-
-    Returns:
-        float32 array of the same shape.
-
+    Uses the keep rate, chunk size, token cap, chunk context and ``protected_count_toward_budget`` of
+    ``config``, and ``scored``'s protected tokens and chunk grid. An unscored prompt keeps every token.
     """
-    x = np.asarray(rows, dtype=np.float32)
-    _check_kernel(kernel)
-    if kernel == 1 or x.shape[-1] == 0:
-        return x.copy()
-    pad = kernel // 2
-    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad + 1, pad)])
-    csum = np.cumsum(padded, axis=-1, dtype=np.float64)
-    window = csum[..., kernel:] - csum[..., :-kernel]
-    return (window / kernel).astype(np.float32)
-
-
-def importance_from_attention(
-    probs: npt.ArrayLike,
-    pool_kernel: int = 13,
-    *,
-    window_queries: int = 0,
-    query_reduction: str = "mean",
-    query_mix: float = 0.5,
-) -> FloatArray:
-    """Token importance from attention probabilities (steps 4-5).
-
-    The first ``window_queries`` query rows are observation-window queries: the queries of the last
-    ``window_queries`` prompt tokens, in order, so row ``i`` sits at prompt position
-    ``N - window_queries + i``. Causality: such a query may only attend keys at or before its position, so
-    later keys are masked out and the row is renormalised over the rest (exactly a softmax with ``-inf``
-    at the masked keys). The remaining rows (look-ahead queries) see all N prompt keys.
-
-    Args:
-        probs: ``[layers, heads, queries, N]`` attention probabilities of each query over the N prompt keys.
-        pool_kernel: Kernel of the smoothing applied to every row before reducing.
-        window_queries: How many leading query rows are observation-window queries (0: none).
-        query_reduction: ``"mean"``, ``"max"`` or ``"mix"`` over the queries.
-        query_mix: Weight of the max in ``"mix"``: ``query_mix * max + (1 - query_mix) * mean``.
-
-    Returns:
-        ``[N]`` float32: max over layers and heads of the pooled rows, then the query reduction.
-
-    """
-    p = np.asarray(probs, dtype=np.float32)
-    if p.ndim != 4:
-        raise ValueError(f"expected [layers, heads, queries, N] probabilities, got shape {p.shape}")
-    n_queries, n = p.shape[2], p.shape[3]
-    if not 0 <= window_queries <= min(n_queries, n):
-        raise ValueError(f"window_queries must be in [0, {min(n_queries, n)}], got {window_queries}")
-    if window_queries:
-        positions = np.full(n_queries, n, dtype=np.int64)
-        positions[:window_queries] = np.arange(n - window_queries, n)
-        masked = np.where(np.arange(n)[None, :] > positions[:, None], np.float32(0), p).astype(np.float64)
-        p = (masked / masked.sum(axis=-1, keepdims=True)).astype(np.float32)
-    per_query = avg_pool1d(p, pool_kernel).max(axis=(0, 1))
-    return reduce_queries(per_query, query_reduction, query_mix)
-
-
-def reduce_queries(per_query: npt.ArrayLike, reduction: str = "mean", mix: float = 0.5) -> FloatArray:
-    """Combine ``[queries, N]`` per-query importance into ``[N]`` (``"mean"``, ``"max"`` or ``"mix"``).
-
-    ``"mix"`` is ``mix * max + (1 - mix) * mean``. Shared by the reference and the speculator's torch path
-    (which passes the final ``[Q, N]`` running max as NumPy).
-    """
-    rows = np.asarray(per_query, dtype=np.float32)
-    if rows.ndim != 2:
-        raise ValueError(f"expected [queries, N] importance, got shape {rows.shape}")
-    if reduction == "mean":
-        out = rows.mean(axis=0)
-    elif reduction == "max":
-        out = rows.max(axis=0)
-    elif reduction == "mix":
-        if not 0.0 <= mix <= 1.0:
-            raise ConfigurationError(f"query_mix must be in [0, 1], got {mix}")
-        out = mix * rows.max(axis=0) + (1.0 - mix) * rows.mean(axis=0)
-    else:
-        raise ConfigurationError(f"query_reduction must be 'mean', 'max' or 'mix', got {reduction!r}")
-    return np.asarray(out, dtype=np.float32)
-
-
-def chunk_bounds(n_tokens: int, chunk_size: int, segments: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """Half-open ``(start, end)`` token ranges of contiguous chunks.
-
-    Without ``segments`` the grid starts at token 0 (the paper's grid); the last chunk may be shorter. With
-    ``segments`` (token indices where segments start) the grid restarts at every segment start, so no chunk
-    crosses a segment boundary and the last chunk of every segment may be shorter.
-    """
-    if chunk_size < 1:
-        raise ConfigurationError(f"chunk_size must be >= 1, got {chunk_size}")
-    if segments is None:
-        return [(s, min(s + chunk_size, n_tokens)) for s in range(0, n_tokens, chunk_size)]
-    edges = segment_edges(n_tokens, segments)
-    return [(s, min(s + chunk_size, hi)) for lo, hi in itertools.pairwise(edges) for s in range(lo, hi, chunk_size)]
-
-
-def segment_edges(n_tokens: int, segments: Sequence[int]) -> list[int]:
-    """Sorted distinct segment edges ``[0, ..., n_tokens]`` from the token indices where segments start.
-
-    Repeated starts (empty segments) collapse; starts at 0 or ``n_tokens`` add nothing.
-
-    Raises:
-        ConfigurationError: A start is not an integer in ``[0, n_tokens]``.
-
-    """
-    starts: set[int] = set()
-    for value in segments:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= n_tokens:
-            raise ConfigurationError(f"segment starts must be token indices in [0, {n_tokens}], got {value!r:.40}")
-        starts.add(int(value))
-    return sorted(starts | {0, n_tokens}) if n_tokens else [0]
-
-
-def chunk_scores(importance: npt.ArrayLike, chunk_size: int) -> FloatArray:
-    """Mean importance of each chunk (a short last chunk is averaged over its own length)."""
-    imp = np.asarray(importance, dtype=np.float32)
-    bounds = chunk_bounds(imp.shape[0], chunk_size)
-    return np.array([imp[s:e].mean() for s, e in bounds], dtype=np.float32)
-
-
-def protected_mask(n_tokens: int, protected: npt.ArrayLike | Iterable[int] = ()) -> npt.NDArray[np.bool_]:
-    """Boolean mask of protected tokens from either a mask of length N or an iterable of token indices."""
-    arr = protected if isinstance(protected, np.ndarray) else np.asarray(list(cast(Iterable[Any], protected)))
-    if arr.dtype == np.bool_:
-        if arr.shape != (n_tokens,):
-            raise ConfigurationError(f"protected mask has shape {arr.shape}, expected ({n_tokens},)")
-        return arr.copy()
-    mask = np.zeros(n_tokens, dtype=np.bool_)
-    if arr.size:
-        idx = arr.astype(np.int64).ravel()
-        if idx.min() < 0 or idx.max() >= n_tokens:
-            raise ConfigurationError(
-                f"protected token index out of range [0, {n_tokens}): min {idx.min()}, max {idx.max()}"
-            )
-        mask[idx] = True
-    return mask
+    if scored.importance is None:
+        return np.arange(scored.n_tokens, dtype=np.int64)
+    return select_chunks(
+        scored.importance,
+        keep_rate=config.keep_rate,
+        chunk_size=config.chunk_size,
+        protected=scored.protected,
+        max_kept_tokens=config.max_kept_tokens,
+        protected_count_toward_budget=config.protected_count_toward_budget,
+        segments=scored.segments,
+        chunk_context=config.chunk_context,
+        context_weight=config.context_weight,
+    )
 
 
 def select_chunks(
@@ -393,8 +255,3 @@ def budget_chunks(keep_rate: float, n_chunks: int) -> int:
     if n_chunks <= 0:
         return 0
     return min(n_chunks, max(1, math.ceil(keep_rate * n_chunks - 1e-9)))
-
-
-def _check_kernel(kernel: int) -> None:
-    if kernel < 1 or kernel % 2 == 0:
-        raise ConfigurationError(f"pool kernel must be a positive odd number, got {kernel}")

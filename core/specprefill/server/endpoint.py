@@ -22,26 +22,19 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError, SpeculatorError
-from specprefill.prompt.passages import DEFAULT_INSTRUCTION, Passage, checked_layout, protect_passages
+from specprefill.prompt.passages import Passage, layout_passages, score_passages, scored_windows
 from specprefill.prompt.segments import check_segments
+from specprefill.server.shared import get_service
 from specprefill.spans import cut_spans, join_spans
 from specprefill.speculator.base import Speculator
-from specprefill.wire.prune import (
-    PRUNE_PATH,
-    PruneReply,
-    PruneRequest,
-    WireFormatError,
-    decode_json,
-    encode_json,
-    fallback_stats,
-    wire_stats,
-)
+from specprefill.wire.prune import PRUNE_PATH, PruneReply, PruneRequest, WireFormatError, decode_json, encode_json
+from specprefill.wire.stats import prune_stats_object, stats_object
+from specprefill.wire.xargs import OverrideError, checked_overrides
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -97,20 +90,17 @@ def request_config(settings: object, request: PruneRequest) -> SpecPrefillConfig
     ``config`` with the shortcuts applied); the defaults when the settings could not be loaded.
 
     Raises:
-        ConfigurationError: A field is unknown or out of range.
+        OverrideError: A field is unknown, of the wrong JSON type or out of range (``field`` names it).
 
     """
     prune_config = getattr(settings, "prune_config", None)
     base = prune_config() if callable(prune_config) else SpecPrefillConfig()
-    data: dict[str, Any] = {**base.model_dump(), **request.config}
-    if request.keep_rate is not None:
-        data["keep_rate"] = request.keep_rate
-    if request.max_kept_tokens is not None:
-        data["max_kept_tokens"] = request.max_kept_tokens
-    unknown = sorted(set(data) - set(SpecPrefillConfig.model_fields))
-    if unknown:
-        raise ConfigurationError(f"unknown config field(s) {unknown}; valid: {sorted(SpecPrefillConfig.model_fields)}")
-    return SpecPrefillConfig(**data)
+    values = dict(request.config)
+    names = {name: f"config.{name}" for name in request.config}
+    for name in ("keep_rate", "max_kept_tokens"):  # the request's own fields win over its config
+        if getattr(request, name) is not None:
+            values[name], names[name] = getattr(request, name), name
+    return checked_overrides(values, base=base, where=names)
 
 
 def prune_request(speculator: Speculator, request: PruneRequest, config: SpecPrefillConfig) -> PruneReply:
@@ -130,7 +120,7 @@ def prune_request(speculator: Speculator, request: PruneRequest, config: SpecPre
     return PruneReply(
         text=result.text,
         kept_spans=result.kept_spans,
-        stats=wire_stats(result.stats),
+        stats=prune_stats_object(result.stats),
         scored=scored if request.return_scores else None,
         messages=result.messages,
     )
@@ -138,26 +128,21 @@ def prune_request(speculator: Speculator, request: PruneRequest, config: SpecPre
 
 def _prune_with_question(speculator: Speculator, request: PruneRequest, config: SpecPrefillConfig) -> PruneReply:
     prompt = str(request.prompt)
-    layout = checked_layout(
-        [Passage(prompt, protected=request.protected_spans)], request.question, DEFAULT_INSTRUCTION, config
-    )
-    prepared = speculator.prepare(layout.messages, config=config)
-    protected, windows = protect_passages(prepared, layout, speculator.name)
-    start, end = windows[0]
-    starts = [start + p for p in check_segments(request.segments) if p <= end - start]
-    scored = speculator.score_prompt(replace(prepared, protected=protected), config, segments=[*windows, *starts])
+    layout = layout_passages([Passage(prompt, protected=request.protected_spans)], request.question)
+    scored = score_passages(speculator, layout, config, segments=[check_segments(request.segments)])
+    start, end = scored_windows(scored, layout)[0]
     result = speculator.select(scored, config)
     spans = cut_spans(result.kept_spans, (start, end))  # relative to the prompt text
     source = (scored.text or "")[start:end]
     text = source if spans == [(0, len(source))] else join_spans(source, spans, config.gap_marker)
-    return PruneReply(text, spans, wire_stats(result.stats), scored if request.return_scores else None)
+    return PruneReply(text, spans, prune_stats_object(result.stats), scored if request.return_scores else None)
 
 
 def fallback_reply(request: PruneRequest, reason: str) -> PruneReply:
     """Everything kept, flagged: the text prompt whole (for messages no text, since nothing rendered them)."""
     if isinstance(request.prompt, str):
-        return PruneReply(request.prompt, [(0, len(request.prompt))], fallback_stats(reason))
-    return PruneReply(None, [], fallback_stats(reason), messages=request.prompt)
+        return PruneReply(request.prompt, [(0, len(request.prompt))], stats_object(0, 0, fallback_reason=reason))
+    return PruneReply(None, [], stats_object(0, 0, fallback_reason=reason), messages=request.prompt)
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -195,8 +180,8 @@ async def handle_prune(body: object, service: ScoringRunner) -> tuple[int, dict[
         return _error(400, str(exc), "invalid_request_error", exc.field)
     try:
         config = request_config(service.settings, request)
-    except ConfigurationError as exc:
-        return _error(400, f"invalid settings: {exc}", "invalid_request_error", "config")
+    except OverrideError as exc:
+        return _error(400, f"invalid settings: {exc}", "invalid_request_error", exc.field)
     work = partial(prune_request, request=request, config=config)
     try:
         reply = await service.run(work, tokens=_estimate_tokens(request))
@@ -233,8 +218,6 @@ class _Unavailable:
 
 def _default_service() -> ScoringRunner:
     try:
-        from specprefill.server.service import get_service
-
         service: ScoringRunner = get_service()
     except Exception as exc:  # no service module, no speculator configured, settings invalid
         logger.warning("prune endpoint: no scoring service (%s: %s)", type(exc).__name__, exc)
@@ -247,7 +230,7 @@ class PruneEndpointMiddleware:
 
     Args:
         app: The wrapped ASGI app (vLLM's FastAPI app).
-        service: The scoring service (default: ``specprefill.server.service.get_service()``, looked up on the
+        service: The scoring service (default: ``specprefill.server.shared.get_service()``, looked up on the
             first request).
         max_body_bytes: Largest accepted body (default: :data:`MAX_BODY_ENV` or 8 MiB).
         api_keys: Accepted bearer tokens (default: the server's ``--api-key`` values or ``VLLM_API_KEY``; no

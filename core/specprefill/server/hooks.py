@@ -27,57 +27,40 @@ import functools
 import importlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
-from specprefill.result import Message
+from specprefill.result import STATS_KEY
 from specprefill.server import metrics, shared
-from specprefill.server.pruning import (
-    Outcome,
-    chat_messages,
-    merge_stats,
-    outcome_of,
-    parse_overrides,
-    prepare_tokens,
-    stats_object,
-    wants_kept_runs,
-)
-from specprefill.server.service import ScoringUnavailableError, get_service
+from specprefill.server.pruning import TOKENIZER_PROBE, Outcome, ScoreJob, TokenizerMismatchError, chat_messages
+from specprefill.server.service import ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
-from specprefill.speculator.base import Speculator
+from specprefill.server.shared import get_service
 from specprefill.vllm_plugin.common import HOOK_MARK, unsupported_reason
 from specprefill.vllm_plugin.guard import has_position_keys
 from specprefill.vllm_plugin.positions import XARG_RUNS, request_extras
+from specprefill.wire.stats import merge_stats, stats_object
+from specprefill.wire.xargs import OverrideError, overrides_from_xargs, wants_kept_runs
 
-__all__ = ["STATS_FIELD", "ScoreJob", "Ticket", "install", "install_if_configured", "installed", "uninstall"]
+__all__ = ["Ticket", "install", "install_if_configured", "installed", "uninstall"]
 
 logger = logging.getLogger("specprefill.server")
-
-STATS_FIELD = "specprefill"
-"""Top-level key of the stats object in responses and final stream chunks."""
 
 _TARGETS = (
     ("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat", "create_chat_completion"),
     ("vllm.entrypoints.openai.completion.serving", "OpenAIServingCompletion", "create_completion"),
     ("vllm.v1.engine.async_llm", "AsyncLLM", "generate"),
 )
-_PROBE = "SpecPrefill tokenizer probe: naïve café, 12345, <tag>"
-
-
-class TokenizerMismatchError(PromptError):
-    """The speculator's tokenizer differs from the served model's; server-side pruning needs the same one."""
 
 
 @dataclass
 class Ticket:
     """One HTTP request's pruning context, shared by its handler and the ``generate`` calls it makes."""
 
-    overrides: dict[str, Any]
+    config: SpecPrefillConfig
+    """The request's pruning config: the server's with the request's ``vllm_xargs`` overrides."""
     messages: list[dict[str, Any]] | None = None
     kept_runs: bool = False
     usage_chunk: bool = False
@@ -90,7 +73,6 @@ class Ticket:
 
 
 _ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("specprefill_ticket", default=None)
-_checked: dict[int, bool] = {}
 
 
 # --- request handlers ----------------------------------------------------------------------------
@@ -99,12 +81,13 @@ def _wrap_handler(original: Callable[..., Any], *, chat: bool) -> Callable[..., 
     async def handler(self: Any, request: Any, raw_request: Any = None) -> Any:
         xargs = getattr(request, "vllm_xargs", None)
         try:
-            overrides, kept_runs = parse_overrides(xargs), wants_kept_runs(xargs)
-        except ConfigurationError as exc:
-            return self.create_error_response(str(exc), param="vllm_xargs")
+            config = overrides_from_xargs(xargs, get_service().settings.prune_config())
+            kept_runs = wants_kept_runs(xargs)
+        except OverrideError as exc:
+            return self.create_error_response(f"vllm_xargs.{exc}", param=f"vllm_xargs.{exc.field}")
         messages = chat_messages(request.messages) if chat else None
         usage_chunk = bool(getattr(getattr(request, "stream_options", None), "include_usage", False))
-        ticket = Ticket(overrides=overrides, messages=messages, kept_runs=kept_runs, usage_chunk=usage_chunk)
+        ticket = Ticket(config=config, messages=messages, kept_runs=kept_runs, usage_chunk=usage_chunk)
         token = _ticket.set(ticket)
         try:
             result = await original(self, request, raw_request)
@@ -120,7 +103,7 @@ def _attach(result: Any, ticket: Ticket) -> Any:
         return _stream_with_stats(result, ticket)
     stats = ticket.response_stats()
     if stats is not None and hasattr(result, "usage"):
-        setattr(result, STATS_FIELD, stats)
+        setattr(result, STATS_KEY, stats)
     return result
 
 
@@ -153,7 +136,7 @@ def _with_stats(item: str, ticket: Ticket) -> str:
         return item
     if not isinstance(chunk, dict) or "error" in chunk:
         return item
-    chunk[STATS_FIELD] = stats
+    chunk[STATS_KEY] = stats
     return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 
 
@@ -205,8 +188,8 @@ async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: An
     extra = params.extra_args
     if has_position_keys(extra):  # already pruned by the client: its map is checked by the guard
         return prompt, stats_object(n, n)
-    config = service.settings.prune_config().with_overrides(**ticket.overrides)
-    if (config.keep_rate >= 1.0 and config.max_kept_tokens is None) or n < max(config.min_prompt_tokens, 1):
+    config = ticket.config
+    if (config.keep_rate >= 1.0 and config.max_kept_tokens is None) or not config.long_enough(n):
         return prompt, stats_object(n, n)
     refused = _refusal(engine)
     if refused is not None:
@@ -232,57 +215,12 @@ async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: An
     return pruned, stats
 
 
-@dataclass
-class ScoreJob:
-    """One request's scoring job: picklable (it may run in the scoring host) and batchable.
-
-    Called alone it is :func:`~specprefill.server.pruning.score_tokens`; in a micro-batch the service calls
-    :meth:`prepare` for every job, scores all prepared prompts together
-    (:meth:`~specprefill.speculator.base.Speculator.score_prompts`) and calls :meth:`finish` with each result.
-    """
-
-    ids: list[int]
-    config: SpecPrefillConfig
-    text: str | None = None
-    messages: list[Message] | None = None
-    probe: list[int] | None = None
-    """The served model's ids for :data:`_PROBE` (None: skip the tokenizer check)."""
-    started: float = 0.0
-
-    def __call__(self, speculator: Speculator) -> Outcome:
-        """Score and select alone."""
-        return self.finish(speculator, speculator.score_prompt(*self.prepare(speculator)))
-
-    def prepare(self, speculator: Speculator) -> tuple[PreparedPrompt, SpecPrefillConfig]:
-        """Check the tokenizer and build the prepared prompt (the part before the model runs).
-
-        Raises:
-            TokenizerMismatchError: The speculator tokenises differently from the served model.
-
-        """
-        self.started = time.perf_counter()
-        key = id(speculator)
-        if key not in _checked and self.probe is not None:
-            _checked[key] = list(speculator.encode(_PROBE)[0]) == self.probe
-        if not _checked.get(key, True):
-            raise TokenizerMismatchError(
-                f"speculator {speculator.name!r} does not share the served model's tokenizer; server-side pruning "
-                "needs a speculator of the same family (e.g. Llama-3.1-8B-Instruct for Llama-3.1-70B-Instruct)"
-            )
-        prepared = prepare_tokens(speculator, self.ids, self.config, text=self.text, messages=self.messages)
-        return prepared, self.config
-
-    def finish(self, speculator: Speculator, scored: ScoredPrompt) -> Outcome:
-        """Select the kept chunks of this job's scored prompt."""
-        return outcome_of(scored, self.config, self.started)
-
-
 def _probe_ids(engine: Any) -> list[int] | None:
     tokenizer = getattr(engine, "tokenizer", None)
     if tokenizer is None:
         return None
     try:
-        return [int(t) for t in tokenizer.encode(_PROBE, add_special_tokens=False)]
+        return [int(t) for t in tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False)]
     except Exception:  # a tokenizer without that signature: skip the check, scoring still validates ids
         return None
 

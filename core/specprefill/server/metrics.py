@@ -86,7 +86,7 @@ def _registered() -> dict[str, Any]:
 
 
 def observe(stats: Mapping[str, Any]) -> None:
-    """Count one request from its stats object (see :func:`specprefill.server.pruning.stats_object`)."""
+    """Count one request from its stats object (see :func:`specprefill.wire.stats.stats_object`)."""
     metrics = _registered()
     reason = stats.get("fallback_reason")
     outcome = "fallback" if stats.get("fallback") else "pruned" if stats.get("pruned") else "passed_through"

@@ -1,11 +1,12 @@
-"""Pure parts of server-side pruning: request overrides, chat protection, the scoring job and the stats object.
+"""Pure parts of server-side pruning: vLLM's rendered prompt as a prepared prompt, and the scoring job.
 
 Nothing here imports vLLM; :mod:`specprefill.server.hooks` moves data between vLLM and these functions.
+Request settings are checked by :mod:`specprefill.wire.xargs` and the stats object is
+:mod:`specprefill.wire.stats`'s.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,97 +16,30 @@ import numpy as np
 import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import ConfigurationError, PromptError
-from specprefill.prompt.prepared import (
-    PreparedPrompt,
-    ScoredPrompt,
-    locate_contents,
-    message_text,
-    protection_for_messages,
-    select_scored,
-)
+from specprefill.errors import PromptError
+from specprefill.prompt.messages import locate_contents, message_text
+from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
+from specprefill.prompt.protect import protection_for_messages
 from specprefill.result import Message
+from specprefill.scoring.select import select_scored
 from specprefill.spans import Span
 from specprefill.speculator.base import Speculator
 
 __all__ = [
-    "XARG_KEEP_RATE",
-    "XARG_MAX_KEPT",
-    "XARG_RETURN_KEPT",
+    "TOKENIZER_PROBE",
     "Outcome",
+    "ScoreJob",
+    "TokenizerMismatchError",
     "aligned_offsets",
     "chat_messages",
-    "merge_stats",
     "outcome_of",
-    "parse_overrides",
     "prepare_tokens",
-    "score_tokens",
-    "stats_object",
-    "wants_kept_runs",
 ]
 
-XARG_KEEP_RATE = "specprefill_keep_rate"
-"""``vllm_xargs`` key: this request's keep rate in (0, 1]; 1.0 turns pruning off."""
+TOKENIZER_PROBE = "SpecPrefill tokenizer probe: naïve café, 12345, <tag>"
+"""Text the served model's tokenizer and the speculator's must split into the same ids (checked once)."""
 
-XARG_MAX_KEPT = "specprefill_max_kept_tokens"
-"""``vllm_xargs`` key: this request's cap on kept (unprotected) tokens, an integer >= 1."""
-
-XARG_RETURN_KEPT = "specprefill_return_kept"
-"""``vllm_xargs`` key: ``true`` adds ``kept_runs`` (``[start, length, ...]`` of the kept prompt positions) to
-the stats, e.g. to check that a tools block was kept whole."""
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"vllm_xargs.{key} must be a number, got {type(value).__name__} {value!r:.40}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ConfigurationError(f"vllm_xargs.{key} must be finite, got {value!r}")
-    return number
-
-
-def parse_overrides(xargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The per-request :class:`~specprefill.SpecPrefillConfig` overrides in ``vllm_xargs``.
-
-    Args:
-        xargs: The request's ``vllm_xargs`` (None: no overrides).
-
-    Returns:
-        ``{"keep_rate": ..., "max_kept_tokens": ...}`` with only the keys the request set.
-
-    Raises:
-        ConfigurationError: A value is not a number, NaN/infinite, a keep rate outside (0, 1], or a token
-            cap that is not a whole number >= 1 (the server answers HTTP 400).
-
-    """
-    if not xargs:
-        return {}
-    out: dict[str, Any] = {}
-    if xargs.get(XARG_KEEP_RATE) is not None:
-        rate = _number(xargs[XARG_KEEP_RATE], XARG_KEEP_RATE)
-        if not 0.0 < rate <= 1.0:
-            raise ConfigurationError(f"vllm_xargs.{XARG_KEEP_RATE} must be in (0, 1] (1.0 = no pruning), got {rate}")
-        out["keep_rate"] = rate
-    if xargs.get(XARG_MAX_KEPT) is not None:
-        cap = _number(xargs[XARG_MAX_KEPT], XARG_MAX_KEPT)
-        if cap < 1 or not cap.is_integer():
-            raise ConfigurationError(f"vllm_xargs.{XARG_MAX_KEPT} must be a whole number >= 1, got {cap}")
-        out["max_kept_tokens"] = int(cap)
-    return out
-
-
-def wants_kept_runs(xargs: Mapping[str, Any] | None) -> bool:
-    """Whether the request asked for ``kept_runs`` in its stats (:data:`XARG_RETURN_KEPT`).
-
-    Raises:
-        ConfigurationError: The value is not a boolean.
-
-    """
-    value = (xargs or {}).get(XARG_RETURN_KEPT, False)
-    # vLLM's request model turns JSON true/false into 1/0 (vllm_xargs holds str | int | float | list)
-    if isinstance(value, (bool, int, float)) and value in (0, 1):
-        return bool(value)
-    raise ConfigurationError(f"vllm_xargs.{XARG_RETURN_KEPT} must be true or false, got {value!r:.40}")
+_checked: dict[int, bool] = {}
 
 
 def chat_messages(messages: Sequence[Any]) -> list[Message] | None:
@@ -134,6 +68,10 @@ def aligned_offsets(speculator: Speculator, text: str, ids: Sequence[int]) -> li
     return None
 
 
+class TokenizerMismatchError(PromptError):
+    """The speculator's tokenizer differs from the served model's; server-side pruning needs the same one."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What scoring decided for one request."""
@@ -144,30 +82,6 @@ class Outcome:
     """Speculator wall time (tokenisation alignment, scoring, selection)."""
     fallback_reason: str | None = None
     """Why the request is served unpruned although pruning was asked for (None: no fault)."""
-
-
-def score_tokens(
-    speculator: Speculator,
-    ids: Sequence[int],
-    config: SpecPrefillConfig,
-    *,
-    text: str | None = None,
-    messages: list[Message] | None = None,
-) -> Outcome:
-    """Score vLLM's rendered prompt ids and select the kept chunks (runs on the scoring thread).
-
-    For chat prompts (``messages`` and the rendered ``text``) template tokens (everything outside message
-    contents, so the whole tools block), system prompts and the end of the final user turn are protected,
-    exactly as :meth:`Speculator.prune` protects messages.
-
-    Raises:
-        PromptError: A chat prompt whose text the speculator does not tokenise into ``ids`` (another tokenizer).
-        SpeculatorError: Scoring failed and ``config.fallback_on_error`` is off.
-
-    """
-    start = time.perf_counter()
-    prepared = prepare_tokens(speculator, ids, config, text=text, messages=messages)
-    return outcome_of(speculator.score_prompt(prepared, config), config, start)
 
 
 def prepare_tokens(
@@ -191,7 +105,7 @@ def prepare_tokens(
         if offsets is None or text is None:
             raise PromptError("the speculator does not tokenise the rendered chat into vLLM's token ids")
         spans = locate_contents(text, [m["content"] for m in messages])
-        protected = protection_for_messages(offsets, len(text), messages, spans, config)
+        protected = protection_for_messages(offsets, text, messages, spans, config)
     return PreparedPrompt(
         list(ids),
         protected,
@@ -199,7 +113,6 @@ def prepare_tokens(
         offsets=offsets,
         messages=messages,
         content_spans=spans,
-        kind="messages" if messages is not None else "token_ids",
     )
 
 
@@ -212,47 +125,50 @@ def outcome_of(scored: ScoredPrompt, config: SpecPrefillConfig, started: float) 
         started: ``time.perf_counter()`` when the request's scoring began (for ``Outcome.seconds``).
 
     """
-    kept = select_scored(scored, config, budget_protected=config.protected_count_toward_budget)
+    kept = select_scored(scored, config)
     return Outcome(kept=kept, seconds=time.perf_counter() - started, fallback_reason=scored.fallback_reason)
 
 
-def stats_object(
-    tokens_in: int,
-    tokens_kept: int,
-    *,
-    speculator_seconds: float = 0.0,
-    fallback_reason: str | None = None,
-) -> dict[str, Any]:
-    """The ``specprefill`` stats object of one response (the same keys in every server reply).
+@dataclass
+class ScoreJob:
+    """One request's scoring job: picklable (it may run in the scoring host) and batchable.
 
-    ``positions`` is ``"original"`` when tokens were dropped (the kept ones keep their original positions),
-    else ``"none"``; ``fallback`` is True when pruning was asked for but the request ran unpruned.
+    Called alone it is ``prepare`` then ``finish``; in a micro-batch the service calls
+    :meth:`prepare` for every job, scores all prepared prompts together
+    (:meth:`~specprefill.speculator.base.Speculator.score_prompts`) and calls :meth:`finish` with each result.
     """
-    pruned = tokens_kept < tokens_in
-    return {
-        "tokens_in": tokens_in,
-        "tokens_kept": tokens_kept,
-        "keep_ratio": tokens_kept / tokens_in if tokens_in else 1.0,
-        "speculator_seconds": round(speculator_seconds, 6),
-        "positions": "original" if pruned else "none",
-        "fallback": fallback_reason is not None,
-        "fallback_reason": fallback_reason,
-        "pruned": pruned,
-    }
 
+    ids: list[int]
+    config: SpecPrefillConfig
+    text: str | None = None
+    messages: list[Message] | None = None
+    probe: list[int] | None = None
+    """The served model's ids for :data:`TOKENIZER_PROBE` (None: skip the tokenizer check)."""
+    started: float = 0.0
 
-def merge_stats(items: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """One stats object for a response that ran several prompts (``/v1/completions`` with a list)."""
-    if not items:
-        return None
-    if len(items) == 1:
-        return dict(items[0])
-    reasons = [str(s["fallback_reason"]) for s in items if s.get("fallback_reason")]
-    merged = stats_object(
-        sum(int(s["tokens_in"]) for s in items),
-        sum(int(s["tokens_kept"]) for s in items),
-        speculator_seconds=sum(float(s["speculator_seconds"]) for s in items),
-        fallback_reason=",".join(sorted(set(reasons))) or None,
-    )
-    merged["prompts"] = [dict(s) for s in items]
-    return merged
+    def __call__(self, speculator: Speculator) -> Outcome:
+        """Score and select alone."""
+        return self.finish(speculator, speculator.score_prompt(*self.prepare(speculator)))
+
+    def prepare(self, speculator: Speculator) -> tuple[PreparedPrompt, SpecPrefillConfig]:
+        """Check the tokenizer and build the prepared prompt (the part before the model runs).
+
+        Raises:
+            TokenizerMismatchError: The speculator tokenises differently from the served model.
+
+        """
+        self.started = time.perf_counter()
+        key = id(speculator)
+        if key not in _checked and self.probe is not None:
+            _checked[key] = list(speculator.encode(TOKENIZER_PROBE)[0]) == self.probe
+        if not _checked.get(key, True):
+            raise TokenizerMismatchError(
+                f"speculator {speculator.name!r} does not share the served model's tokenizer; server-side pruning "
+                "needs a speculator of the same family (e.g. Llama-3.1-8B-Instruct for Llama-3.1-70B-Instruct)"
+            )
+        prepared = prepare_tokens(speculator, self.ids, self.config, text=self.text, messages=self.messages)
+        return prepared, self.config
+
+    def finish(self, speculator: Speculator, scored: ScoredPrompt) -> Outcome:
+        """Select the kept chunks of this job's scored prompt."""
+        return outcome_of(scored, self.config, self.started)

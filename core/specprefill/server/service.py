@@ -46,9 +46,7 @@ __all__ = [
     "ScoringReason",
     "ScoringService",
     "ScoringUnavailableError",
-    "get_service",
     "load_configured_speculator",
-    "reset_service",
 ]
 
 logger = logging.getLogger("specprefill.server")
@@ -317,33 +315,3 @@ class ScoringService:
             job.future.set_result(self._execute(job.fn))
         except BaseException as exc:  # handed to the waiting coroutine, never kills the worker
             job.future.set_exception(exc)
-
-
-_service: ScoringService | None = None
-_service_lock = threading.Lock()
-
-
-def get_service() -> ScoringService:
-    """The process-wide :class:`ScoringService`, built from :meth:`ServerSettings.load` on first use.
-
-    In an API-server process that vLLM started beside others (``--api-server-count`` above 1) it is a
-    :class:`~specprefill.server.shared.ForwardingService`: jobs run on the one speculator of the scoring
-    host (:mod:`specprefill.server.shared`).
-
-    The worker thread (and with it the speculator) starts on the first :meth:`ScoringService.run`, or when
-    the caller calls :meth:`ScoringService.start`.
-    """
-    global _service
-    with _service_lock:
-        if _service is None:
-            from specprefill.server.shared import service_for_process
-
-            _service = service_for_process(ServerSettings.load())
-        return _service
-
-
-def reset_service(service: ScoringService | None = None) -> None:
-    """Replace the process-wide service (tests; a running worker thread of the old one is left to finish)."""
-    global _service
-    with _service_lock:
-        _service = service

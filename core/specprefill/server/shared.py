@@ -47,6 +47,7 @@ __all__ = [
     "ProcessRole",
     "ScorerHost",
     "current_role",
+    "get_service",
     "process_role",
     "service_for_process",
     "start_host",
@@ -318,3 +319,23 @@ def start_host(service: ScoringService) -> ScorerHost:
             os.environ.update(_host.environment())
             logger.debug("specprefill: scoring host listening on %s", _host.address)
         return _host
+
+
+_service: ScoringService | None = None
+_service_lock = threading.Lock()
+
+
+def get_service() -> ScoringService:
+    """The process-wide :class:`ScoringService`, built from :meth:`ServerSettings.load` on first use.
+
+    In an API-server process that vLLM started beside others (``--api-server-count`` above 1) it is a
+    :class:`ForwardingService`: jobs run on the one speculator of the scoring host.
+
+    The worker thread (and with it the speculator) starts on the first :meth:`ScoringService.run`, or when
+    the caller calls :meth:`ScoringService.start`.
+    """
+    global _service
+    with _service_lock:
+        if _service is None:
+            _service = service_for_process(ServerSettings.load())
+        return _service

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -14,22 +14,12 @@ import numpy as np
 import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import ConfigurationError, EmptyPromptError, PromptError, SpecPrefillError, SpeculatorError
-from specprefill.prompt.assemble import assemble_result
-from specprefill.prompt.prepared import (
-    PreparedPrompt,
-    Prompt,
-    ScoredPrompt,
-    check_spans,
-    locate_contents_by_template,
-    prompt_kind,
-    protection_for_messages,
-    scrub_surrogates,
-    select_scored,
-    validate_messages,
-)
-from specprefill.prompt.segments import check_segments
-from specprefill.prompt.staging import due, scoring_config, segment_starts_of
+from specprefill.errors import EmptyPromptError, PromptError, SpecPrefillError, SpeculatorError
+from specprefill.prompt.assemble import ResultBuilder
+from specprefill.prompt.messages import locate_contents_by_template, validate_messages
+from specprefill.prompt.prepared import PreparedPrompt, Prompt, ScoredPrompt, prompt_kind, scrub_surrogates
+from specprefill.prompt.protect import check_spans, protection_for_messages
+from specprefill.prompt.segments import check_segments, scoring_config, segment_starts_of
 from specprefill.result import Message, PruneResult
 from specprefill.spans import Span, char_spans_to_token_mask
 
@@ -48,7 +38,7 @@ class ImportanceResult:
     windows: int = 1
 
 
-class Speculator(ABC):
+class Speculator(ResultBuilder, ABC):
     """Scores prompt tokens with a small model and prunes prompts (steps 1-6 of Speculative Prefill).
 
     Subclasses implement tokenisation and :meth:`score`; pruning, protection and text mapping are shared.
@@ -97,7 +87,7 @@ class Speculator(ABC):
 
         """
         ids = self._check_ids(input_ids)
-        return self.score(ids, _as_config(config)).importance
+        return self.score(ids, SpecPrefillConfig.of(config)).importance
 
     def count_tokens(self, text: str) -> int:
         """Number of speculator tokens in ``text`` (no special tokens)."""
@@ -107,7 +97,7 @@ class Speculator(ABC):
         self, prompt: Prompt, protected_spans: Iterable[Span] = (), *, config: SpecPrefillConfig | None = None
     ) -> PreparedPrompt:
         """Tokenise a prompt and mark its protected tokens (step 1 plus protection)."""
-        cfg = _as_config(config)
+        cfg = SpecPrefillConfig.of(config)
         extra = check_spans(protected_spans)
         kind, value = prompt_kind(prompt)
         if isinstance(value, str):
@@ -116,21 +106,19 @@ class Speculator(ABC):
             text = scrub_surrogates(value)
             ids, offsets = self.encode_with_specials(text)
             protected = char_spans_to_token_mask(offsets, extra)
-            return PreparedPrompt(ids, protected, text=text, offsets=offsets, kind=kind)
+            return PreparedPrompt(ids, protected, text=text, offsets=offsets)
         if kind == "token_ids":
             if extra:
                 raise PromptError("protected_spans are character spans and need a text or message prompt")
             ids = self._check_ids(value)
-            return PreparedPrompt(ids, np.zeros(len(ids), dtype=np.bool_), kind=kind)
+            return PreparedPrompt(ids, np.zeros(len(ids), dtype=np.bool_))
         messages = validate_messages(value)
         rendered = scrub_surrogates(self.render_chat(messages))
         ids, offsets = self.encode(rendered)
         spans = locate_contents_by_template(rendered, messages, self.render_chat)
-        protected = protection_for_messages(offsets, len(rendered), messages, spans, cfg)
+        protected = protection_for_messages(offsets, rendered, messages, spans, cfg)
         protected |= char_spans_to_token_mask(offsets, extra)
-        return PreparedPrompt(
-            ids, protected, text=rendered, offsets=offsets, messages=messages, content_spans=spans, kind=kind
-        )
+        return PreparedPrompt(ids, protected, text=rendered, offsets=offsets, messages=messages, content_spans=spans)
 
     def score_prompt(
         self,
@@ -163,7 +151,7 @@ class Speculator(ABC):
             SpeculatorError: Scoring failed and fallback is off.
 
         """
-        cfg = _as_config(config).with_overrides(**overrides)
+        cfg = SpecPrefillConfig.of(config).with_overrides(**overrides)
         start = time.perf_counter()
         if isinstance(prompt, PreparedPrompt):
             extra = char_spans_to_token_mask(prompt.offsets or [], check_spans(protected_spans))
@@ -173,7 +161,7 @@ class Speculator(ABC):
         starts = segment_starts_of(prepared, cfg, check_segments(segments))
         result: ImportanceResult | None = None
         reason: str | None = None
-        if due(prepared, cfg):
+        if cfg.long_enough(prepared.n_tokens):
             try:
                 result = self.score(prepared.input_ids, scoring_config(prepared, cfg))
             except SpecPrefillError as exc:
@@ -209,7 +197,7 @@ class Speculator(ABC):
 
         """
         start = time.perf_counter()
-        wanted = [i for i, (prepared, cfg) in enumerate(items) if due(prepared, cfg)]
+        wanted = [i for i, (prepared, cfg) in enumerate(items) if cfg.long_enough(prepared.n_tokens)]
         try:
             batch = self.score_many([(items[i][0].input_ids, scoring_config(*items[i])) for i in wanted])
         except Exception as exc:  # one prompt's fault must not decide the others'
@@ -241,23 +229,6 @@ class Speculator(ABC):
             fallback_reason=reason,
             speculator=self.name,
         )
-
-    def select(self, scored: ScoredPrompt, config: SpecPrefillConfig | None = None, **overrides: Any) -> PruneResult:
-        """Step 6 on a scored prompt: keep its most important chunks and build the result.
-
-        Args:
-            scored: What :meth:`score_prompt` returned.
-            config: Budget settings (``keep_rate``, ``max_kept_tokens``, ``chunk_size``, ``gap_marker``, ...).
-            **overrides: Per-call config changes.
-
-        Returns:
-            A :class:`PruneResult`; everything is kept when ``scored.importance`` is None.
-
-        """
-        cfg = _as_config(config).with_overrides(**overrides)
-        start = time.perf_counter()
-        kept = select_scored(scored, cfg, budget_protected=cfg.protected_count_toward_budget)
-        return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start)
 
     def prune(
         self,
@@ -291,39 +262,24 @@ class Speculator(ABC):
             SpeculatorError: Scoring failed and fallback is off.
 
         """
-        cfg = _as_config(config).with_overrides(**overrides)
+        cfg = SpecPrefillConfig.of(config).with_overrides(**overrides)
         scored = self.score_prompt(prompt, cfg, protected_spans=protected_spans, segments=segments)
         return self.select(scored, cfg)
 
-    async def aprune(
-        self,
-        prompt: Prompt,
-        config: SpecPrefillConfig | None = None,
-        *,
-        protected_spans: Iterable[Span] = (),
-        segments: Iterable[int | Span] = (),
-        **overrides: Any,
-    ) -> PruneResult:
-        """Async :meth:`prune`: scoring runs in a worker thread so the event loop stays free."""
-        return await asyncio.to_thread(
-            self.prune, prompt, config, **_thread_kwargs(protected_spans, segments, overrides)
-        )
+    async def aprune(self, prompt: Prompt, config: SpecPrefillConfig | None = None, **options: Any) -> PruneResult:
+        """Async :meth:`prune` (same arguments): scoring runs in a worker thread so the event loop stays free."""
+        return await asyncio.to_thread(self.prune, prompt, config, **_thread_kwargs(options))
 
     async def ascore_prompt(
-        self,
-        prompt: Prompt,
-        config: SpecPrefillConfig | None = None,
-        *,
-        protected_spans: Iterable[Span] = (),
-        segments: Iterable[int | Span] = (),
-        **overrides: Any,
+        self, prompt: Prompt, config: SpecPrefillConfig | None = None, **options: Any
     ) -> ScoredPrompt:
-        """Async :meth:`score_prompt`: scoring runs in a worker thread so the event loop stays free."""
-        return await asyncio.to_thread(
-            self.score_prompt, prompt, config, **_thread_kwargs(protected_spans, segments, overrides)
-        )
+        """Async :meth:`score_prompt` (same arguments): scoring runs in a worker thread."""
+        return await asyncio.to_thread(self.score_prompt, prompt, config, **_thread_kwargs(options))
 
     # --- helpers --------------------------------------------------------------------------------
+    def _token_text(self) -> Callable[[Sequence[int]], str]:
+        return self.decode
+
     def _check_ids(self, input_ids: Sequence[int]) -> list[int]:
         ids = [int(t) for t in input_ids]
         if not ids:
@@ -341,38 +297,8 @@ class Speculator(ABC):
         logger.warning("speculator %s failed (%s); using the full prompt", self.name, reason)
         return reason
 
-    def build_result(
-        self,
-        scored: ScoredPrompt,
-        kept: npt.NDArray[np.int64],
-        config: SpecPrefillConfig | None = None,
-        *,
-        seconds: float = 0.0,
-    ) -> PruneResult:
-        """The :class:`PruneResult` of keeping ``kept`` (sorted token indices) of a scored prompt.
 
-        For callers that select tokens themselves (e.g. :mod:`specprefill.prompt.passages`); ``seconds`` (the time
-        their selection took) is added to ``scored.speculator_seconds`` in the stats. See
-        :func:`~specprefill.prompt.assemble.assemble_result`.
-        """
-        return assemble_result(scored, kept, _as_config(config), name=self.name, seconds=seconds, decode=self.decode)
-
-
-def _thread_kwargs(
-    protected_spans: Iterable[Span], segments: Iterable[int | Span], overrides: dict[str, Any]
-) -> dict[str, Any]:
-    """Keyword arguments for a call in a worker thread: iterables read (and checked) here, before the thread."""
-    return {"protected_spans": check_spans(protected_spans), "segments": check_segments(segments), **overrides}
-
-
-def _as_config(config: object) -> SpecPrefillConfig:
-    """The config to use: defaults for None, validation for a plain mapping, a typed error for anything else."""
-    if config is None:
-        return SpecPrefillConfig()
-    if isinstance(config, SpecPrefillConfig):
-        return config
-    if isinstance(config, Mapping):
-        return SpecPrefillConfig.model_validate(dict(config))
-    raise ConfigurationError(
-        f"config must be a SpecPrefillConfig or a mapping of its fields, got {type(config).__name__}"
-    )
+def _thread_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for a call in a worker thread: the span iterables read (and checked) here, first."""
+    spans, segments = options.pop("protected_spans", ()), options.pop("segments", ())
+    return {"protected_spans": check_spans(spans), "segments": check_segments(segments), **options}

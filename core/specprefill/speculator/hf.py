@@ -32,7 +32,7 @@ import numpy.typing as npt
 from specprefill._deps import require
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
-from specprefill.prompt.prepared import plain_chat
+from specprefill.prompt.messages import plain_chat
 from specprefill.result import Message
 from specprefill.spans import Span
 from specprefill.speculator.base import ImportanceResult, Speculator
@@ -308,7 +308,7 @@ class HFSpeculator(Speculator):
     def head_scores(self, input_ids: Sequence[int], config: SpecPrefillConfig) -> npt.NDArray[np.float32]:
         """``[layers, heads, N]``: every head's pooled attention on each prompt token, max over the queries.
 
-        What :func:`specprefill.speculator.heads.calibrate_heads` ranks; the prompt must fit the context window.
+        What :func:`specprefill.speculator.calibrate.calibrate_heads` ranks; the prompt must fit the context window.
         """
         ids = self._check_ids(input_ids)
         window = min(config.observation_window, len(ids))

@@ -1,7 +1,7 @@
 """``RemoteSpeculator``: the server's speculator over HTTP (``POST /specprefill/v1/prune``), no model here.
 
 The server tokenises, renders and scores; the client gets the scored prompt back (``return_scores``) and
-selects locally with the same pure functions as in-process pruning (:func:`~specprefill.prompt.prepared.select_scored`,
+selects locally with the same pure functions as in-process pruning (:func:`~specprefill.scoring.select.select_scored`,
 :func:`~specprefill.prompt.passages.select_passages`), so the result equals in-process pruning with the same
 speculator and config. The client's config travels with the request, so the server scores with the client's
 look-ahead and pooling settings.
@@ -16,28 +16,28 @@ everything, flagged, when the config's ``fallback_on_error`` is on and the serve
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
+from typing_extensions import Unpack
 
 from specprefill._deps import require
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
-from specprefill.prompt.assemble import assemble_result
+from specprefill.prompt.assemble import ResultBuilder
 from specprefill.prompt.passages import (
     DEFAULT_INSTRUCTION,
     Passage,
     PassageLayout,
     PassageOutcome,
     PrunedPassages,
-    checked_layout,
+    layout_passages,
     protect_scored_passages,
     select_passages,
 )
-from specprefill.prompt.prepared import ScoredPrompt, check_spans, select_scored
+from specprefill.prompt.prepared import PromptOptions, ScoredPrompt
+from specprefill.prompt.protect import check_spans
 from specprefill.prompt.segments import check_segments
 from specprefill.result import Message, PruneResult, PruneStats
 from specprefill.spans import Span
@@ -60,6 +60,9 @@ __all__ = [
 
 logger = logging.getLogger("specprefill")
 
+
+RemotePrompt = str | Sequence[Message]
+"""What the server's speculator takes: text, or chat messages (rendered with its chat template)."""
 
 SERVER_ONLY_FIELDS = frozenset({"max_speculator_tokens", "window_query_tokens"})
 """Config fields the client does not send: they bound the server's work and are the server's to set."""
@@ -90,7 +93,7 @@ class RemoteProtocolError(RemoteSpeculatorError):
     """The reply is not a prune reply: empty, truncated, not JSON, or of the wrong shape."""
 
 
-class RemoteSpeculator:
+class RemoteSpeculator(ResultBuilder):
     """Score prompts with the speculator of a specprefill server, select locally.
 
     Args:
@@ -207,12 +210,7 @@ class RemoteSpeculator:
         )
 
     def score_prompt(
-        self,
-        prompt: str | Sequence[Message],
-        config: SpecPrefillConfig | None = None,
-        *,
-        protected_spans: Iterable[Span] = (),
-        segments: Iterable[int | Span] = (),
+        self, prompt: RemotePrompt, config: SpecPrefillConfig | None = None, **options: Unpack[PromptOptions]
     ) -> ScoredPrompt:
         """Tokenise, protect and score on the server; what ``Speculator.score_prompt`` returns in-process.
 
@@ -220,64 +218,25 @@ class RemoteSpeculator:
             RemoteSpeculatorError: See :meth:`request`; also when the server could not score (503).
 
         """
-        body = self.request_for(prompt, config, protected_spans=protected_spans, segments=segments)
-        return _scored_of(self.request(body), self.url)
+        return _scored_of(self.request(self.request_for(prompt, config, **options)), self.url)
 
     async def ascore_prompt(
-        self,
-        prompt: str | Sequence[Message],
-        config: SpecPrefillConfig | None = None,
-        *,
-        protected_spans: Iterable[Span] = (),
-        segments: Iterable[int | Span] = (),
+        self, prompt: RemotePrompt, config: SpecPrefillConfig | None = None, **options: Unpack[PromptOptions]
     ) -> ScoredPrompt:
         """Async :meth:`score_prompt`."""
-        body = self.request_for(prompt, config, protected_spans=protected_spans, segments=segments)
-        return _scored_of(await self.arequest(body), self.url)
-
-    def build_result(
-        self,
-        scored: ScoredPrompt,
-        kept: npt.NDArray[np.int64],
-        config: SpecPrefillConfig | None = None,
-        *,
-        seconds: float = 0.0,
-    ) -> PruneResult:
-        """The :class:`PruneResult` of keeping ``kept`` of a prompt the server scored (see ``assemble_result``)."""
-        name = scored.speculator or self.name
-        return assemble_result(scored, kept, config or SpecPrefillConfig(), name=name, seconds=seconds)
-
-    def select(self, scored: ScoredPrompt, config: SpecPrefillConfig | None = None) -> PruneResult:
-        """Step 6 locally on a prompt the server scored, as ``Speculator.select``."""
-        cfg = config or SpecPrefillConfig()
-        start = time.perf_counter()
-        kept = select_scored(scored, cfg, budget_protected=cfg.protected_count_toward_budget)
-        return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start)
+        return _scored_of(await self.arequest(self.request_for(prompt, config, **options)), self.url)
 
     def prune(
-        self,
-        prompt: str | Sequence[Message],
-        config: SpecPrefillConfig | None = None,
-        *,
-        protected_spans: Iterable[Span] = (),
-        segments: Iterable[int | Span] = (),
+        self, prompt: RemotePrompt, config: SpecPrefillConfig | None = None, **options: Unpack[PromptOptions]
     ) -> PruneResult:
         """Score on the server, select here: equals ``Speculator.prune`` with the server's speculator."""
-        return self.select(
-            self.score_prompt(prompt, config, protected_spans=protected_spans, segments=segments), config
-        )
+        return self.select(self.score_prompt(prompt, config, **options), config)
 
     # --- passages (the document compressor and the node postprocessor) -----------------------------------
     def prune_passages(
-        self,
-        passages: Sequence[Passage],
-        question: str | None,
-        config: SpecPrefillConfig,
-        *,
-        instruction: str = DEFAULT_INSTRUCTION,
-        min_tokens_per_passage: int = 0,
+        self, passages: Sequence[Passage], question: str | None, config: SpecPrefillConfig, **options: Any
     ) -> PrunedPassages:
-        """:func:`specprefill.prompt.passages.prune_passages` with the joint prompt scored on the server.
+        """:func:`specprefill.prompt.passages.prune_passages` (same options) with the prompt scored on the server.
 
         Raises:
             RemoteSpeculatorError: The server could not score and ``config.fallback_on_error`` is off (with it
@@ -285,29 +244,23 @@ class RemoteSpeculator:
             RemoteRequestError: The server rejected the request.
 
         """
-        layout = checked_layout(passages, question, instruction, config)
+        layout = layout_passages(passages, question, options.get("instruction", DEFAULT_INSTRUCTION))
         try:
             reply = self.request(self.request_for(layout.messages, config))
         except RemoteSpeculatorError as exc:
             return self._fallback(exc, passages, config)
-        return self._select_passages(reply, layout, passages, config, min_tokens_per_passage)
+        return self._select_passages(reply, layout, passages, config, options.get("min_tokens_per_passage", 0))
 
     async def aprune_passages(
-        self,
-        passages: Sequence[Passage],
-        question: str | None,
-        config: SpecPrefillConfig,
-        *,
-        instruction: str = DEFAULT_INSTRUCTION,
-        min_tokens_per_passage: int = 0,
+        self, passages: Sequence[Passage], question: str | None, config: SpecPrefillConfig, **options: Any
     ) -> PrunedPassages:
         """Async :meth:`prune_passages`."""
-        layout = checked_layout(passages, question, instruction, config)
+        layout = layout_passages(passages, question, options.get("instruction", DEFAULT_INSTRUCTION))
         try:
             reply = await self.arequest(self.request_for(layout.messages, config))
         except RemoteSpeculatorError as exc:
             return self._fallback(exc, passages, config)
-        return self._select_passages(reply, layout, passages, config, min_tokens_per_passage)
+        return self._select_passages(reply, layout, passages, config, options.get("min_tokens_per_passage", 0))
 
     def _select_passages(
         self,

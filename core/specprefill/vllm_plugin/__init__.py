@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from specprefill.vllm_plugin.common import VLLMPluginError
@@ -59,6 +60,7 @@ __all__ = [
     "disable",
     "enable",
     "parse_xargs",
+    "plugin_disabled",
     "process_status",
     "register",
     "request_extras",
@@ -165,20 +167,22 @@ def disable() -> None:
             _installed[name] = False
 
 
+def plugin_disabled(environ: Mapping[str, str]) -> bool:
+    """Whether :data:`ENV_DISABLE` turns the plugin off (``0``, ``false``, ``no`` or ``off``)."""
+    return _falsy(environ.get(ENV_DISABLE))
+
+
 def register() -> None:
     """The ``vllm.general_plugins`` entry point: :func:`enable` unless ``SPECPREFILL_VLLM_PLUGIN=0``.
 
     vLLM calls it in every process it starts. A missing hook point stops vLLM with a clear message unless
-    ``SPECPREFILL_VLLM_STRICT=0``. With ``SPECPREFILL_SERVER_SPECULATOR`` set, the API-server process also
-    gets server-side pruning (:mod:`specprefill.server`); other processes never load a speculator.
+    ``SPECPREFILL_VLLM_STRICT=0``. Server-side pruning has its own entry point
+    (:func:`specprefill.server.plugin.register`), so this package never imports the server.
     """
-    if _falsy(os.environ.get(ENV_DISABLE)):
+    if plugin_disabled(os.environ):
         logger.info("specprefill: vLLM position plugin disabled by %s", ENV_DISABLE)
         return
     enable(strict=not _falsy(os.environ.get(ENV_STRICT)))
-    from specprefill.server.hooks import install_if_configured
-
-    install_if_configured()
 
 
 def process_status() -> dict[str, Any]:

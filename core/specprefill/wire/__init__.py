@@ -5,3 +5,7 @@
 - :mod:`.prune`: requests and replies of ``POST /specprefill/v1/prune`` and the scored-prompt form;
 - :mod:`.xargs`: the per-request ``vllm_xargs`` keys, their validation, and the client helpers.
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []

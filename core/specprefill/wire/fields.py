@@ -34,42 +34,49 @@ class WireFormatError(SpecPrefillError, ValueError):
 
 
 def as_mapping(value: object, where: str) -> Mapping[str, Any]:
+    """The value as a JSON object. Raises :class:`WireFormatError` naming ``where``."""
     if not isinstance(value, Mapping):
         raise WireFormatError(f"{where} must be a JSON object, got {type(value).__name__}", where)
     return value
 
 
 def as_list(value: object, where: str) -> list[Any]:
+    """The value as a JSON array. Raises :class:`WireFormatError` naming ``where``."""
     if not isinstance(value, list):
         raise WireFormatError(f"{where} must be a JSON array, got {type(value).__name__}", where)
     return value
 
 
 def as_int(value: object, where: str) -> int:
+    """The value as an integer (a boolean is not one). Raises :class:`WireFormatError` naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise WireFormatError(f"{where} must be an integer, got {value!r:.40}", where)
     return value
 
 
 def as_number(value: object, where: str) -> float:
+    """The value as a finite number (a boolean is not one). Raises :class:`WireFormatError` naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise WireFormatError(f"{where} must be a finite number, got {value!r:.40}", where)
     return float(value)
 
 
 def as_bool(value: object, where: str) -> bool:
+    """The value as ``true`` or ``false``. Raises :class:`WireFormatError` naming ``where``."""
     if not isinstance(value, bool):
         raise WireFormatError(f"{where} must be true or false, got {value!r:.40}", where)
     return value
 
 
 def as_optional_str(value: object, where: str) -> str | None:
+    """The value as a string or None. Raises :class:`WireFormatError` naming ``where``."""
     if value is not None and not isinstance(value, str):
         raise WireFormatError(f"{where} must be a string or null, got {type(value).__name__}", where)
     return value
 
 
 def as_ints(value: object, where: str, *, low: int, high: int | None = None) -> list[int]:
+    """The value as an array of integers in ``[low, high]``. Raises :class:`WireFormatError` naming ``where``."""
     items = as_list(value, where)
     for v in items:
         if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v > high):
@@ -78,6 +85,7 @@ def as_ints(value: object, where: str, *, low: int, high: int | None = None) -> 
 
 
 def as_spans(value: object, where: str, limit: int | None = None) -> list[Span]:
+    """The value as ``[start, end]`` pairs, ``start <= end <= limit``; raises :class:`WireFormatError`."""
     out: list[Span] = []
     for item in as_list(value, where):
         if (
@@ -96,6 +104,7 @@ def as_spans(value: object, where: str, limit: int | None = None) -> list[Span]:
 
 
 def as_segments(value: object) -> list[int | Span]:
+    """Caller segments: each a character offset or a ``[start, end]`` span."""
     out: list[int | Span] = []
     for item in as_list(value, "segments"):
         if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
@@ -106,6 +115,7 @@ def as_segments(value: object) -> list[int | Span]:
 
 
 def as_messages(value: Sequence[Any], where: str) -> list[Message]:
+    """The value as chat messages (objects with a string ``role``). Raises :class:`WireFormatError` naming ``where``."""
     out: list[Message] = []
     for i, m in enumerate(as_list(value, where)):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):

@@ -16,7 +16,7 @@ Reply body::
     {"text": str | null, "kept_spans": [[start, end], ...], "messages": [messages] | null,
      "stats": {stats object}, "scored": {ScoredPrompt wire form} | null}
 
-The stats object has the keys of :data:`STATS_KEYS`, the same everywhere the server reports pruning.
+The stats object is :mod:`specprefill.wire.stats`'s, the same everywhere the server reports pruning.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
-from specprefill.prompt.prepared import PromptKind, ScoredPrompt
-from specprefill.result import Message, PruneStats
+from specprefill.prompt.prepared import ScoredPrompt
+from specprefill.result import Message
 from specprefill.spans import Span, index_runs
 from specprefill.wire.fields import (
     WireFormatError,
@@ -44,37 +44,22 @@ from specprefill.wire.fields import (
     as_segments,
     as_spans,
 )
+from specprefill.wire.stats import read_stats
 
 __all__ = [
     "PRUNE_PATH",
     "REQUEST_KEYS",
-    "STATS_KEYS",
     "PruneReply",
     "PruneRequest",
     "WireFormatError",
     "decode_json",
     "encode_json",
-    "fallback_stats",
-    "read_stats",
     "scored_from_wire",
     "scored_to_wire",
-    "wire_stats",
 ]
 
 PRUNE_PATH = "/specprefill/v1/prune"
 """Path of the prune endpoint on the server."""
-
-STATS_KEYS = (
-    "tokens_in",
-    "tokens_kept",
-    "keep_ratio",
-    "speculator_seconds",
-    "positions",
-    "fallback",
-    "fallback_reason",
-    "pruned",
-)
-"""Keys of the stats object (server responses, the prune endpoint, client metadata)."""
 
 REQUEST_KEYS = (
     "prompt",
@@ -103,59 +88,6 @@ def decode_json(raw: bytes | str, *, what: str = "body") -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
         raise WireFormatError(f"the {what} is not valid JSON ({exc}); was it truncated?", what) from None
-
-
-# --- stats -----------------------------------------------------------------------------------------------
-def wire_stats(stats: PruneStats, *, positions: str = "none") -> dict[str, Any]:
-    """The stats object of a pruning (``positions``: ``"original"`` when a base restored them, else ``"none"``)."""
-    return {
-        "tokens_in": stats.tokens_in,
-        "tokens_kept": stats.tokens_kept,
-        "keep_ratio": stats.keep_ratio,
-        "speculator_seconds": stats.speculator_seconds,
-        "positions": positions,
-        "fallback": stats.fallback,
-        "fallback_reason": stats.fallback_reason,
-        "pruned": stats.pruned,
-    }
-
-
-def fallback_stats(reason: str, *, tokens_in: int = 0) -> dict[str, Any]:
-    """The stats object of a request that kept everything because scoring was unavailable.
-
-    ``tokens_in`` is 0 when the prompt was never tokenised (the speculator did not run).
-    """
-    return {
-        "tokens_in": tokens_in,
-        "tokens_kept": tokens_in,
-        "keep_ratio": 1.0,
-        "speculator_seconds": 0.0,
-        "positions": "none",
-        "fallback": True,
-        "fallback_reason": reason,
-        "pruned": False,
-    }
-
-
-def read_stats(value: object, where: str = "stats") -> dict[str, Any]:
-    """Validate a stats object read from the wire; returns it with exactly the keys of :data:`STATS_KEYS`."""
-    obj = as_mapping(value, where)
-    missing = [k for k in STATS_KEYS if k not in obj]
-    if missing:
-        raise WireFormatError(f"{where} lacks {missing}", f"{where}.{missing[0]}")
-    out = {
-        "tokens_in": as_int(obj["tokens_in"], f"{where}.tokens_in"),
-        "tokens_kept": as_int(obj["tokens_kept"], f"{where}.tokens_kept"),
-        "keep_ratio": as_number(obj["keep_ratio"], f"{where}.keep_ratio"),
-        "speculator_seconds": as_number(obj["speculator_seconds"], f"{where}.speculator_seconds"),
-        "positions": obj["positions"],
-        "fallback": as_bool(obj["fallback"], f"{where}.fallback"),
-        "fallback_reason": as_optional_str(obj["fallback_reason"], f"{where}.fallback_reason"),
-        "pruned": as_bool(obj["pruned"], f"{where}.pruned"),
-    }
-    if out["positions"] not in ("original", "none"):
-        raise WireFormatError(f"{where}.positions must be 'original' or 'none'", f"{where}.positions")
-    return out
 
 
 # --- scored prompts --------------------------------------------------------------------------------------
@@ -213,17 +145,13 @@ def scored_from_wire(value: object, where: str = "scored") -> ScoredPrompt:
         importance = np.array([math.nan if v is None else as_number(v, f"{where}.importance") for v in raw], np.float32)
     segments = None if obj.get("segments") is None else as_ints(obj["segments"], f"{where}.segments", low=0, high=n)
     spans = obj.get("content_spans")
-    kind = obj.get("kind", "text")
-    if kind not in get_args(PromptKind):
-        raise WireFormatError(f"{where}.kind must be one of {get_args(PromptKind)}", f"{where}.kind")
-    return ScoredPrompt(
+    scored = ScoredPrompt(
         input_ids=ids,
         protected=protected,
         text=text,
         offsets=offsets,
         messages=None if obj.get("messages") is None else as_messages(obj["messages"], f"{where}.messages"),
         content_spans=None if spans is None else as_spans(spans, f"{where}.content_spans", limit),
-        kind=kind,
         segments=segments,
         importance=importance,
         speculator_seconds=as_number(obj.get("speculator_seconds", 0.0), f"{where}.speculator_seconds"),
@@ -233,6 +161,11 @@ def scored_from_wire(value: object, where: str = "scored") -> ScoredPrompt:
         fallback_reason=as_optional_str(obj.get("fallback_reason"), f"{where}.fallback_reason"),
         speculator=as_optional_str(obj.get("speculator", ""), f"{where}.speculator") or "",
     )
+    if obj.get("kind", scored.kind) != scored.kind:
+        raise WireFormatError(
+            f"{where}.kind says {obj.get('kind')!r} but the fields make a {scored.kind!r} prompt", f"{where}.kind"
+        )
+    return scored
 
 
 # --- request and reply -----------------------------------------------------------------------------------
@@ -297,11 +230,7 @@ class PruneRequest:
         if question is not None and not isinstance(prompt, str):
             raise WireFormatError("question goes with a text prompt; put it in the last user message", "question")
         keep_rate = None if obj.get("keep_rate") is None else as_number(obj["keep_rate"], "keep_rate")
-        if keep_rate is not None and not 0.0 < keep_rate <= 1.0:
-            raise WireFormatError(f"keep_rate must be in (0, 1], got {keep_rate}", "keep_rate")
-        cap = obj.get("max_kept_tokens")
-        if cap is not None and as_int(cap, "max_kept_tokens") < 1:
-            raise WireFormatError(f"max_kept_tokens must be >= 1, got {cap}", "max_kept_tokens")
+        cap = None if obj.get("max_kept_tokens") is None else as_int(obj["max_kept_tokens"], "max_kept_tokens")
         config = obj.get("config")
         return cls(
             prompt=prompt,
@@ -325,7 +254,7 @@ class PruneReply:
     kept_spans: list[Span]
     """Kept character spans of the prompt text (for chat prompts: of the rendered chat)."""
     stats: dict[str, Any]
-    """The stats object (:data:`STATS_KEYS`)."""
+    """The stats object (:mod:`specprefill.wire.stats`)."""
     scored: ScoredPrompt | None = None
     """The scored prompt when the request asked for it (None after a fallback); with a ``question`` it is the
     rendered question prompt (instruction, the text as one passage, the question), not the bare text."""

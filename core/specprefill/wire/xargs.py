@@ -1,76 +1,177 @@
-"""Client side of server-side pruning: per-request overrides out, the server's stats object in.
+"""Per-request pruning settings: the ``vllm_xargs`` keys, their one validation, and the client helpers.
 
 A vLLM server running the specprefill plugin with a speculator prunes every prompt it renders. Clients send
-the FULL prompt; per request they may override two settings through ``vllm_xargs`` (:data:`KEEP_RATE_XARG`,
-:data:`MAX_KEPT_XARG`) and they get the pruning stats back as a top-level ``"specprefill"`` object beside
-``"usage"`` (streaming: on the final chunk). Both integrations in server mode use these helpers, so a
-missing or malformed stats object fails the same way everywhere: with :class:`ServerStatsError`, never as a
-silent success (an answer without stats cannot tell an unpruned prompt from a pruned one).
+the FULL prompt; per request they may override two settings through ``vllm_xargs`` (:data:`XARG_KEEP_RATE`,
+:data:`XARG_MAX_KEPT`) and ask for the kept runs (:data:`XARG_RETURN_KEPT`). The prune endpoint takes the same
+settings as JSON fields. Every path, the server's hook, the prune endpoint and the clients, validates them
+with :func:`checked_overrides`: JSON types strictly (a boolean is not a number), then the ranges of
+:class:`~specprefill.config.SpecPrefillConfig`. The stats come back as :mod:`specprefill.wire.stats` says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import types
+import typing
+from collections.abc import Collection, Mapping
 from typing import Any
-
-from pydantic import ValidationError
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.engine.callargs import GENERATION_ALIASES
-from specprefill.errors import BackendError, ConfigurationError
-from specprefill.result import STATS_KEY
+from specprefill.errors import ConfigurationError
 
 __all__ = [
-    "KEEP_RATE_XARG",
-    "MAX_KEPT_XARG",
     "SERVER_OVERRIDES",
-    "SERVER_STATS_FIELDS",
-    "STATS_KEY",
-    "ServerStatsError",
-    "find_stats",
-    "missing_stats_error",
+    "XARG_KEEP_RATE",
+    "XARG_MAX_KEPT",
+    "XARG_RETURN_KEPT",
+    "OverrideError",
+    "checked_overrides",
     "openai_call_kwargs",
-    "read_stats",
+    "overrides_from_xargs",
     "served_model",
     "server_xargs",
+    "wants_kept_runs",
     "with_xargs",
 ]
 
-KEEP_RATE_XARG = "specprefill_keep_rate"
-"""``vllm_xargs`` key of the per-request keep rate (1.0 turns pruning off for that request)."""
+XARG_KEEP_RATE = "specprefill_keep_rate"
+"""``vllm_xargs`` key: this request's keep rate in (0, 1]; 1.0 turns pruning off."""
 
-MAX_KEPT_XARG = "specprefill_max_kept_tokens"
-"""``vllm_xargs`` key of the per-request cap on kept tokens."""
+XARG_MAX_KEPT = "specprefill_max_kept_tokens"
+"""``vllm_xargs`` key: this request's cap on kept (unprotected) tokens, an integer >= 1."""
 
-SERVER_OVERRIDES = {"keep_rate": KEEP_RATE_XARG, "max_kept_tokens": MAX_KEPT_XARG}
-"""The :class:`~specprefill.SpecPrefillConfig` fields a request may override on the server, and their keys."""
+XARG_RETURN_KEPT = "specprefill_return_kept"
+"""``vllm_xargs`` key: ``true`` adds ``kept_runs`` (``[start, length, ...]`` of the kept prompt positions) to
+the stats, e.g. to check that a tools block was kept whole."""
 
-SERVER_STATS_FIELDS: dict[str, tuple[type, ...]] = {
-    "tokens_in": (int,),
-    "tokens_kept": (int,),
-    "keep_ratio": (float, int),
-    "speculator_seconds": (float, int),
-    "positions": (str,),
-    "fallback": (bool,),
-    "fallback_reason": (str, type(None)),
-    "pruned": (bool,),
-}
-"""Keys every server stats object carries, with their JSON types (more keys may follow and are kept)."""
+SERVER_OVERRIDES = {"keep_rate": XARG_KEEP_RATE, "max_kept_tokens": XARG_MAX_KEPT}
+"""The :class:`~specprefill.SpecPrefillConfig` fields a chat/completion request may override, and their keys."""
 
 
-class ServerStatsError(BackendError):
-    """A specprefill server's answer carried no stats object, or a malformed one."""
+class OverrideError(ConfigurationError):
+    """A per-request setting is unknown, of the wrong JSON type or out of range; ``field`` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _json_kinds(annotation: Any) -> set[type]:
+    """The JSON value types a config field of this annotation accepts (``None`` as ``type(None)``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_json_kinds(arg) for arg in typing.get_args(annotation)))
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    return {annotation} if isinstance(annotation, type) else {object}
+
+
+def _check_json_type(name: str, value: object, where: str) -> object:
+    """``value`` if its JSON type suits config field ``name`` (integral floats pass as ints), else an error."""
+    kinds = _json_kinds(SpecPrefillConfig.model_fields[name].annotation)
+    if value is None and type(None) in kinds:
+        return value
+    if isinstance(value, bool):
+        if bool in kinds:
+            return value
+    elif isinstance(value, int) and (int in kinds or float in kinds):
+        return value
+    elif (
+        isinstance(value, float) and math.isfinite(value) and (float in kinds or (int in kinds and value.is_integer()))
+    ):
+        return int(value) if float not in kinds else value
+    elif isinstance(value, str) and str in kinds:
+        return value
+    wanted = "/".join(sorted(k.__name__ for k in kinds if k is not type(None)))
+    raise OverrideError(f"{where} must be {wanted}, got {type(value).__name__} {value!r:.40}", where)
+
+
+def checked_overrides(
+    values: Mapping[str, object],
+    *,
+    base: SpecPrefillConfig | None = None,
+    allowed: Collection[str] | None = None,
+    where: Mapping[str, str] | None = None,
+) -> SpecPrefillConfig:
+    """The one validation of per-request settings: ``base`` with ``values`` applied, or a typed error.
+
+    Args:
+        values: Config field names and their values as they came (parsed JSON, keyword arguments); None
+            means "the default" and is skipped.
+        base: The config the values change (default: the library defaults).
+        allowed: The fields that may be set here (default: every config field).
+        where: How to name each field in errors (e.g. its ``vllm_xargs`` key); default the field name.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        OverrideError: A field is unknown or not allowed, its JSON type is wrong (a boolean or a string
+            where a number belongs), or its value is out of range; ``field`` names it as ``where`` does.
+
+    """
+    names = where or {}
+    fields = SpecPrefillConfig.model_fields if allowed is None else allowed
+    checked: dict[str, object] = {}
+    for name, value in values.items():
+        label = names.get(name, name)
+        if name not in fields or name not in SpecPrefillConfig.model_fields:
+            valid = sorted(names.get(f, f) for f in fields)
+            raise OverrideError(f"{label} is not a setting that can be changed here; valid: {valid}", label)
+        if value is not None:
+            checked[name] = _check_json_type(name, value, label)
+    config = base or SpecPrefillConfig()
+    try:
+        return config.with_overrides(**checked)
+    except ConfigurationError as exc:
+        culprit = next((n for n in checked if not _fits(config, n, checked[n])), next(iter(checked), "config"))
+        label = names.get(culprit, culprit)
+        raise OverrideError(f"{label}: {exc}", label) from exc
+
+
+def _fits(config: SpecPrefillConfig, name: str, value: object) -> bool:
+    try:
+        config.with_overrides(**{name: value})
+    except ConfigurationError:
+        return False
+    return True
+
+
+def overrides_from_xargs(xargs: Mapping[str, Any] | None, base: SpecPrefillConfig) -> SpecPrefillConfig:
+    """A chat/completion request's config: ``base`` with the overrides its ``vllm_xargs`` carry.
+
+    Raises:
+        OverrideError: A value is not a number, NaN/infinite, a keep rate outside (0, 1], or a token cap that
+            is not a whole number >= 1 (the server answers HTTP 400 naming the key).
+
+    """
+    given = {name: (xargs or {}).get(key) for name, key in SERVER_OVERRIDES.items()}
+    return checked_overrides(given, base=base, allowed=SERVER_OVERRIDES, where=SERVER_OVERRIDES)
+
+
+def wants_kept_runs(xargs: Mapping[str, Any] | None) -> bool:
+    """Whether the request asked for ``kept_runs`` in its stats (:data:`XARG_RETURN_KEPT`).
+
+    Raises:
+        OverrideError: The value is not a boolean.
+
+    """
+    value = (xargs or {}).get(XARG_RETURN_KEPT, False)
+    # vLLM's request model turns JSON true/false into 1/0 (vllm_xargs holds str | int | float | list)
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    raise OverrideError(f"{XARG_RETURN_KEPT} must be true or false, got {value!r:.40}", XARG_RETURN_KEPT)
 
 
 def server_xargs(*, caller: str, **overrides: Any) -> dict[str, Any]:
-    """``vllm_xargs`` entries for per-request overrides, validated as :class:`SpecPrefillConfig` fields.
+    """``vllm_xargs`` entries for a client's per-request overrides (checked as :func:`checked_overrides` does).
 
     Args:
         caller: Who asks, for error messages.
         **overrides: ``keep_rate`` and/or ``max_kept_tokens``; None values are left out (server default).
 
     Returns:
-        ``{KEEP_RATE_XARG: ..., MAX_KEPT_XARG: ...}`` for the values given.
+        ``{XARG_KEEP_RATE: ..., XARG_MAX_KEPT: ...}`` for the values given.
 
     Raises:
         ConfigurationError: Another config field (only the server's settings decide those), or a value out
@@ -86,8 +187,8 @@ def server_xargs(*, caller: str, **overrides: Any) -> dict[str, Any]:
             "variables of `specprefill serve`)"
         )
     try:
-        checked = SpecPrefillConfig(**given)
-    except ValidationError as exc:
+        checked = checked_overrides(given, allowed=SERVER_OVERRIDES)
+    except ConfigurationError as exc:
         raise ConfigurationError(f"{caller}: invalid pruning override: {exc}") from exc
     return {SERVER_OVERRIDES[name]: getattr(checked, name) for name in given}
 
@@ -126,69 +227,6 @@ def with_xargs(extra_body: Mapping[str, Any] | None, xargs: Mapping[str, Any]) -
     if merged:
         body["vllm_xargs"] = merged
     return body or None
-
-
-def read_stats(value: Any, *, source: str) -> dict[str, Any]:
-    """The server's stats object, checked against :data:`SERVER_STATS_FIELDS`.
-
-    Args:
-        value: What the response held under ``"specprefill"``.
-        source: Where it came from, for the error message (e.g. the server URL).
-
-    Returns:
-        A copy of the object (extra keys kept).
-
-    Raises:
-        ServerStatsError: Not an object, a key missing, or a value of the wrong type.
-
-    """
-    if not isinstance(value, Mapping):
-        raise ServerStatsError(
-            f"the {STATS_KEY!r} object from {source} is {type(value).__name__}, not a JSON object; the server's "
-            "specprefill plugin and this client disagree on the wire format (upgrade both to the same version)"
-        )
-    problems = []
-    for key, types in SERVER_STATS_FIELDS.items():
-        if key not in value:
-            problems.append(f"{key} missing")
-            continue
-        item = value[key]
-        wrong_bool = isinstance(item, bool) and bool not in types
-        if wrong_bool or not isinstance(item, types):
-            problems.append(f"{key}={item!r} is not {'/'.join(t.__name__ for t in types)}")
-    if problems:
-        raise ServerStatsError(
-            f"malformed {STATS_KEY!r} object from {source}: {'; '.join(problems)}; the server's specprefill "
-            "plugin and this client disagree on the wire format (upgrade both to the same version)"
-        )
-    return dict(value)
-
-
-def find_stats(body: Mapping[str, Any], *, source: str) -> dict[str, Any] | None:
-    """The checked stats object of a response body or stream chunk, or None when it has none.
-
-    A ``beta.chat.completions.stream`` event (``{"type": "chunk", "chunk": {...}}``) is looked into too.
-
-    Raises:
-        ServerStatsError: The object is there but malformed.
-
-    """
-    if STATS_KEY in body:
-        return read_stats(body[STATS_KEY], source=source)
-    inner = body.get("chunk")
-    if isinstance(inner, Mapping) and STATS_KEY in inner:
-        return read_stats(inner[STATS_KEY], source=source)
-    return None
-
-
-def missing_stats_error(source: str) -> ServerStatsError:
-    """The error for an answer without stats: the server does not prune (no plugin, or no speculator)."""
-    return ServerStatsError(
-        f"the answer from {source} carries no {STATS_KEY!r} stats, so it is unknown whether the prompt was "
-        "pruned. Point base_url at a vLLM server that prunes: `specprefill serve MODEL --speculator NAME` (or "
-        "set SPECPREFILL_SERVER_SPECULATOR for a plain vLLM server with specprefill installed). To prune in "
-        "this process instead, also pass speculator=..."
-    )
 
 
 def served_model(base_url: str, api_key: str, timeout: float | None) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import HAS_EMBEDDED, needs_model
 from specprefill import SpecPrefillConfig
-from specprefill.prompt.staging import scoring_config
+from specprefill.prompt.segments import scoring_config
 
 pytestmark = needs_model
 

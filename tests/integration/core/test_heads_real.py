@@ -11,7 +11,8 @@ import pytest
 from conftest import needs_model
 from specprefill import SpecPrefillConfig, cli
 from specprefill.cli import options
-from specprefill.speculator.heads import HeadProfile, calibrate_heads
+from specprefill.speculator.calibrate import calibrate_heads
+from specprefill.speculator.heads import HeadProfile
 
 pytestmark = [needs_model, pytest.mark.integration]
 

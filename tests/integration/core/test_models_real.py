@@ -17,7 +17,8 @@ def test_dense_copy_holds_the_gguf_values_exactly() -> None:
     import torch
     from safetensors import safe_open
 
-    from specprefill.speculator.loading import embedded_gguf_path, resolve_model_dir
+    from specprefill.speculator.embedded import embedded_gguf_path
+    from specprefill.speculator.loading import resolve_model_dir
 
     reader = gguf.GGUFReader(embedded_gguf_path("smollm2-135m"))
     wanted = {
@@ -36,8 +37,9 @@ def test_dense_copy_holds_the_gguf_values_exactly() -> None:
 @needs_model
 @pytest.mark.integration
 def test_load_speculator_default_dtype_is_the_device_default() -> None:
+    from specprefill.speculator.embedded import DEFAULT_SPECULATOR
     from specprefill.speculator.hf import HFSpeculator
-    from specprefill.speculator.loading import DEFAULT_SPECULATOR, default_dtype, load_speculator
+    from specprefill.speculator.loading import default_dtype, load_speculator
 
     spec = load_speculator()
     assert isinstance(spec, HFSpeculator)

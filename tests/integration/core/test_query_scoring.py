@@ -55,19 +55,40 @@ def test_demo_question_keeps_both_facts_at_the_default_keep_rate(speculator: Any
     context lifts it because it follows the saffron sentence the question points at (without it, or with
     ``context_weight=0.25``, it is dropped).
     """
-    import argparse
     from pathlib import Path
 
-    from specprefill.cli.options import protect_question
-    from specprefill.prompt.documents import ask_messages, load_documents
+    from specprefill.prompt.documents import ask_messages, load_documents, question_tail
 
     question = "How long is the saffron pear cake baked, and at what temperature?"
     docs = load_documents(Path(__file__).resolve().parents[3] / "examples" / "documents")
-    args = argparse.Namespace(protect_question_tokens=None)  # as `specprefill ask` without the option
-    config = protect_question(SpecPrefillConfig(), args, speculator, question)
+    config = SpecPrefillConfig()  # as `specprefill ask` without options
     scored = speculator.score_prompt(ask_messages(docs, question), config)
+    # the question, and nothing of the documents before it, is protected (as `specprefill ask` protects it)
+    question_part = question_tail(question).strip()
+    protected_text = "".join(scored.text[s:e] for (s, e), p in zip(scored.offsets, scored.protected, strict=True) if p)
+    assert question_part in protected_text and "[source:" not in protected_text
     assert config.keep_rate == 0.3
     kept = speculator.select(scored, config).text
     assert "48 minutes" in kept and "175 degrees" in kept
     assert "175 degrees" not in speculator.select(scored, config, chunk_context=0).text
     assert scored.n_tokens > 5000 and len(speculator.select(scored, config).kept_indices) < 0.4 * scored.n_tokens
+
+
+def test_a_registered_reduction_runs_in_the_model_path(speculator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speculator's torch path reduces its queries through the same table as the reference."""
+    from specprefill.scoring import reduce
+
+    monkeypatch.setattr(reduce, "_REDUCTIONS", dict(reduce._REDUCTIONS))
+    shapes: list[tuple[int, ...]] = []
+
+    def recorded_max(rows: Any, mix: float) -> Any:
+        shapes.append(rows.shape)
+        return rows.max(axis=0)
+
+    reduce.register_reduction("recorded_max", recorded_max)
+    ids = speculator.encode("The key is under the blue stone by the door. Where is the key?")[0] * 4
+    config = SpecPrefillConfig(lookahead=2, observation_window=4, retrieval_heads=0)
+    plain = speculator.token_importance(ids, config.with_overrides(query_reduction="max"))
+    got = speculator.token_importance(ids, config.with_overrides(query_reduction="recorded_max"))
+    assert shapes == [(5, len(ids))]  # 4 window queries + 1 look-ahead query, each over every prompt token
+    np.testing.assert_array_equal(got, plain)

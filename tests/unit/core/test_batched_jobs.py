@@ -13,7 +13,8 @@ import pytest
 from fakes import FakeSpeculator
 from specprefill import SpecPrefillConfig
 from specprefill.errors import PromptError
-from specprefill.server.hooks import _PROBE, ScoreJob
+from specprefill.server.pruning import TOKENIZER_PROBE as _PROBE
+from specprefill.server.pruning import ScoreJob
 from specprefill.server.service import BatchableJob, ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator.base import ImportanceResult

@@ -13,8 +13,8 @@ import pytest
 
 from cli_support import DOC, run_cli
 from specprefill import cli
-from specprefill.prompt import documents
 from specprefill.cli import ask, bench, errors, info, options
+from specprefill.prompt import documents
 
 
 # --- no model ----------------------------------------------------------------------------------------
@@ -313,7 +313,6 @@ def test_short_reason_and_full_message_at_debug(caplog: pytest.LogCaptureFixture
 
 
 def test_info_finds_models_shipped_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from specprefill.speculator import loading as models
 
     for i, piece in enumerate((b"first half|", b"second half")):
         package = tmp_path / f"fake_model_part{i + 1}"
@@ -322,7 +321,9 @@ def test_info_finds_models_shipped_in_parts(tmp_path: Path, monkeypatch: pytest.
         (package / "data" / f"fake.gguf.part{i:02d}").write_bytes(piece)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("SPECPREFILL_CACHE_DIR", str(tmp_path / "cache"))
-    entry = models.EmbeddedModel(
+    from specprefill.speculator import embedded
+
+    entry = embedded.EmbeddedModel(
         name="fake-parts",
         module="fake_model_not_a_module",
         filename="fake.gguf",
@@ -330,12 +331,12 @@ def test_info_finds_models_shipped_in_parts(tmp_path: Path, monkeypatch: pytest.
         description="a test model in two parts",
         parts=tuple((f"fake_model_part{i + 1}", f"data/fake.gguf.part{i:02d}") for i in range(2)),
     )
-    monkeypatch.setitem(models.EMBEDDED_MODELS, "fake-parts", entry)
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, "fake-parts", entry)
     status = info.embedded_model_status("fake-parts")
     assert status["installed"] is True and status["problem"] is None
     assert Path(status["path"]).read_bytes() == b"first half|second half"
     monkeypatch.setitem(
-        models.EMBEDDED_MODELS,
+        embedded.EMBEDDED_MODELS,
         "fake-parts",
         entry.__class__(**{**entry.__dict__, "parts": (("fake_model_missing_part", "data/x"),)}),
     )

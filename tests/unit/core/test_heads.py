@@ -11,12 +11,11 @@ import pytest
 
 from specprefill import ConfigurationError, SpecPrefillConfig
 from specprefill.prompt.prepared import PreparedPrompt
-from specprefill.prompt.segments import final_paragraph_tokens
-from specprefill.prompt.staging import scoring_config
+from specprefill.prompt.segments import final_paragraph_tokens, scoring_config
+from specprefill.speculator.calibrate import calibration_samples
 from specprefill.speculator.heads import (
     PACKAGED_PROFILES,
     HeadProfile,
-    calibration_samples,
     find_profile,
     format_top,
     profile_files,
@@ -28,19 +27,23 @@ PROFILE = HeadProfile("tiny", ((0.1, 0.0, 0.5), (0.5, 0.2, 0.0)), samples=3, see
 
 
 def test_explicit_exports() -> None:
+    import specprefill.speculator.calibrate
     import specprefill.speculator.heads
 
     assert specprefill.speculator.heads.__all__ == [
         "PACKAGED_PROFILES",
-        "CalibrationSample",
         "HeadProfile",
-        "calibrate_heads",
-        "calibration_samples",
         "find_profile",
         "format_top",
         "profile_files",
         "profile_path",
         "save_profile",
+    ]
+    assert specprefill.speculator.calibrate.__all__ == [
+        "CALIBRATION_LOOKAHEAD",
+        "CalibrationSample",
+        "calibrate_heads",
+        "calibration_samples",
     ]
 
 

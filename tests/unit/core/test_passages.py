@@ -8,7 +8,8 @@ import pytest
 
 from fakes import BosSpeculator  # one token per character; upper-case letters are important
 from specprefill import SpecPrefillConfig
-from specprefill.errors import ConfigurationError, PromptError
+from specprefill.errors import PromptError
+from specprefill.prompt.messages import plain_chat
 from specprefill.prompt.passages import (
     DEFAULT_INSTRUCTION,
     Passage,
@@ -17,7 +18,6 @@ from specprefill.prompt.passages import (
     prune_passages,
     score_passages,
 )
-from specprefill.prompt.prepared import plain_chat
 
 CFG = SpecPrefillConfig(chunk_size=4, lookahead=1, min_prompt_tokens=0, gap_marker="|", chunk_context=0)
 
@@ -97,8 +97,19 @@ def test_unscored_prompts_keep_everything() -> None:
 def test_refusals() -> None:
     with pytest.raises(PromptError, match="changes the passages text"):
         prune_passages(BosSpeculator(template=lambda m: plain_chat(m).upper()), [Passage("ab")], "q", CFG)
-    with pytest.raises(ConfigurationError, match="protected_count_toward_budget"):
-        prune_passages(spec(), [Passage("ab")], "q", CFG.with_overrides(protected_count_toward_budget=True))
+
+
+def test_protected_count_toward_budget_is_honoured() -> None:
+    passages = [Passage("abcdEFghijklmnop"), Passage("qrstUVwxyzABCDEF")]
+    free = prune_passages(spec(), passages, "q?", CFG.with_overrides(keep_rate=0.5))
+    counted = prune_passages(
+        spec(), passages, "q?", CFG.with_overrides(keep_rate=0.5, protected_count_toward_budget=True)
+    )
+    protected = free.result.stats.protected_tokens
+    assert protected > 0 and free.result.stats.tokens_kept - protected == 16  # half of the 32 passage tokens
+    # the headers, instruction and question use up the budget: ceil(0.5 * all tokens) kept in all
+    assert counted.result.stats.tokens_kept == max(protected, -(-counted.result.stats.tokens_in // 2))
+    assert sum(o.tokens_kept for o in counted.passages) < sum(o.tokens_kept for o in free.passages)
 
 
 async def test_async_matches_sync() -> None:

@@ -10,18 +10,16 @@ import pytest
 
 from fakes import BosSpeculator, WordSpeculator, chatml
 from specprefill import EmptyPromptError, PromptError, SpecPrefillConfig
-from specprefill.prompt.prepared import (
-    ScoredPrompt,
-    check_spans,
+from specprefill.prompt.messages import (
     locate_contents,
     locate_contents_by_template,
     message_text,
     plain_chat,
-    prompt_kind,
-    protection_for_messages,
-    scrub_surrogates,
     validate_messages,
 )
+from specprefill.prompt.prepared import ScoredPrompt, prompt_kind, scrub_surrogates
+from specprefill.prompt.protect import check_spans, protection_for_messages
+from specprefill.prompt.segments import final_paragraph_start
 from specprefill.speculator.base import ImportanceResult
 
 
@@ -145,7 +143,7 @@ def test_plain_chat_layout() -> None:
 def _protect(messages: list[dict[str, Any]], **cfg: Any) -> tuple[str, list[tuple[int, int]], np.ndarray]:
     rendered = chatml(messages)
     spans = locate_contents_by_template(rendered, messages, chatml)
-    mask = protection_for_messages(char_offsets(rendered), len(rendered), messages, spans, SpecPrefillConfig(**cfg))
+    mask = protection_for_messages(char_offsets(rendered), rendered, messages, spans, SpecPrefillConfig(**cfg))
     return rendered, spans, mask
 
 
@@ -184,6 +182,18 @@ def test_protection_question_tail_only() -> None:
     s, e = spans[3]
     assert rendered[s:e][-6:] == "FINALQ"
     assert mask[e - 6 : e].all() and not mask[s : e - 6].any()
+
+
+def test_the_question_is_the_final_paragraph_of_the_last_user_message() -> None:
+    document = "Doc line one.\nDoc line two.\n\nSecond paragraph of the document."
+    messages = [{"role": "user", "content": document + "\n\nQuestion: Which line?"}]
+    rendered, _, mask = _protect(messages, protect_template=False)
+    assert _kept_text(rendered, mask) == "Question: Which line?"
+    _, _, capped = _protect(messages, protect_template=False, protect_question_tokens=5)
+    assert _kept_text(rendered, capped) == "line?"  # the cap takes the question's last tokens
+    assert final_paragraph_start("a\n\nb\n\n") == 3 and final_paragraph_start("a\nb") is None  # trailing blanks
+    _, _, whole = _protect(messages, protect_template=False, protect_question_tokens=None)
+    assert _kept_text(rendered, whole) == messages[0]["content"]
 
 
 def test_protection_zero_and_none_semantics() -> None:

@@ -14,7 +14,8 @@ import pytest
 from fakes import BosSpeculator, FakeSpeculator
 from remote_fakes import FakeService, call_asgi, middleware
 from specprefill import SpecPrefillConfig
-from specprefill.prompt.prepared import plain_chat, select_scored
+from specprefill.prompt.messages import plain_chat
+from specprefill.scoring.select import select_scored
 from specprefill.server.endpoint import PRUNE_PATH, PruneEndpointMiddleware, handle_prune
 from specprefill.wire.prune import PruneReply
 
@@ -102,8 +103,9 @@ async def test_messages_prune_the_rendered_chat_and_return_cut_messages() -> Non
         ({"prompt": TEXT, "return_scores": "yes"}, "return_scores"),
         ({"prompt": TEXT, "kepp_rate": 0.5}, "kepp_rate"),
         ({"prompt": [{"role": "user", "content": "hi"}], "question": "q?"}, "question"),
-        ({"prompt": TEXT, "config": {"lookahead": 10_000}}, "config"),
-        ({"prompt": TEXT, "config": {"no_such_field": 1}}, "config"),
+        ({"prompt": TEXT, "config": {"lookahead": 10_000}}, "config.lookahead"),
+        ({"prompt": TEXT, "config": {"no_such_field": 1}}, "config.no_such_field"),
+        ({"prompt": TEXT, "config": {"keep_rate": True}}, "config.keep_rate"),
         ({"prompt": TEXT, "config": [1]}, "config"),
         ([TEXT], "body"),
     ],

@@ -56,37 +56,19 @@ EXPECTED_ALL = {
 
 HEAVY = ("torch", "transformers", "openai", "vllm", "langchain_core", "llama_index.core")
 
-CORE_MODULES = [
-    "specprefill.config",
-    "specprefill.errors",
-    "specprefill.scoring",
-    "specprefill.spans",
-    "specprefill.prompt.prepared",
-    "specprefill.result",
-    "specprefill.speculator.base",
-    "specprefill.engine.callargs",
-    "specprefill.engine",
-    "specprefill.engine.result",
-    "specprefill.engine.factory",
-    "specprefill.engine.planning",
-    "specprefill.backends",
-    "specprefill.backends.base",
-    "specprefill.backends.decoding",
-    "specprefill.backends.openai.http",
-    "specprefill.backends.openai.probes",
-    "specprefill.backends.requests",
-    "specprefill.prompt.assemble",
-    "specprefill.wire.prune",
-    "specprefill.speculator.remote",
-    "specprefill.server.endpoint",
-    "specprefill.server.service",
-    "specprefill.server.shared",
-    "specprefill.server.vllm_serve",
-    "specprefill.speculator.heads",
-    "specprefill.speculator.capture",
-    "specprefill.prompt.segments",
-    "specprefill.prompt.staging",
-]
+
+def _core_modules() -> list[str]:
+    """Every module of the package except ``__main__`` entry points (found by walking it, so none is missed)."""
+    root = Path(specprefill.__file__).parent
+    found = [
+        "specprefill." + ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        for path in root.rglob("*.py")
+        if path.name != "__main__.py"
+    ]
+    return sorted(name.removesuffix(".") for name in found)
+
+
+CORE_MODULES = _core_modules()
 
 
 def test_all_is_the_expected_set() -> None:
@@ -159,7 +141,10 @@ def test_top_level_names_documented(name: str) -> None:
 
 @pytest.mark.parametrize("module_name", CORE_MODULES)
 def test_core_module_exports_resolve_and_are_documented(module_name: str) -> None:
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # a module built on an optional dependency this environment lacks (vLLM)
+        pytest.skip(f"{module_name} needs {exc.name or exc}")
     assert module.__doc__, module_name
     assert len(set(module.__all__)) == len(module.__all__), f"duplicates in {module_name}.__all__"
     for name in module.__all__:

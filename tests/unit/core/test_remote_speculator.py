@@ -19,8 +19,8 @@ from remote_fakes import (
 )
 from specprefill import SpecPrefillConfig
 from specprefill.errors import PromptError, SpeculatorError
+from specprefill.prompt.messages import plain_chat
 from specprefill.prompt.passages import Passage, prune_passages
-from specprefill.prompt.prepared import plain_chat
 from specprefill.speculator.remote import (
     RemoteConnectionError,
     RemoteProtocolError,

@@ -132,7 +132,7 @@ def test_importance_query_reductions(reduction: str, mix: float, expected: list[
 
 
 def test_reduce_queries_rejects_unknown_reduction_and_bad_mix() -> None:
-    with pytest.raises(ConfigurationError, match="'mean', 'max' or 'mix'"):
+    with pytest.raises(ConfigurationError, match="must be one of \\['max', 'mean', 'mix'\\]"):
         reduce_queries(np.ones((2, 3)), "median")
     with pytest.raises(ConfigurationError, match="query_mix"):
         reduce_queries(np.ones((2, 3)), "mix", 1.5)

@@ -13,16 +13,11 @@ import pytest
 from fakes import FakeSpeculator, chatml
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
-from specprefill.server import hooks
-from specprefill.server.pruning import (
-    chat_messages,
-    merge_stats,
-    parse_overrides,
-    score_tokens,
-    stats_object,
-    wants_kept_runs,
-)
+from specprefill.server import hooks, pruning
+from specprefill.server.pruning import ScoreJob, chat_messages
 from specprefill.server.settings import ServerSettings
+from specprefill.wire.stats import merge_stats, stats_object
+from specprefill.wire.xargs import OverrideError, overrides_from_xargs, wants_kept_runs
 
 STATS_KEYS = {
     "tokens_in",
@@ -36,10 +31,16 @@ STATS_KEYS = {
 }
 
 
+def score_tokens(speculator: Any, ids: list[int], config: SpecPrefillConfig, **prompt: Any) -> Any:
+    return ScoreJob(ids=ids, config=config, **prompt)(speculator)
+
+
 def test_overrides_are_read_and_validated() -> None:
-    assert parse_overrides(None) == {} and parse_overrides({"other": 1}) == {}
-    got = parse_overrides({"specprefill_keep_rate": 1, "specprefill_max_kept_tokens": 64.0})
-    assert got == {"keep_rate": 1.0, "max_kept_tokens": 64}
+    base = SpecPrefillConfig(keep_rate=0.2)
+    assert overrides_from_xargs(None, base) == base and overrides_from_xargs({"other": 1}, base) == base
+    got = overrides_from_xargs({"specprefill_keep_rate": 1, "specprefill_max_kept_tokens": 64.0}, base)
+    assert (got.keep_rate, got.max_kept_tokens) == (1.0, 64)
+    assert isinstance(got.max_kept_tokens, int)
 
 
 @pytest.mark.parametrize(
@@ -60,8 +61,9 @@ def test_overrides_are_read_and_validated() -> None:
     ],
 )
 def test_hostile_overrides_are_refused(xargs: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError, match="vllm_xargs"):
-        parse_overrides(xargs)
+    with pytest.raises(OverrideError, match="specprefill_") as caught:
+        overrides_from_xargs(xargs, SpecPrefillConfig())
+    assert caught.value.field == next(iter(xargs))  # the 400 names the key
 
 
 def test_stats_object_has_the_wire_keys() -> None:
@@ -126,7 +128,7 @@ async def _sse(items: list[str]) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize(("usage_chunk", "with_stats"), [(True, [2]), (False, [1])])
 async def test_stream_stats_go_once_on_the_final_chunk(usage_chunk: bool, with_stats: list[int]) -> None:
-    ticket = hooks.Ticket(overrides={}, usage_chunk=usage_chunk)
+    ticket = hooks.Ticket(config=SpecPrefillConfig(), usage_chunk=usage_chunk)
     ticket.stats["r"] = stats_object(10, 4)
     chunks = [
         'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}],"usage":{"prompt_tokens":4}}\n\n',
@@ -155,11 +157,11 @@ def test_kept_runs_flag_must_be_a_boolean() -> None:
 def test_a_speculator_with_another_tokenizer_is_refused() -> None:
     spec = FakeSpeculator()
     ids = [ord(c) for c in "abc" * 40]
-    with pytest.raises(hooks.TokenizerMismatchError, match="tokenizer"):
-        hooks.ScoreJob(ids=ids, probe=[1, 2, 3], config=SpecPrefillConfig(min_prompt_tokens=0))(spec)
-    same = [ord(c) for c in hooks._PROBE]
+    with pytest.raises(pruning.TokenizerMismatchError, match="tokenizer"):
+        pruning.ScoreJob(ids=ids, probe=[1, 2, 3], config=SpecPrefillConfig(min_prompt_tokens=0))(spec)
+    same = [ord(c) for c in pruning.TOKENIZER_PROBE]
     other = FakeSpeculator()
-    out = hooks.ScoreJob(ids=ids, probe=same, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))(other)
+    out = pruning.ScoreJob(ids=ids, probe=same, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))(other)
     assert len(out.kept) < len(ids)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from fakes import FakeSpeculator
 from specprefill.config import SpecPrefillConfig
-from specprefill.server import hooks, shared
+from specprefill.server import pruning, shared
 from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator.base import Speculator
@@ -116,8 +116,8 @@ async def test_jobs_run_on_the_hosts_speculator(host: shared.ScorerHost) -> None
 
 async def test_score_job_of_the_hooks_gives_the_same_kept_tokens_remotely(host: shared.ScorerHost) -> None:
     ids = [ord(c) for c in "abcdefgh" * 30]
-    probe = [ord(c) for c in hooks._PROBE]
-    job = hooks.ScoreJob(ids=ids, probe=probe, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
+    probe = [ord(c) for c in pruning.TOKENIZER_PROBE]
+    job = pruning.ScoreJob(ids=ids, probe=probe, config=SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8))
     remote = await client(host).run(job)
     local = job(FakeSpeculator())
     assert list(remote.kept) == list(local.kept) and len(remote.kept) < len(ids)
@@ -126,8 +126,8 @@ async def test_score_job_of_the_hooks_gives_the_same_kept_tokens_remotely(host: 
 async def test_errors_come_back_typed(host: shared.ScorerHost) -> None:
     svc = client(host)
     with pytest.raises(ScoringUnavailableError) as info:
-        await svc.run(functools.partial(fail_with, error=hooks.TokenizerMismatchError("other tokenizer")))
-    assert info.value.reason == "error" and isinstance(info.value.__cause__, hooks.TokenizerMismatchError)
+        await svc.run(functools.partial(fail_with, error=pruning.TokenizerMismatchError("other tokenizer")))
+    assert info.value.reason == "error" and isinstance(info.value.__cause__, pruning.TokenizerMismatchError)
     with pytest.raises(ScoringUnavailableError) as info:
         await svc.run(fail_unbuildable)
     assert info.value.reason == "error" and "UnbuildableError: a/b" in str(info.value)

@@ -1,4 +1,4 @@
-"""The prune endpoint's wire form (specprefill.wire.prune): round trips through JSON and typed errors for bad payloads."""
+"""The prune endpoint's wire form (specprefill.wire.prune): JSON round trips and typed errors for bad payloads."""
 
 from __future__ import annotations
 
@@ -10,21 +10,18 @@ import pytest
 
 from fakes import BosSpeculator
 from specprefill import SpecPrefillConfig
-from specprefill.prompt.prepared import plain_chat
+from specprefill.prompt.messages import plain_chat
 from specprefill.result import PruneStats
 from specprefill.wire.prune import (
-    STATS_KEYS,
     PruneReply,
     PruneRequest,
     WireFormatError,
     decode_json,
     encode_json,
-    fallback_stats,
-    read_stats,
     scored_from_wire,
     scored_to_wire,
-    wire_stats,
 )
+from specprefill.wire.stats import STATS_FIELDS, prune_stats_object, read_stats, stats_object
 
 CFG = SpecPrefillConfig(chunk_size=4, lookahead=1, min_prompt_tokens=0, segment_by="sentences")
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "One. TWO is HERE. three."}]
@@ -101,7 +98,7 @@ def test_reply_round_trip() -> None:
     spec = BosSpeculator(template=plain_chat)
     scored = spec.score_prompt(MESSAGES, CFG)
     result = spec.select(scored, CFG)
-    reply = PruneReply(result.text, result.kept_spans, wire_stats(result.stats), scored, result.messages)
+    reply = PruneReply(result.text, result.kept_spans, prune_stats_object(result.stats), scored, result.messages)
     back = PruneReply.from_wire(through_json(reply.to_wire()))
     assert (back.text, back.kept_spans, back.stats, back.messages) == (
         reply.text,
@@ -114,9 +111,10 @@ def test_reply_round_trip() -> None:
 
 def test_stats_have_the_contract_keys() -> None:
     stats = PruneStats(tokens_in=10, tokens_kept=4, keep_ratio=0.4, keep_rate=0.3, pruned=True)
-    assert tuple(wire_stats(stats)) == STATS_KEYS
-    assert tuple(fallback_stats("deadline")) == STATS_KEYS
-    assert read_stats(through_json(wire_stats(stats, positions="original")))["positions"] == "original"
+    assert tuple(prune_stats_object(stats)) == STATS_FIELDS
+    assert tuple(stats_object(0, 0, fallback_reason="deadline")) == STATS_FIELDS
+    assert read_stats(through_json(stats_object(10, 4)))["positions"] == "original"
+    assert read_stats(through_json({**stats_object(10, 4), "kept_runs": [0, 4]}))["kept_runs"] == [0, 4]
 
 
 @pytest.mark.parametrize(
@@ -130,9 +128,9 @@ def test_stats_have_the_contract_keys() -> None:
 )
 def test_malformed_stats_name_the_field(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(WireFormatError) as info:
-        read_stats({**fallback_stats("x"), **changes})
+        read_stats({**stats_object(0, 0, fallback_reason="x"), **changes})
     assert info.value.field == field
-    stats = fallback_stats("x")
+    stats = stats_object(0, 0, fallback_reason="x")
     del stats["pruned"]
     with pytest.raises(WireFormatError, match="lacks"):
         read_stats(stats)

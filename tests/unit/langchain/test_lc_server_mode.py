@@ -17,7 +17,7 @@ from fakes import fake_engine
 from langchain_specprefill import ChatSpecPrefill
 from langchain_specprefill.server_chat import SpecPrefillServerChat
 from specprefill.errors import ConfigurationError
-from specprefill.wire.xargs import ServerStatsError
+from specprefill.wire.stats import ServerStatsError
 
 pytest_plugins = ["fake_vllm_server"]  # the fake_vllm fixture
 
@@ -141,7 +141,11 @@ async def test_async_invoke_and_stream(fake_vllm: FakeVLLMServer) -> None:
 # --- a server that does not keep the contract ----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("mode", "match"),
-    [("missing", "carries no 'specprefill' stats"), ("not_object", "not a JSON object"), ("bad_types", "tokens_kept")],
+    [
+        ("missing", "carries no 'specprefill' stats"),
+        ("not_object", "must be a JSON object"),
+        ("bad_types", "tokens_kept"),
+    ],
 )
 def test_missing_or_malformed_stats_raise_a_typed_error(fake_vllm: FakeVLLMServer, mode: Any, match: str) -> None:
     fake_vllm.stats_mode = mode

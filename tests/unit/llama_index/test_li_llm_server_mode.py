@@ -14,7 +14,7 @@ from llama_index.llms.specprefill import STATS_KEY, SpecPrefillLLM
 from llama_index.llms.specprefill.server import SpecPrefillOpenAILike
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
-from specprefill.wire.xargs import ServerStatsError
+from specprefill.wire.stats import ServerStatsError
 
 pytest_plugins = ["fake_vllm_server"]  # the fake_vllm fixture
 
@@ -103,7 +103,11 @@ async def test_async_endpoints(fake_vllm: FakeVLLMServer) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "match"),
-    [("missing", "carries no 'specprefill' stats"), ("not_object", "not a JSON object"), ("bad_types", "pruned=1")],
+    [
+        ("missing", "carries no 'specprefill' stats"),
+        ("not_object", "must be a JSON object"),
+        ("bad_types", "must be an integer"),
+    ],
 )
 async def test_missing_or_malformed_stats_raise_a_typed_error(fake_vllm: FakeVLLMServer, mode: Any, match: str) -> None:
     fake_vllm.stats_mode = mode

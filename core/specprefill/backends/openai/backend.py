@@ -32,17 +32,13 @@ from specprefill.backends.openai.http import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_TIMEOUT,
-    Deadline,
-    ProbeGate,
     Progress,
     absorb_event,
     check_stream_reply,
-    retry_delay,
-    retryable,
-    status_of,
     stream_format_error,
 )
 from specprefill.backends.openai.probes import TOKENIZER_PROBE, ServerProbes
+from specprefill.backends.retry import Deadline, ProbeGate, retry_delay, retryable, status_of
 from specprefill.errors import BackendError, ConfigurationError, PromptError, SpecPrefillError
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_TIMEOUT", "TOKENIZER_PROBE", "OpenAIBackend"]

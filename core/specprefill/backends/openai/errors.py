@@ -27,7 +27,7 @@ def translate_openai_error(
         base_url: The server.
         model: The model name asked for (None: not known).
         timeout: The per-attempt silence limit, for the timeout message.
-        deadline: The request's :class:`~specprefill.backends.openai.http.Deadline`, if any.
+        deadline: The request's :class:`~specprefill.backends.retry.Deadline`, if any.
 
     Returns:
         The error to raise (``from exc``).

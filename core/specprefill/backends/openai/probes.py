@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from specprefill.backends.base import BaseRequest
-from specprefill.backends.openai.http import Deadline, ProbeGate, status_of
+from specprefill.backends.retry import Deadline, ProbeGate, status_of
 from specprefill.errors import BackendError
 
 __all__ = ["TOKENIZER_PROBE", "ServerProbes"]

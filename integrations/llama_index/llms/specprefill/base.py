@@ -54,7 +54,7 @@ class SpecPrefillLLM(LLM):
     no ``engine`` sends the FULL prompt to a vLLM server that prunes (``specprefill serve``), with
     ``keep_rate`` / ``max_kept_tokens`` as ``vllm_xargs``, through LlamaIndex's ``OpenAILike``; no model is
     loaded here, and ``raw`` is the server's JSON. An answer without the server's stats raises
-    :class:`~specprefill.wire.xargs.ServerStatsError`. Otherwise give it a ready
+    :class:`~specprefill.wire.stats.ServerStatsError`. Otherwise give it a ready
     :class:`~specprefill.engine.SpecPrefillEngine`, or ``base_url`` plus a ``speculator`` to prune here and
     generate on any OpenAI-compatible server (an :class:`~specprefill.backends.openai.OpenAIBackend`). All
     eight endpoints are implemented and natively async. ``complete`` sends the prompt as one user message.

@@ -4,7 +4,7 @@
 added: ``keep_rate`` / ``max_kept_tokens`` (fields or per-call keyword arguments) travel as ``vllm_xargs``,
 streams ask for the usage chunk, and the server's stats object lands in every response's
 ``additional_kwargs["specprefill"]``. :class:`ServerCalls` runs ``SpecPrefillLLM``'s eight endpoints on it
-and refuses answers without stats (:class:`~specprefill.wire.xargs.ServerStatsError`).
+and refuses answers without stats (:class:`~specprefill.wire.stats.ServerStatsError`).
 """
 
 from __future__ import annotations
@@ -31,15 +31,8 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.llms.openai_like import OpenAILike  # type: ignore[import-untyped]
 
 from specprefill.result import STATS_KEY
-from specprefill.wire.xargs import (
-    SERVER_OVERRIDES,
-    find_stats,
-    missing_stats_error,
-    openai_call_kwargs,
-    served_model,
-    server_xargs,
-    with_xargs,
-)
+from specprefill.wire.stats import find_stats, missing_stats_error
+from specprefill.wire.xargs import SERVER_OVERRIDES, openai_call_kwargs, served_model, server_xargs, with_xargs
 
 __all__ = ["ServerCalls", "SpecPrefillOpenAILike", "server_call_kwargs", "server_llm"]
 
