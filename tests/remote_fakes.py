@@ -54,8 +54,13 @@ async def not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"inner"})
 
 
-async def call_asgi(app: Any, request: httpx.Request, *, chunks: int = 1) -> httpx.Response:
-    """Send an httpx request through an ASGI app in memory (the body in ``chunks`` pieces)."""
+async def call_asgi(
+    app: Any, request: httpx.Request, *, chunks: int = 1, disconnect: asyncio.Event | None = None
+) -> httpx.Response:
+    """Send an httpx request through an ASGI app in memory (the body in ``chunks`` pieces).
+
+    After the body, ``receive`` waits as a connected client's does, until ``disconnect`` is set (if given).
+    """
     body = request.read()
     step = max(1, -(-len(body) // chunks))
     pieces = [body[i : i + step] for i in range(0, len(body), step)] or [b""]
@@ -71,12 +76,17 @@ async def call_asgi(app: Any, request: httpx.Request, *, chunks: int = 1) -> htt
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return queue.pop(0) if queue else {"type": "http.disconnect"}
+        if queue:
+            return queue.pop(0)
+        await (disconnect or asyncio.Event()).wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     await app(scope, receive, send)
+    if not sent:  # the app sent nothing: the client had gone
+        return httpx.Response(499)
     start = sent[0]
     content = b"".join(m.get("body", b"") for m in sent[1:])
     return httpx.Response(start["status"], headers=start["headers"], content=content)

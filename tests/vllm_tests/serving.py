@@ -87,6 +87,9 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["SPECPREFILL_SERVER_DTYPE"] = "float32"
     env.setdefault("SPECPREFILL_SERVER_DEADLINE_SECONDS", "300")
     env.setdefault("SPECPREFILL_SERVER_MIN_PROMPT_TOKENS", "256")
+    # these servers check what pruning does to each request, so every prompt is scored: with the cost guard on,
+    # a 135M base beside a 135M speculator on 2 cores would (rightly) stop scoring once it learnt the costs
+    env.setdefault("SPECPREFILL_SERVER_COST_GUARD", "false")
     env.update(extra or {})
     return env
 

@@ -113,7 +113,7 @@ def test_forced_failure_is_flagged_or_a_503(spec_server: ServerHandle) -> None:
     reply = prune(spec_server, {"prompt": text})
     assert reply.status_code == 200
     stats = reply.json()["stats"]
-    assert stats["fallback"] is True and "forced speculator failure" in stats["fallback_reason"]
+    assert stats["fallback"] is True and stats["fallback_reason"] == "error"  # the details stay in the log
     assert reply.json()["text"] == text
     strict = prune(spec_server, {"prompt": text, "fallback": False, "config": {"fallback_on_error": False}})
     assert strict.status_code == 503 and strict.json()["error"]["type"] == "scoring_unavailable"

@@ -183,7 +183,7 @@ def test_a_failing_speculator_still_answers_and_is_flagged(spec_server: ServerHa
     messages = [{"role": "user", "content": DOC + f" {FAIL_MARKER}" + QUESTION}]
     reply = chat(spec_server, messages)
     stats = reply["specprefill"]
-    assert stats["fallback"] and str(stats["fallback_reason"]).startswith("error")
+    assert stats["fallback"] and stats["fallback_reason"] == "error"  # a stable code; the text goes to the log
     assert not stats["pruned"] and stats["positions"] == "none"
     assert reply["usage"]["prompt_tokens"] == stats["tokens_in"] and reply["choices"][0]["message"]["content"]
 

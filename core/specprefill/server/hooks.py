@@ -15,8 +15,16 @@ Hook points (vLLM 0.32/0.33, read from its source):
   front-end guard (:mod:`specprefill.vllm_plugin.frontend`) then bounds-checks that map and enforces the
   cache salt, and the model-runner hooks restore the positions.
 
-If scoring is unavailable (queue full, deadline, speculator error) the request runs unpruned and its stats
-say ``fallback: true`` with the reason. Importing this module does not import vLLM.
+* ``OpenAIServingResponses.create_responses`` (the Responses API) is wrapped like the chat handler, its
+  ``instructions`` and text ``input`` standing in for the messages (:func:`~.tickets.responses_messages`).
+* ``AsyncLLM.shutdown`` is wrapped: on SIGTERM vLLM stops the engine client first, and every request still
+  waiting for its scores gets an HTTP 503 at once instead of waiting for its deadline.
+
+Per-request settings are strict (:mod:`specprefill.server.tickets`): an unknown ``specprefill_*`` key or a
+JSON boolean where a number belongs is an HTTP 400 naming the key. If scoring is unavailable or does not pay
+(:func:`cost_guard`), the request runs unpruned and its stats say ``fallback: true`` with a stable reason
+code; the details go to the server log, one WARNING line per fallback. Importing this module does not
+import vLLM.
 """
 
 from __future__ import annotations
@@ -25,26 +33,28 @@ import contextlib
 import contextvars
 import functools
 import importlib
-import json
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.result import STATS_KEY
 from specprefill.server import metrics, shared
-from specprefill.server.pruning import TOKENIZER_PROBE, Outcome, ScoreJob, TokenizerMismatchError, chat_messages
-from specprefill.server.service import ScoringUnavailableError
+from specprefill.server.pruning import TOKENIZER_PROBE, Outcome, ScoreJob, TokenizerMismatchError
+from specprefill.server.queueing import CostEstimate
+from specprefill.server.replies import attach_stats
+from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
 from specprefill.server.shared import get_service
+from specprefill.server.tickets import Ticket, chat_messages, responses_messages, ticket_for
 from specprefill.vllm_plugin.common import HOOK_MARK, unsupported_reason
 from specprefill.vllm_plugin.guard import has_position_keys
-from specprefill.vllm_plugin.positions import XARG_RUNS, request_extras
-from specprefill.wire.stats import merge_stats, stats_object
-from specprefill.wire.xargs import OverrideError, overrides_from_xargs, wants_kept_runs
+from specprefill.vllm_plugin.positions import XARG_LENGTH, XARG_RUNS, request_extras
+from specprefill.wire.stats import stats_object
+from specprefill.wire.xargs import OverrideError
 
-__all__ = ["Ticket", "install", "install_if_configured", "installed", "uninstall"]
+__all__ = ["BASE_COST", "cost_guard", "install", "install_if_configured", "installed", "uninstall"]
 
 logger = logging.getLogger("specprefill.server")
 
@@ -53,91 +63,60 @@ _TARGETS = (
     ("vllm.entrypoints.openai.completion.serving", "OpenAIServingCompletion", "create_completion"),
     ("vllm.v1.engine.async_llm", "AsyncLLM", "generate"),
 )
+_OPTIONAL_TARGETS = (
+    ("vllm.entrypoints.openai.responses.serving", "OpenAIServingResponses", "create_responses"),
+    ("vllm.v1.engine.async_llm", "AsyncLLM", "shutdown"),
+)
+"""Hook points that a vLLM build may lack; without them the rest still works."""
 
-
-@dataclass
-class Ticket:
-    """One HTTP request's pruning context, shared by its handler and the ``generate`` calls it makes."""
-
-    config: SpecPrefillConfig
-    """The request's pruning config: the server's with the request's ``vllm_xargs`` overrides."""
-    messages: list[dict[str, Any]] | None = None
-    kept_runs: bool = False
-    usage_chunk: bool = False
-    """The stream ends with a usage chunk (``stream_options.include_usage``): the stats go there, once."""
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def response_stats(self) -> dict[str, Any] | None:
-        """The stats object of the response (merged over the prompts of a batched completion request)."""
-        return merge_stats([self.stats[k] for k in sorted(self.stats)])
+BASE_COST = CostEstimate()
+"""The base model's prefill seconds per prompt token in this process, learnt from every request served
+(dispatch to first output, so it includes the engine's own queue: busier means costlier)."""
 
 
 _ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("specprefill_ticket", default=None)
 
 
 # --- request handlers ----------------------------------------------------------------------------
-def _wrap_handler(original: Callable[..., Any], *, chat: bool) -> Callable[..., Any]:
+def _wrap_handler(original: Callable[..., Any], *, kind: str) -> Callable[..., Any]:
     @functools.wraps(original)
     async def handler(self: Any, request: Any, raw_request: Any = None) -> Any:
-        xargs = getattr(request, "vllm_xargs", None)
         try:
-            config = overrides_from_xargs(xargs, get_service().settings.prune_config())
-            kept_runs = wants_kept_runs(xargs)
+            ticket = ticket_for(
+                request, _server_config(), messages=_messages(request, kind), raw_body=await _body(raw_request)
+            )
         except OverrideError as exc:
             return self.create_error_response(f"vllm_xargs.{exc}", param=f"vllm_xargs.{exc.field}")
-        messages = chat_messages(request.messages) if chat else None
-        usage_chunk = bool(getattr(getattr(request, "stream_options", None), "include_usage", False))
-        ticket = Ticket(config=config, messages=messages, kept_runs=kept_runs, usage_chunk=usage_chunk)
         token = _ticket.set(ticket)
         try:
             result = await original(self, request, raw_request)
         finally:
             _ticket.reset(token)
-        return _attach(result, ticket)
+        return attach_stats(result, ticket)
 
     return handler
 
 
-def _attach(result: Any, ticket: Ticket) -> Any:
-    if hasattr(result, "__aiter__"):
-        return _stream_with_stats(result, ticket)
-    stats = ticket.response_stats()
-    if stats is not None and hasattr(result, "usage"):
-        setattr(result, STATS_KEY, stats)
-    return result
+def _server_config() -> SpecPrefillConfig:
+    return get_service().settings.prune_config()
 
 
-def _final_chunk(payload: str, *, usage_chunk: bool) -> bool:
-    """Whether a stream chunk gets the stats: the closing usage chunk if one comes, else finish chunks.
-
-    The usage chunk is the one with no choices (with ``continuous_usage_stats`` every chunk has a usage).
-    """
-    if usage_chunk:
-        return '"choices":[]' in payload and '"usage":{' in payload
-    return '"finish_reason"' in payload and payload.count('"finish_reason":null') < payload.count('"finish_reason"')
+def _messages(request: Any, kind: str) -> list[dict[str, Any]] | None:
+    if kind == "chat":
+        return chat_messages(request.messages)
+    if kind == "responses":
+        return responses_messages(getattr(request, "instructions", None), getattr(request, "input", ""))
+    return None
 
 
-async def _stream_with_stats(stream: AsyncIterator[str], ticket: Ticket) -> AsyncIterator[str]:
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
-        async for item in stream:
-            is_data = isinstance(item, str) and item.startswith("data: {")
-            if is_data and _final_chunk(item, usage_chunk=ticket.usage_chunk):
-                item = _with_stats(item, ticket)
-            yield item
-
-
-def _with_stats(item: str, ticket: Ticket) -> str:
-    stats = ticket.response_stats()
-    if stats is None:
-        return item
-    try:
-        chunk = json.loads(item[len("data: ") :])
-    except ValueError:
-        return item
-    if not isinstance(chunk, dict) or "error" in chunk:
-        return item
-    chunk[STATS_KEY] = stats
-    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+async def _body(raw_request: Any) -> bytes | None:
+    """The raw body FastAPI already read (cached on the request), to tell JSON booleans from numbers."""
+    body = getattr(raw_request, "body", None)
+    if body is None:
+        return None
+    with contextlib.suppress(Exception):  # no body (a test's fake request): booleans go unchecked
+        return bytes(await body())
+    return None
 
 
 # --- the engine client ---------------------------------------------------------------------------
@@ -176,36 +155,45 @@ async def _pruned_generate(
         stats["kept_runs"] = list((params.extra_args or {}).get(XARG_RUNS) or [0, stats["tokens_in"]])
     ticket.stats[request_id] = stats
     metrics.observe(stats)
+    sent = len(prompt["prompt_token_ids"])
+    started, first = time.perf_counter(), True
     async with contextlib.aclosing(original(engine, prompt, params, request_id, *args, **kwargs)) as outputs:
         async for output in outputs:
+            if first:
+                BASE_COST.observe(sent, time.perf_counter() - started)
+                first = False
             yield output
 
 
 async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: Any) -> tuple[dict[str, Any], Any]:
     ids: list[int] = prompt["prompt_token_ids"]
     n = len(ids)
-    service = get_service()
     extra = params.extra_args
-    if has_position_keys(extra):  # already pruned by the client: its map is checked by the guard
-        return prompt, stats_object(n, n)
+    if has_position_keys(extra):  # pruned by the client: the guard checks its map, the positions are original
+        original = (extra or {}).get(XARG_LENGTH)
+        return prompt, stats_object(original if isinstance(original, int) else n, n, positions="original")
     config = ticket.config
     if (config.keep_rate >= 1.0 and config.max_kept_tokens is None) or not config.long_enough(n):
         return prompt, stats_object(n, n)
-    refused = _refusal(engine)
+    service = get_service()
+    refused = _refusal(engine) or cost_guard(service, config, n)
     if refused is not None:
-        return prompt, stats_object(n, n, fallback_reason=refused)
+        return prompt, _fallback(n, refused, f"{n}-token prompt")
     text = prompt.get("prompt") if isinstance(prompt.get("prompt"), str) else None
-    probe = _probe_ids(engine)
-    job = ScoreJob(ids=ids, config=config, text=text, messages=ticket.messages, probe=probe)
+    job = ScoreJob(ids=ids, config=config, text=text, messages=ticket.messages, probe=_probe_ids(engine))
     try:
         outcome: Outcome = await service.run(job, tokens=n)
     except ScoringUnavailableError as exc:
         reason = "tokenizer_mismatch" if isinstance(exc.__cause__, TokenizerMismatchError) else exc.reason
-        logger.warning("specprefill: request served unpruned (%s): %s", reason, exc)
-        return prompt, stats_object(n, n, fallback_reason=reason)
+        if reason == "shutdown":
+            raise _shutting_down() from exc
+        return prompt, _fallback(n, reason, str(exc))
     kept = [int(i) for i in outcome.kept]
-    failure = f"error: {outcome.fallback_reason}" if outcome.fallback_reason else None  # the model failed
-    stats = stats_object(n, len(kept), speculator_seconds=outcome.seconds, fallback_reason=failure)
+    if outcome.fallback_reason:  # the speculator itself failed: the details go to the log only
+        metrics.log_fallback("error", outcome.fallback_reason, tokens=n)
+    stats = stats_object(
+        n, len(kept), speculator_seconds=outcome.seconds, fallback_reason="error" if outcome.fallback_reason else None
+    )
     if len(kept) == n:
         return prompt, stats
     xargs, _ = request_extras(kept, n, n_tokens=len(kept))
@@ -213,6 +201,40 @@ async def _prune(engine: Any, ticket: Ticket, prompt: dict[str, Any], params: An
     pruned = {k: v for k, v in prompt.items() if k != "prompt_token_offsets"}
     pruned["prompt_token_ids"] = [ids[i] for i in kept]
     return pruned, stats
+
+
+def _fallback(n: int, reason: str, detail: str) -> dict[str, Any]:
+    """The stats of a request served unpruned for ``reason`` (a stable code), logged once with ``detail``."""
+    metrics.log_fallback(reason, detail, tokens=n)
+    return stats_object(n, n, fallback_reason=reason)
+
+
+def cost_guard(service: ScoringService, config: SpecPrefillConfig, n: int) -> str | None:
+    """``"cost_guard"`` when scoring ``n`` tokens is expected to cost more than the base prefill it saves.
+
+    Both sides are learnt online: the speculator's seconds per token (:attr:`ScoringService.cost`) and the
+    base's (:data:`BASE_COST`). Until both are known, and with ``cost_guard`` off, every prompt is scored.
+    """
+    if not service.settings.cost_guard:
+        return None
+    scoring, base = service.cost.estimate(n), BASE_COST.seconds_per_token
+    if scoring is None or base is None:
+        return None
+    kept = math.ceil(config.keep_rate * n)
+    if config.max_kept_tokens is not None:
+        kept = min(kept, config.max_kept_tokens)
+    return "cost_guard" if scoring > base * (n - kept) else None
+
+
+def _shutting_down() -> Exception:
+    """What makes vLLM answer HTTP 503: the server stops, the request may be retried elsewhere."""
+    message = "the server is shutting down; retry the request"
+    try:
+        from vllm.exceptions import RetryableRequestError
+    except ImportError:  # an older vLLM without it: a plain 500, still at once
+        return RuntimeError(message)
+    error: Exception = RetryableRequestError(message)
+    return error
 
 
 def _probe_ids(engine: Any) -> list[int] | None:
@@ -242,29 +264,50 @@ def _refusal(engine: Any) -> str | None:
 
 
 # --- installation --------------------------------------------------------------------------------
-def _targets() -> list[tuple[Any, str]]:
+def _targets(*, optional: bool = True) -> list[tuple[Any, str]]:
     out = []
-    for module_name, class_name, method in _TARGETS:
-        module = importlib.import_module(module_name)
-        out.append((getattr(module, class_name), method))
+    for module_name, class_name, method in _TARGETS + (_OPTIONAL_TARGETS if optional else ()):
+        try:
+            module = importlib.import_module(module_name)
+            out.append((getattr(module, class_name), method))
+        except (ImportError, AttributeError):
+            if (module_name, class_name, method) in _TARGETS:
+                raise
+            logger.info("specprefill: %s.%s.%s is not in this vLLM; not hooked", module_name, class_name, method)
     return out
 
 
+def _hook(method: str, current: Callable[..., Any]) -> Callable[..., Any]:
+    if method == "generate":
+        return _wrap_generate(current)
+    if method == "shutdown":
+        return _wrap_shutdown(current)
+    kind = {"create_chat_completion": "chat", "create_responses": "responses"}.get(method, "completion")
+    return _wrap_handler(current, kind=kind)
+
+
+def _wrap_shutdown(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def shutdown(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with contextlib.suppress(Exception):  # shutting down must go on whatever happens here
+            get_service().close()  # every request waiting for its scores answers now (503)
+        return original(self, *args, **kwargs)
+
+    return shutdown
+
+
 def install() -> None:
-    """Wrap the chat/completion handlers and ``AsyncLLM.generate`` in this process (idempotent).
+    """Wrap the request handlers, ``AsyncLLM.generate`` and ``AsyncLLM.shutdown`` in this process (idempotent).
 
     Raises:
-        ImportError: vLLM or one of the hook points is missing.
+        ImportError: vLLM or one of the required hook points is missing.
 
     """
     for cls, method in _targets():
         current = getattr(cls, method)
         if getattr(current, HOOK_MARK, False):
             continue
-        if method == "generate":
-            hook = _wrap_generate(current)
-        else:
-            hook = _wrap_handler(current, chat=method == "create_chat_completion")
+        hook = _hook(method, current)
         setattr(hook, HOOK_MARK, True)
         setattr(cls, method, hook)
 
@@ -278,9 +321,9 @@ def uninstall() -> None:
 
 
 def installed() -> bool:
-    """Whether the hooks are in place in this process."""
+    """Whether the required hooks are in place in this process."""
     try:
-        return all(getattr(getattr(cls, m), HOOK_MARK, False) for cls, m in _targets())
+        return all(getattr(getattr(cls, m), HOOK_MARK, False) for cls, m in _targets(optional=False))
     except (ImportError, AttributeError):
         return False
 
@@ -306,6 +349,7 @@ def install_if_configured(settings: ServerSettings | None = None) -> bool:
     role = shared.current_role()
     if role is None:
         return False
+    metrics.ensure_log_handler()
     install()
     service = get_service()
     if role == "host":

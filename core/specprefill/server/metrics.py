@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["METRIC_NAMES", "observe", "observe_batch"]
+__all__ = ["LOG_FORMAT", "METRIC_NAMES", "ensure_log_handler", "log_fallback", "observe", "observe_batch"]
+
+logger = logging.getLogger("specprefill.server")
+
+LOG_FORMAT = "%(levelname)s %(asctime)s [specprefill] %(message)s"
+"""How specprefill's lines look in the server log (beside vLLM's own)."""
 
 METRIC_NAMES = (
     "specprefill_requests_total",
@@ -103,3 +110,27 @@ def observe(stats: Mapping[str, Any]) -> None:
 def observe_batch(size: int) -> None:
     """Count one scoring-worker wake-up that took ``size`` requests."""
     _registered()["batch"].observe(size)
+
+
+def log_fallback(reason: str, detail: str, *, tokens: int) -> None:
+    """One WARNING line for one request served unpruned: the stable ``reason`` code and the details.
+
+    The details (exception text, estimates) go to the log only; the response's stats carry the code.
+    """
+    logger.warning("request of %d prompt tokens served unpruned: %s (%s)", tokens, reason, detail)
+
+
+def ensure_log_handler() -> None:
+    """Give the ``specprefill`` logger a stderr handler when nothing would print its lines.
+
+    vLLM configures its own ``vllm`` logger only, so in a server process specprefill's warnings (every
+    fallback) would otherwise go nowhere. A handler the application configured is left alone.
+    """
+    root = logging.getLogger("specprefill")
+    if root.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False

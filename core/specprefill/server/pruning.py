@@ -8,16 +8,15 @@ Request settings are checked by :mod:`specprefill.wire.xargs` and the stats obje
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError
-from specprefill.prompt.messages import locate_contents, message_text
+from specprefill.prompt.messages import locate_contents
 from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
 from specprefill.prompt.protect import protection_for_messages
 from specprefill.result import Message
@@ -31,7 +30,6 @@ __all__ = [
     "ScoreJob",
     "TokenizerMismatchError",
     "aligned_offsets",
-    "chat_messages",
     "outcome_of",
     "prepare_tokens",
 ]
@@ -40,23 +38,6 @@ TOKENIZER_PROBE = "SpecPrefill tokenizer probe: naïve café, 12345, <tag>"
 """Text the served model's tokenizer and the speculator's must split into the same ids (checked once)."""
 
 _checked: dict[int, bool] = {}
-
-
-def chat_messages(messages: Sequence[Any]) -> list[Message] | None:
-    """OpenAI chat messages as ``{"role", "content": text}`` dicts, or None when one holds non-text parts.
-
-    Assistant turns with only tool calls get empty content (their rendering is template, so protected).
-    """
-    out: list[Message] = []
-    for m in messages:
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
-            return None
-        try:
-            text = message_text(dict(m))
-        except PromptError:  # images, audio, ...: token ids hold placeholders; do not prune
-            return None
-        out.append({"role": m["role"], "content": text})
-    return out
 
 
 def aligned_offsets(speculator: Speculator, text: str, ids: Sequence[int]) -> list[Span] | None:

@@ -5,8 +5,16 @@
 the service's own worker thread, never at import time, so vLLM's engine-core and worker processes (which
 import the plugin too) never load one. Coroutines hand work to the thread through a bounded queue with
 :meth:`ScoringService.run` and wait at most ``deadline_seconds``; instead of blocking forever they get a
-:class:`ScoringUnavailableError` whose ``reason`` says why (``queue_full``, ``deadline``, ``load_failed``,
-``error``), and the caller serves the request unpruned.
+:class:`ScoringUnavailableError` whose ``reason`` says why (a stable code of :data:`ScoringReason`), and
+the caller serves the request unpruned.
+
+Under load (issue 20; design rules in the README's "Serve"): the queue hands out the earliest deadline
+first (:mod:`specprefill.server.queueing`); a job whose caller gave up is dropped before it starts, and a
+running one stops at its next layer, look-ahead step or window (:mod:`specprefill.speculator.checkpoints`);
+a job that cannot finish before its deadline given the work ahead of it, by the cost learnt online
+(:attr:`ScoringService.cost`), is refused at once (``over_budget``); and between the windows of a long
+prompt the worker runs queued jobs that fit in that prompt's slack, so a short request does not wait for
+the whole of a huge one. :meth:`ScoringService.close` answers every waiting caller at once (``shutdown``).
 
 Micro-batching: on each wake-up the worker takes up to ``max_batch`` queued jobs at once (a job whose caller
 already gave up is skipped); :attr:`ScoringService.batches` counts the group sizes. When the speculator
@@ -22,47 +30,44 @@ scoring host that several API-server processes share.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import importlib
 import logging
-import queue
-import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import ConfigurationError, SpecPrefillError
+from specprefill.errors import SpecPrefillError
 from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
+from specprefill.server.loader import load_configured_speculator
+from specprefill.server.queueing import CostEstimate, Job, JobQueue
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator.base import Speculator
+from specprefill.speculator.checkpoints import Boundary, ScoringCancelledError, Watcher, watching
 
 __all__ = [
     "BatchableJob",
     "ScoringReason",
     "ScoringService",
     "ScoringUnavailableError",
-    "load_configured_speculator",
 ]
 
 logger = logging.getLogger("specprefill.server")
 
 T = TypeVar("T")
 
-ScoringReason = Literal["queue_full", "deadline", "load_failed", "error"]
-
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+ScoringReason = Literal["queue_full", "deadline", "over_budget", "load_failed", "error", "shutdown"]
+"""Why scoring is unavailable: the queue is full; the deadline passed; it could not finish in time given the
+work ahead (refused at once); the speculator failed to load; it failed; the server is shutting down."""
 
 
 class ScoringUnavailableError(SpecPrefillError, RuntimeError):
     """The speculator could not score in time (or at all); serve the request unpruned.
 
     Attributes:
-        reason: ``"queue_full"``, ``"deadline"``, ``"load_failed"`` or ``"error"``.
+        reason: A stable code (:data:`ScoringReason`); the message holds the details (for the log only).
 
     """
 
@@ -73,41 +78,6 @@ class ScoringUnavailableError(SpecPrefillError, RuntimeError):
     def __reduce__(self) -> tuple[Any, ...]:
         # crosses process boundaries (the scoring host of several API servers) with its reason intact
         return (type(self), (self.reason, str(self)))
-
-
-def load_configured_speculator(settings: ServerSettings) -> Speculator:
-    """Load the speculator that ``settings.speculator`` names (a ``module:callable`` factory or a model).
-
-    ``settings.batch_forward``, when set, goes to the speculator's ``batch_forward`` (if it has one).
-
-    Raises:
-        ConfigurationError: No speculator configured, or the factory cannot be imported or returns no Speculator.
-        ModelLoadError: The model cannot be loaded.
-
-    """
-    speculator = _load(settings)
-    if settings.batch_forward is not None and hasattr(speculator, "batch_forward"):
-        speculator.batch_forward = settings.batch_forward
-    return speculator
-
-
-def _load(settings: ServerSettings) -> Speculator:
-    name = settings.speculator
-    if not name:
-        raise ConfigurationError("no speculator configured; set SPECPREFILL_SERVER_SPECULATOR")
-    if _FACTORY.match(name):
-        module_name, attr = name.split(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigurationError(f"speculator factory {name!r} cannot be imported: {exc}") from exc
-        made = factory()
-        if not isinstance(made, Speculator):
-            raise ConfigurationError(f"speculator factory {name!r} returned {type(made).__name__}, not a Speculator")
-        return made
-    from specprefill.speculator.loading import load_speculator
-
-    return load_speculator(name, device=settings.device, dtype=settings.dtype)
 
 
 @runtime_checkable
@@ -128,14 +98,8 @@ class BatchableJob(Protocol):
         """The job's result from its scored prompt."""
 
 
-@dataclass
-class _Job:
-    fn: Callable[[Speculator], Any]
-    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
-
-
 class ScoringService:
-    """Runs speculator work on one worker thread, behind a bounded queue and a per-request deadline.
+    """Runs speculator work on one worker thread, behind a bounded deadline-ordered queue (see the module docstring).
 
     Args:
         settings: Limits and the speculator to load.
@@ -146,12 +110,18 @@ class ScoringService:
     def __init__(self, settings: ServerSettings, *, loader: Callable[[], Speculator] | None = None) -> None:
         self.settings = settings
         self._loader = loader or (lambda: load_configured_speculator(settings))
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.queue_size)
+        self._queue = JobQueue(settings.queue_size)
         self._speculator: Speculator | None = None
         self._load_error: str | None = None
         self._loaded = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closed = False
+        self._running: list[tuple[list[Job], float]] = []
+        """The batches on the worker's stack (a job may run between the windows of another) and their starts."""
+        self._nested_seconds = 0.0
+        self.cost = CostEstimate()
+        """Seconds of scoring per prompt token, learnt from the jobs that ran (admission and the cost guard)."""
         self.batches: Counter[int] = Counter()
         """How many worker wake-ups took 1, 2, ... jobs at once."""
         self.load_seconds: float | None = None
@@ -169,6 +139,11 @@ class ScoringService:
         """Why the speculator could not be loaded (None: loaded or still loading)."""
         return self._load_error
 
+    @property
+    def busy(self) -> bool:
+        """Whether the worker is running a job now."""
+        return bool(self._running)
+
     def start(self) -> None:
         """Start the worker thread, which loads the speculator first (idempotent)."""
         with self._start_lock:
@@ -182,49 +157,83 @@ class ScoringService:
         self._loaded.wait(timeout)
         return self._loaded.is_set() and self._load_error is None
 
-    def submit(self, fn: Callable[[Speculator], T]) -> concurrent.futures.Future[T]:
-        """Queue ``fn(speculator)`` for the worker thread and return its future (thread-safe, never blocks).
+    def submit(self, fn: Callable[[Speculator], T], *, tokens: int = 0, deadline: float | None = None) -> Job:
+        """Queue ``fn(speculator)`` for the worker thread (thread-safe, never blocks); its future is ``job.future``.
+
+        Args:
+            fn: The work.
+            tokens: Prompt tokens involved (its cost is estimated from them).
+            deadline: ``time.monotonic()`` by which the result is needed (default: now plus ``deadline_seconds``).
 
         Raises:
-            ScoringUnavailableError: The speculator failed to load (``load_failed``) or the queue is full
-                (``queue_full``).
+            ScoringUnavailableError: The speculator failed to load (``load_failed``), the service is closed
+                (``shutdown``), the job cannot finish in time given the work ahead (``over_budget``), or the
+                queue is full (``queue_full``).
 
         """
         self.start()
+        if self._closed:
+            raise ScoringUnavailableError("shutdown", "the server is shutting down")
         if self._load_error is not None:
             raise ScoringUnavailableError("load_failed", f"the speculator could not be loaded: {self._load_error}")
-        job = _Job(fn)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        now = time.monotonic()
+        due = now + self.settings.deadline_seconds if deadline is None else deadline
+        estimate = self.cost.estimate(tokens)
+        if estimate is not None:
+            ahead = self._queue.backlog(before=due) + self._running_remaining(now)
+            if now + ahead + estimate > due:
+                raise ScoringUnavailableError(
+                    "over_budget",
+                    f"scoring {tokens} tokens takes about {estimate:.2f}s and {ahead:.2f}s of work is ahead of it: "
+                    f"it cannot finish within {due - now:.2f}s",
+                )
+        job = Job(fn, deadline=due, tokens=tokens, estimate=estimate or 0.0)
+        if not self._queue.put(job):
             raise ScoringUnavailableError(
                 "queue_full", f"{self.settings.queue_size} requests already wait for the speculator"
-            ) from None
-        return job.future
+            )
+        return job
 
     async def run(self, fn: Callable[[Speculator], T], *, tokens: int = 0) -> T:
         """Run ``fn(speculator)`` on the worker thread and return its result, without blocking the loop.
 
+        The job is given up (dropped if queued, stopped at its next checkpoint if running) when the deadline
+        passes or the calling task is cancelled (the client disconnected).
+
         Args:
             fn: The work; it runs on the scoring thread with the loaded speculator.
-            tokens: Prompt tokens involved (for logs).
+            tokens: Prompt tokens involved (for the cost estimate and the logs).
 
         Raises:
-            ScoringUnavailableError: The queue is full, the deadline passed (queue time included), the
-                speculator failed to load, or ``fn`` raised (then ``reason="error"`` and the cause is chained).
+            ScoringUnavailableError: The job was refused (see :meth:`submit`), the deadline passed (queue time
+                included), or ``fn`` raised (then ``reason="error"`` and the cause is chained).
 
         """
-        future = self.submit(fn)
-        deadline = self.settings.deadline_seconds
+        job = self.submit(fn, tokens=tokens)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=deadline)
-        except TimeoutError:
-            logger.warning("specprefill: scoring %d tokens missed the %.3gs deadline", tokens, deadline)
-            raise ScoringUnavailableError("deadline", f"scoring took longer than {deadline:g}s") from None
+            return await asyncio.wait_for(
+                asyncio.wrap_future(job.future), timeout=max(job.deadline - time.monotonic(), 0.0)
+            )
+        except (TimeoutError, ScoringCancelledError):  # the worker may notice the deadline first
+            job.give_up()
+            raise ScoringUnavailableError(
+                "deadline", f"scoring {tokens} tokens took longer than {self.settings.deadline_seconds:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            job.give_up()
+            raise
         except ScoringUnavailableError:
             raise
         except Exception as exc:
             raise ScoringUnavailableError("error", f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Shut down: every waiting caller gets ``shutdown`` at once and running work stops at its next checkpoint."""
+        self._closed = True
+        error = ScoringUnavailableError("shutdown", "the server is shutting down")
+        for job in self._queue.close() + [job for jobs, _ in self._running for job in jobs]:
+            job.cancelled.set()
+            _fail(job, error)
 
     # --- worker thread ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -254,34 +263,76 @@ class ScoringService:
         finally:
             self._loaded.set()
 
-    def _take_batch(self) -> list[_Job]:
-        batch = [self._queue.get()]
-        while len(batch) < self.settings.max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
     def _work(self) -> None:
         self._load()
         while True:
-            batch = self._take_batch()
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if live:
-                self.batches[len(live)] += 1
-                if self.on_batch is not None:
-                    with contextlib.suppress(Exception):  # metrics must never stop the worker
-                        self.on_batch(len(live))
-            try:
-                self._run_batch(live)
-            except BaseException as exc:  # a bug in a batch path must not stop the worker: fail what is left
-                logger.exception("specprefill: a scoring batch failed")
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+            taken = self._queue.take(self.settings.max_batch)
+            if taken is None:  # closed
+                return
+            live, dropped = taken
+            _drop(dropped)
+            self._execute_batch([job for job in live if job.future.set_running_or_notify_cancel()])
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _execute_batch(self, jobs: list[Job]) -> None:
+        """Run one micro-batch under a watcher; learn its cost; never let an error stop the worker."""
+        if not jobs:
+            return
+        self.batches[len(jobs)] += 1
+        if self.on_batch is not None:
+            with contextlib.suppress(Exception):  # metrics must never stop the worker
+                self.on_batch(len(jobs))
+        start, nested = time.perf_counter(), self._nested_seconds
+        self._running.append((jobs, start))
+        try:
+            with watching(self._watcher(jobs)):
+                self._run_batch(jobs)
+        except BaseException as exc:  # a bug in a batch path must not stop the worker: fail what is left
+            if not isinstance(exc, ScoringCancelledError):
+                logger.exception("specprefill: a scoring batch failed")
+            for job in jobs:
+                _fail(job, exc)
+        finally:
+            self._running.pop()
+        if self._running:  # this batch ran between the windows of another: its time is not the other's
+            self._nested_seconds += time.perf_counter() - start - (self._nested_seconds - nested)
+
+    def _own_seconds(self, start: float, nested: float) -> float:
+        """Seconds since ``start`` less the time jobs nested in between took (``nested``: the count then)."""
+        return time.perf_counter() - start - (self._nested_seconds - nested)
+
+    def _watcher(self, jobs: list[Job]) -> Watcher:
+        """Stops the batch once nobody waits for it; at window boundaries, runs queued jobs that fit its slack."""
+
+        def watch(boundary: Boundary) -> None:
+            now = time.monotonic()
+            if self._closed or all(job.abandoned(now) for job in jobs):
+                raise ScoringCancelledError("nobody waits for this scoring any more")
+            if boundary == "window":
+                self._run_urgent(jobs)
+
+        return watch
+
+    def _run_urgent(self, current: list[Job]) -> None:
+        """Run queued jobs due before ``current`` may finish, while ``current`` still meets its deadline."""
+        deadline = min(job.deadline for job in current)
+        while True:
+            remaining = self._running_remaining(time.monotonic(), top_only=True)
+
+            def fits(job: Job, remaining: float = remaining) -> bool:
+                return time.monotonic() + remaining + job.estimate <= deadline
+
+            job, dropped = self._queue.urgent(before=float("inf"), fits=fits)
+            _drop(dropped)
+            if job is None or not job.future.set_running_or_notify_cancel():
+                return
+            self._execute_batch([job])
+
+    def _running_remaining(self, now: float, *, top_only: bool = False) -> float:
+        """Expected seconds still to go of the running batch(es)."""
+        stack = self._running[-1:] if top_only else self._running
+        return sum(max(sum(job.estimate for job in jobs) - (time.perf_counter() - start), 0.0) for jobs, start in stack)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
         """Run one micro-batch (its jobs' futures are running; each gets a result or an exception).
 
         With a speculator that batches (``batch_forward``), the :class:`BatchableJob` ones share its
@@ -294,24 +345,54 @@ class ScoringService:
             if job not in done:
                 self._run_job(job)
 
-    def _run_together(self, jobs: list[_Job]) -> bool:
+    def _run_together(self, jobs: list[Job]) -> bool:
         """Prepare every job, score them in one :meth:`Speculator.score_prompts`, finish each; False if it failed."""
         speculator = self._speculator
         assert speculator is not None  # a batch runs only after a successful load
         fns = [job.fn for job in jobs if isinstance(job.fn, BatchableJob)]
+        start, nested = time.perf_counter(), self._nested_seconds
         try:
             staged = [fn.prepare(speculator) for fn in fns]
             scored = speculator.score_prompts(staged)
             results = [fn.finish(speculator, item) for fn, item in zip(fns, scored, strict=True)]
+        except ScoringCancelledError:
+            raise
         except Exception as exc:  # one job's fault: run them one by one, each with its own outcome
             logger.info("specprefill: a micro-batch of %d failed together (%s); scoring one by one", len(jobs), exc)
             return False
+        self.cost.observe(sum(job.tokens for job in jobs), self._own_seconds(start, nested))  # before callers wake
         for job, result in zip(jobs, results, strict=True):
-            job.future.set_result(result)
+            _settle(job, result)
         return True
 
-    def _run_job(self, job: _Job) -> None:
+    def _run_job(self, job: Job) -> None:
+        if job.abandoned():
+            _fail(job, ScoringUnavailableError("deadline", "the caller gave up before the job started"))
+            return
+        start, nested = time.perf_counter(), self._nested_seconds
         try:
-            job.future.set_result(self._execute(job.fn))
+            result = self._execute(job.fn)
         except BaseException as exc:  # handed to the waiting coroutine, never kills the worker
-            job.future.set_exception(exc)
+            _fail(job, exc)
+            return
+        self.cost.observe(job.tokens, self._own_seconds(start, nested))  # learnt before the caller wakes
+        _settle(job, result)
+
+
+def _settle(job: Job, result: Any) -> None:
+    if not job.future.done():
+        job.future.set_result(result)
+
+
+def _fail(job: Job, error: BaseException) -> None:
+    if job.future.done():
+        return
+    if not job.future.running() and not job.future.set_running_or_notify_cancel():
+        return  # cancelled while queued: nobody waits
+    job.future.set_exception(error)
+
+
+def _drop(jobs: list[Job]) -> None:
+    """Jobs whose callers gave up before they started: never run."""
+    for job in jobs:
+        _fail(job, ScoringUnavailableError("deadline", "the caller gave up before the job started"))

@@ -37,7 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 
-__all__ = ["ENV_FILE", "ENV_PREFIX", "ServerSettings", "env_values", "read_file"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_POSITION_INTS",
+    "ENV_FILE",
+    "ENV_PREFIX",
+    "ServerSettings",
+    "env_values",
+    "read_file",
+]
 
 logger = logging.getLogger("specprefill.server")
 
@@ -52,6 +60,20 @@ _CONFIG_JSON = "CONFIG_JSON"
 
 _SHORTCUTS = ("keep_rate", "min_prompt_tokens", "max_kept_tokens")
 """Fields of ``config`` that also have their own top-level setting and variable."""
+
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+"""16 MiB: a 128k-token prompt sent as token ids with a full position map is under 3 MB, while a list of
+10^7 integers is at least 20 MB of JSON. Raise it for requests with many base64 images."""
+
+DEFAULT_MAX_POSITION_INTS = 2**17
+"""131,072 integers. Clients encode maximal runs (:func:`~specprefill.vllm_plugin.positions.encode_runs`),
+separated by at least one dropped token, so a T-token prompt has at most ceil(T/2) runs: at most T integers
+for an even T, even when every other token is kept. The default therefore admits every map of a prompt up to
+131,072 tokens (a full 128k context at token granularity), and a map of 32-token chunks, as SpecPrefill keeps
+them, for prompts of 4 million tokens. A map at the limit is 1.2 MB of JSON, which vLLM parses on its event
+loop in tens of milliseconds (on 2 CPU cores ``/health`` then waited at most 29 ms; at twice the limit,
+132 ms); the 16 MiB body limit alone let through 1.8 million integers, which held the loop for 1.1 s."""
 
 
 class ServerSettings(BaseModel):
@@ -94,15 +116,30 @@ class ServerSettings(BaseModel):
     """Score a micro-batch's prompts in shared padded forward passes (None: on CUDA only, where it pays;
     on CPU the padded batch measured slower than one prompt at a time)."""
 
-    max_body_bytes: int = Field(default=16 * 2**20, ge=0)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=0)
     """Largest request body the server reads (:class:`~specprefill.server.limits.BodyLimitMiddleware`; 413
     above it, before parsing; 0 = no limit). Raise it for requests with many base64 images."""
+
+    max_position_ints: int = Field(default=DEFAULT_MAX_POSITION_INTS, ge=0)
+    """Longest position map (``vllm_xargs.specprefill_runs``) a request body may carry, in integers; a longer
+    one gets a 413 from :class:`~specprefill.server.limits.BodyLimitMiddleware` before the body is parsed
+    (0 = no check). The default, 131,072, admits every map of a prompt up to 131,072 tokens (a map holds at
+    most one integer per prompt token) and costs vLLM tens of milliseconds to parse; see
+    :data:`DEFAULT_MAX_POSITION_INTS`."""
 
     max_prune_bytes: int = Field(default=8 * 2**20, ge=1)
     """Largest body of ``POST /specprefill/v1/prune`` (:mod:`specprefill.server.endpoint`)."""
 
     preload: bool = True
     """Load the speculator when the API server starts (else on the first request)."""
+
+    cost_guard: bool = True
+    """Skip scoring (``fallback_reason: "cost_guard"``) when the speculator's expected time, learnt online,
+    exceeds the base prefill time pruning would save, also learnt online from the requests served."""
+
+    max_prune_tokens: int = Field(default=32_768, ge=1)
+    """Longest prompt ``POST /specprefill/v1/prune`` scores, in tokens (estimated from the characters before
+    anything runs; a 413 above it)."""
 
     @property
     def enabled(self) -> bool:

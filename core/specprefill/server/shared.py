@@ -35,7 +35,8 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, Literal, TypeVar
 
 from specprefill.errors import SpeculatorError
-from specprefill.server.service import ScoringService, ScoringUnavailableError, _Job
+from specprefill.server.queueing import Job
+from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator.base import Speculator
 
@@ -200,7 +201,7 @@ class ScorerHost:
         except Exception as exc:  # a job this process cannot unpickle: it alone fails
             return ScoringUnavailableError("error", f"unreadable job: {type(exc).__name__}: {exc}")
         try:
-            return self.service.submit(fn)
+            return self.service.submit(fn).future
         except BaseException as exc:  # queue_full or load_failed: answered in order with the others
             return exc
 
@@ -259,7 +260,7 @@ class ForwardingService(ScoringService):
             self._conn.close()
             self._conn = None
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _run_batch(self, jobs: list[Job]) -> None:
         """Send the micro-batch as one message (the host queues it together) and read its answers.
 
         Every caller of the batch queued its job before now, so after ``deadline_seconds`` all of them
@@ -300,7 +301,7 @@ class ForwardingService(ScoringService):
                 job.future.set_exception(value)
 
     @staticmethod
-    def _fail(jobs: list[_Job], error: BaseException) -> None:
+    def _fail(jobs: list[Job], error: BaseException) -> None:
         for job in jobs:
             job.future.set_exception(error)
 

@@ -22,6 +22,7 @@ from specprefill.prompt.protect import check_spans, protection_for_messages
 from specprefill.prompt.segments import check_segments, scoring_config, segment_starts_of
 from specprefill.result import Message, PruneResult
 from specprefill.spans import Span, char_spans_to_token_mask
+from specprefill.speculator.checkpoints import ScoringCancelledError
 
 __all__ = ["ImportanceResult", "Speculator"]
 
@@ -165,7 +166,7 @@ class Speculator(ResultBuilder, ABC):
             try:
                 result = self.score(prepared.input_ids, scoring_config(prepared, cfg))
             except SpecPrefillError as exc:
-                if not cfg.fallback_on_error or isinstance(exc, PromptError):
+                if not cfg.fallback_on_error or isinstance(exc, (PromptError, ScoringCancelledError)):
                     raise
                 reason = self._fallback_reason(exc)
             except Exception as exc:  # any failure of the model falls back to the full prompt
@@ -200,6 +201,8 @@ class Speculator(ResultBuilder, ABC):
         wanted = [i for i, (prepared, cfg) in enumerate(items) if cfg.long_enough(prepared.n_tokens)]
         try:
             batch = self.score_many([(items[i][0].input_ids, scoring_config(*items[i])) for i in wanted])
+        except ScoringCancelledError:
+            raise  # nobody waits for any of them
         except Exception as exc:  # one prompt's fault must not decide the others'
             logger.info("speculator %s: batched scoring failed (%s); scoring one by one", self.name, exc)
             return [self.score_prompt(prepared, cfg) for prepared, cfg in items]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from specprefill.speculator.capture import Recorder, row_view
+from specprefill.speculator.checkpoints import checkpoint
 
 __all__ = ["PADDING_SLACK", "BatchCapture", "capture_batch", "length_buckets"]
 
@@ -126,6 +127,7 @@ def capture_batch(
         recorder.query_tail = 1
         step_positions = positions[:, -1:] + 1
         for _ in range(lookahead - 1):
+            checkpoint("step")
             picks = out.logits[:, -1].argmax(dim=-1).tolist()
             for i, token in enumerate(picks):
                 live[i] = live[i] and int(token) not in eos_ids

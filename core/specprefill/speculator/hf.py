@@ -38,6 +38,7 @@ from specprefill.spans import Span
 from specprefill.speculator.base import ImportanceResult, Speculator
 from specprefill.speculator.batching import capture_batch, length_buckets
 from specprefill.speculator.capture import Recorder, head_scores, prompt_importance
+from specprefill.speculator.checkpoints import checkpoint
 from specprefill.speculator.decode_attention import plain_cpu_decode, single_query_attention
 from specprefill.speculator.heads import HeadProfile, find_profile
 
@@ -66,6 +67,7 @@ def register_capture_attention() -> None:
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
         def capture(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+            checkpoint("layer")  # a cancelled job stops within one layer
             recorder = _RECORDER.get()
             if recorder is not None:
                 recorder.record(module, query, key, kwargs)
@@ -236,6 +238,7 @@ class HFSpeculator(Speculator):
         lookahead: list[int] = []
         bar = tqdm(total=n_windows, desc="speculator windows", unit="window", disable=None, leave=False)
         for start in range(0, prefix, seg):
+            checkpoint("window")  # more urgent work may run here; a cancelled job stops
             end = min(start + seg, prefix)
             head = ids[:sink] + ids[max(sink, start - overlap) : start] if start > 0 else []
             part = self._score_once(head + ids[start:end] + ids[prefix:], config)
@@ -331,6 +334,7 @@ class HFSpeculator(Speculator):
             cache = out.past_key_values
             recorder.query_tail = 1
             for _ in range(config.lookahead - 1):
+                checkpoint("step")
                 nxt = int(out.logits[0, -1].argmax())
                 if nxt in self.eos_ids:
                     break

@@ -87,12 +87,15 @@ def stats_object(
 
 
 def prune_stats_object(stats: PruneStats) -> dict[str, Any]:
-    """The stats object of a pruning whose kept text goes back to the caller (no positions restored)."""
+    """The stats object of a pruning whose kept text goes back to the caller (no positions restored).
+
+    A speculator failure is reported as the code ``"error"``; its text stays in the server log.
+    """
     return stats_object(
         stats.tokens_in,
         stats.tokens_kept,
         speculator_seconds=stats.speculator_seconds,
-        fallback_reason=stats.fallback_reason,
+        fallback_reason="error" if stats.fallback_reason else None,
         positions="none",
     )
 

@@ -93,7 +93,7 @@ def blocked_service(spec: FakeSpeculator) -> tuple[ScoringService, threading.Eve
     service = ScoringService(ServerSettings(speculator="fake", max_batch=8), loader=lambda: spec)
     release = threading.Event()
     assert service.wait_loaded(5)
-    busy = service.submit(lambda s: release.wait(10))
+    busy = service.submit(lambda s: release.wait(10)).future
     while not busy.running():
         pass
     return service, release
@@ -151,7 +151,7 @@ async def test_without_batch_forward_jobs_run_one_by_one() -> None:
 @pytest.mark.parametrize("value", ["true", "false"])
 def test_the_batch_forward_setting_reaches_the_speculator(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import specprefill.speculator.loading as models
-    from specprefill.server.service import load_configured_speculator
+    from specprefill.server.loader import load_configured_speculator
 
     monkeypatch.setattr(models, "load_speculator", lambda name, **kw: BatchingFake(name=name))
     settings = ServerSettings.load({"SPECPREFILL_SERVER_SPECULATOR": "any", "SPECPREFILL_SERVER_BATCH_FORWARD": value})

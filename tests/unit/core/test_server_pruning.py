@@ -14,8 +14,10 @@ from fakes import FakeSpeculator, chatml
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError, PromptError
 from specprefill.server import hooks, pruning
-from specprefill.server.pruning import ScoreJob, chat_messages
+from specprefill.server.pruning import ScoreJob
+from specprefill.server.replies import attach_stats
 from specprefill.server.settings import ServerSettings
+from specprefill.server.tickets import Ticket, chat_messages
 from specprefill.wire.stats import merge_stats, stats_object
 from specprefill.wire.xargs import OverrideError, overrides_from_xargs, wants_kept_runs
 
@@ -128,7 +130,7 @@ async def _sse(items: list[str]) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize(("usage_chunk", "with_stats"), [(True, [2]), (False, [1])])
 async def test_stream_stats_go_once_on_the_final_chunk(usage_chunk: bool, with_stats: list[int]) -> None:
-    ticket = hooks.Ticket(config=SpecPrefillConfig(), usage_chunk=usage_chunk)
+    ticket = Ticket(config=SpecPrefillConfig(), usage_chunk=usage_chunk)
     ticket.stats["r"] = stats_object(10, 4)
     chunks = [
         'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}],"usage":{"prompt_tokens":4}}\n\n',
@@ -137,7 +139,7 @@ async def test_stream_stats_go_once_on_the_final_chunk(usage_chunk: bool, with_s
         'data: {"error":{"message":"x"},"choices":[],"usage":{"prompt_tokens":4}}\n\n',
         "data: [DONE]\n\n",
     ]
-    out = [item async for item in hooks._attach(_sse(chunks), ticket)]
+    out = [item async for item in attach_stats(_sse(chunks), ticket)]
     for i, (item, chunk) in enumerate(zip(out, chunks, strict=True)):
         if i in with_stats:
             assert json.loads(item[len("data: ") :])["specprefill"] == ticket.stats["r"]

@@ -11,7 +11,8 @@ import pytest
 
 from fakes import FakeSpeculator
 from specprefill.errors import ConfigurationError
-from specprefill.server.service import ScoringService, ScoringUnavailableError, load_configured_speculator
+from specprefill.server.loader import load_configured_speculator
+from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator.base import Speculator
 

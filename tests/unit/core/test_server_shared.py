@@ -158,7 +158,7 @@ async def test_a_full_host_queue_is_queue_full_for_the_client() -> None:
     server.start()
     try:
         assert service.wait_loaded(5)
-        running = service.submit(functools.partial(nap, seconds=0.5))
+        running = service.submit(functools.partial(nap, seconds=0.5)).future
         while not running.running():
             time.sleep(0.01)
         service.submit(functools.partial(nap, seconds=0.0))  # waits: the queue is full
@@ -211,21 +211,21 @@ def test_start_host_exports_its_address_once(monkeypatch: pytest.MonkeyPatch) ->
 
 
 async def test_a_clients_micro_batch_reaches_the_host_as_one_batch(host: shared.ScorerHost) -> None:
-    from specprefill.server.service import _Job
+    from specprefill.server.queueing import Job
 
     release = threading.Event()
     svc = client(host)
     assert svc.wait_loaded(5) and host.service.wait_loaded(5)
-    busy = host.service.submit(lambda spec: release.wait(30))  # the host's worker is busy meanwhile
+    busy = host.service.submit(lambda spec: release.wait(30)).future  # the host's worker is busy meanwhile
     while not busy.running():
         time.sleep(0.01)
-    jobs = [_Job(functools.partial(nap, seconds=0.0)) for _ in range(3)]
+    jobs = [Job(functools.partial(nap, seconds=0.0), deadline=time.monotonic() + 30) for _ in range(3)]
     for job in jobs:
         assert job.future.set_running_or_notify_cancel()
     sender = threading.Thread(target=svc._run_batch, args=(jobs,))
     sender.start()
     deadline = time.monotonic() + 30
-    while host.service._queue.qsize() < 3 and time.monotonic() < deadline:
+    while len(host.service._queue) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     release.set()
     sender.join(30)
