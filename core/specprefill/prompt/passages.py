@@ -6,9 +6,10 @@ message holding ``Passages:``, every passage under a numbered header (``[1] <hea
 
 - every passage starts its own chunk grid (``segments``), so no chunk straddles two passages or a passage
   and its header, and chunks score the mean importance of their unprotected tokens only;
-- everything outside the passages (instruction, headers, question, chat template) is protected and does
-  not use the budget, which counts the passages' tokens (``keep_rate`` of them, ``max_kept_tokens`` at
-  most; see :func:`specprefill.scoring.select_chunks` with segments);
+- everything outside the passages (instruction, headers, question, chat template) is protected and, by
+  default, does not use the budget, which counts the passages' tokens (``keep_rate`` of them,
+  ``max_kept_tokens`` at most; see :func:`specprefill.scoring.select_chunks` with segments); with
+  ``protected_count_toward_budget`` it does;
 - ``min_tokens_per_passage`` then tops every passage up to that many kept tokens, best chunks first;
 - the kept character spans are written back passage by passage.
 

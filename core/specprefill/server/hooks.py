@@ -34,12 +34,12 @@ import contextvars
 import functools
 import importlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from specprefill.config import SpecPrefillConfig
+from specprefill.scoring.select import budget_chunks
 from specprefill.server import metrics, shared
 from specprefill.server.pruning import TOKENIZER_PROBE, Outcome, ScoreJob, TokenizerMismatchError
 from specprefill.server.queueing import CostEstimate
@@ -47,7 +47,7 @@ from specprefill.server.replies import attach_stats
 from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
 from specprefill.server.shared import get_service
-from specprefill.server.tickets import Ticket, chat_messages, responses_messages, ticket_for
+from specprefill.server.tickets import Ticket, chat_messages, maybe_booleans, responses_messages, ticket_for
 from specprefill.vllm_plugin.common import HOOK_MARK, unsupported_reason
 from specprefill.vllm_plugin.guard import has_position_keys
 from specprefill.vllm_plugin.positions import XARG_LENGTH, XARG_RUNS, request_extras
@@ -82,9 +82,8 @@ def _wrap_handler(original: Callable[..., Any], *, kind: str) -> Callable[..., A
     @functools.wraps(original)
     async def handler(self: Any, request: Any, raw_request: Any = None) -> Any:
         try:
-            ticket = ticket_for(
-                request, _server_config(), messages=_messages(request, kind), raw_body=await _body(raw_request)
-            )
+            body = await _body(raw_request) if maybe_booleans(request) else None  # the body only when it decides
+            ticket = ticket_for(request, _server_config(), messages=_messages(request, kind), raw_body=body)
         except OverrideError as exc:
             return self.create_error_response(f"vllm_xargs.{exc}", param=f"vllm_xargs.{exc.field}")
         token = _ticket.set(ticket)
@@ -220,7 +219,7 @@ def cost_guard(service: ScoringService, config: SpecPrefillConfig, n: int) -> st
     scoring, base = service.cost.estimate(n), BASE_COST.seconds_per_token
     if scoring is None or base is None:
         return None
-    kept = math.ceil(config.keep_rate * n)
+    kept = budget_chunks(config.keep_rate, n)  # the selection's own rounding of the token budget
     if config.max_kept_tokens is not None:
         kept = min(kept, config.max_kept_tokens)
     return "cost_guard" if scoring > base * (n - kept) else None

@@ -93,12 +93,12 @@ def prune_request(
         PromptTooLongError: The prompt holds more than ``max_tokens`` speculator tokens (checked before scoring).
 
     """
-    _check_length(speculator, request, max_tokens)
     if isinstance(request.prompt, str) and request.question is not None:
+        _check_length(speculator.count_tokens(request.prompt + request.question), max_tokens)
         return _prune_with_question(speculator, request, config)
-    scored = speculator.score_prompt(
-        request.prompt, config, protected_spans=request.protected_spans, segments=request.segments
-    )
+    prepared = speculator.prepare(request.prompt, request.protected_spans, config=config)
+    _check_length(prepared.n_tokens, max_tokens)  # counted on the tokens that are scored next, not again
+    scored = speculator.score_prompt(prepared, config, segments=request.segments)
     result = speculator.select(scored, config)
     return PruneReply(
         text=result.text,
@@ -133,7 +133,7 @@ def error_body(status: int, message: str, kind: str, param: str | None = None) -
     return status, {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
-def _inputerror_body(exc: BaseException) -> BaseException | None:
+def _input_error(exc: BaseException) -> BaseException | None:
     """The caller's mistake behind a failure, if it is one (the service wraps what ``fn`` raised as the cause)."""
     for error in (exc, exc.__cause__):
         if isinstance(error, (PromptError, ConfigurationError)):
@@ -152,13 +152,9 @@ def _characters(request: PruneRequest) -> int:
     return sum(len(str(m.get("content", ""))) for m in request.prompt)
 
 
-def _check_length(speculator: Speculator, request: PruneRequest, max_tokens: int | None) -> None:
-    """Refuse a prompt over ``max_tokens`` speculator tokens, counted exactly (one tokenisation, no model)."""
-    if max_tokens is None:
-        return
-    texts = [request.prompt] if isinstance(request.prompt, str) else [str(m.get("content", "")) for m in request.prompt]
-    tokens = sum(speculator.count_tokens(text) for text in [*texts, request.question or ""])
-    if tokens > max_tokens:
+def _check_length(tokens: int, max_tokens: int | None) -> None:
+    """Refuse a prompt of more than ``max_tokens`` speculator tokens, before the model runs."""
+    if max_tokens is not None and tokens > max_tokens:
         raise PromptTooLongError(_too_long(tokens, max_tokens))
 
 
@@ -193,7 +189,7 @@ async def handle_prune(body: object, service: ScoringRunner) -> tuple[int, dict[
     try:
         reply = await service.run(work, tokens=estimate)
     except Exception as exc:  # scoring unavailable (queue full, deadline, over budget, load failure, error)
-        bad_input = _inputerror_body(exc)
+        bad_input = _input_error(exc)
         if isinstance(bad_input, PromptTooLongError):
             return error_body(413, str(bad_input), "request_too_large", "prompt")
         if bad_input is not None:

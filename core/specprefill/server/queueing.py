@@ -139,8 +139,8 @@ class JobQueue:
                 return None
             return self._pop(most)
 
-    def urgent(self, before: float, fits: Callable[[Job], bool]) -> tuple[Job | None, list[Job]]:
-        """The earliest live job due before ``before`` for which ``fits(job)`` holds (not waiting for one).
+    def urgent(self, fits: Callable[[Job], bool]) -> tuple[Job | None, list[Job]]:
+        """The earliest live job, if ``fits(job)`` holds for it (never waits for one).
 
         Returns:
             ``(job or None, abandoned jobs dropped on the way)``.
@@ -151,7 +151,7 @@ class JobQueue:
             now = time.monotonic()
             while self._heap and self._heap[0].abandoned(now):
                 dropped.append(heapq.heappop(self._heap))
-            if self._heap and self._heap[0].deadline < before and fits(self._heap[0]):
+            if self._heap and fits(self._heap[0]):
                 return heapq.heappop(self._heap), dropped
             return None, dropped
 

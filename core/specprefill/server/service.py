@@ -117,7 +117,7 @@ class ScoringService:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
-        self._running: list[tuple[list[Job], float]] = []
+        self._running: list[tuple[list[Job], float, float]] = []
         """The batches on the worker's stack (a job may run between the windows of another) and their starts."""
         self._nested_seconds = 0.0
         self.cost = CostEstimate()
@@ -180,7 +180,7 @@ class ScoringService:
         due = now + self.settings.deadline_seconds if deadline is None else deadline
         estimate = self.cost.estimate(tokens)
         if estimate is not None:
-            ahead = self._queue.backlog(before=due) + self._running_remaining(now)
+            ahead = self._queue.backlog(before=due) + self._running_remaining()
             if now + ahead + estimate > due:
                 raise ScoringUnavailableError(
                     "over_budget",
@@ -231,7 +231,7 @@ class ScoringService:
         """Shut down: every waiting caller gets ``shutdown`` at once and running work stops at its next checkpoint."""
         self._closed = True
         error = ScoringUnavailableError("shutdown", "the server is shutting down")
-        for job in self._queue.close() + [job for jobs, _ in self._running for job in jobs]:
+        for job in self._queue.close() + [job for jobs, _, _ in self._running for job in jobs]:
             job.cancelled.set()
             _fail(job, error)
 
@@ -274,7 +274,7 @@ class ScoringService:
             self._execute_batch([job for job in live if job.future.set_running_or_notify_cancel()])
 
     def _execute_batch(self, jobs: list[Job]) -> None:
-        """Run one micro-batch under a watcher; learn its cost; never let an error stop the worker."""
+        """Run one micro-batch under a watcher (it stops work nobody waits for); no error stops the worker."""
         if not jobs:
             return
         self.batches[len(jobs)] += 1
@@ -282,7 +282,7 @@ class ScoringService:
             with contextlib.suppress(Exception):  # metrics must never stop the worker
                 self.on_batch(len(jobs))
         start, nested = time.perf_counter(), self._nested_seconds
-        self._running.append((jobs, start))
+        self._running.append((jobs, start, nested))
         try:
             with watching(self._watcher(jobs)):
                 self._run_batch(jobs)
@@ -294,7 +294,7 @@ class ScoringService:
         finally:
             self._running.pop()
         if self._running:  # this batch ran between the windows of another: its time is not the other's
-            self._nested_seconds += time.perf_counter() - start - (self._nested_seconds - nested)
+            self._nested_seconds += self._own_seconds(start, nested)
 
     def _own_seconds(self, start: float, nested: float) -> float:
         """Seconds since ``start`` less the time jobs nested in between took (``nested``: the count then)."""
@@ -313,24 +313,26 @@ class ScoringService:
         return watch
 
     def _run_urgent(self, current: list[Job]) -> None:
-        """Run queued jobs due before ``current`` may finish, while ``current`` still meets its deadline."""
+        """Run queued jobs, earliest deadline first, while ``current`` would still meet its deadline after each."""
         deadline = min(job.deadline for job in current)
+
+        def fits(job: Job) -> bool:
+            return time.monotonic() + self._running_remaining(top_only=True) + job.estimate <= deadline
+
         while True:
-            remaining = self._running_remaining(time.monotonic(), top_only=True)
-
-            def fits(job: Job, remaining: float = remaining) -> bool:
-                return time.monotonic() + remaining + job.estimate <= deadline
-
-            job, dropped = self._queue.urgent(before=float("inf"), fits=fits)
+            job, dropped = self._queue.urgent(fits)
             _drop(dropped)
             if job is None or not job.future.set_running_or_notify_cancel():
                 return
             self._execute_batch([job])
 
-    def _running_remaining(self, now: float, *, top_only: bool = False) -> float:
-        """Expected seconds still to go of the running batch(es)."""
+    def _running_remaining(self, *, top_only: bool = False) -> float:
+        """Expected seconds still to go of the running batch(es): estimate less their own time so far."""
         stack = self._running[-1:] if top_only else self._running
-        return sum(max(sum(job.estimate for job in jobs) - (time.perf_counter() - start), 0.0) for jobs, start in stack)
+        return sum(
+            max(sum(job.estimate for job in jobs) - self._own_seconds(start, nested), 0.0)
+            for jobs, start, nested in stack
+        )
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Run one micro-batch (its jobs' futures are running; each gets a result or an exception).

@@ -35,6 +35,7 @@ __all__ = [
     "Ticket",
     "chat_messages",
     "check_xarg_keys",
+    "maybe_booleans",
     "raw_booleans",
     "responses_messages",
     "ticket_for",
@@ -138,6 +139,12 @@ def responses_messages(instructions: str | None, items: str | Sequence[Any]) -> 
     return chat_messages(out)
 
 
+def maybe_booleans(request: Any) -> list[str]:
+    """The number keys whose value is 0 or 1: JSON booleans after vLLM's parsing, or real numbers (see the body)."""
+    xargs = getattr(request, "vllm_xargs", None) or {}
+    return sorted(key for key in NUMBER_XARGS if xargs.get(key) in (0, 1))
+
+
 def ticket_for(
     request: Any, base: SpecPrefillConfig, *, messages: list[Message] | None, raw_body: bytes | None = None
 ) -> Ticket:
@@ -147,7 +154,8 @@ def ticket_for(
         request: vLLM's parsed request (``vllm_xargs``, ``stream_options``).
         base: The server's pruning config.
         messages: The text messages the prompt is rendered from (None: none, or not text).
-        raw_body: The request body as sent, to refuse JSON booleans vLLM has already turned into numbers.
+        raw_body: The request body as sent, to refuse JSON booleans vLLM has already turned into numbers
+            (needed only when :func:`maybe_booleans` names a key).
 
     Raises:
         OverrideError: An unknown ``specprefill_*`` key, a boolean or out-of-range setting; ``field`` names
@@ -156,7 +164,7 @@ def ticket_for(
     """
     xargs = getattr(request, "vllm_xargs", None) or {}
     check_xarg_keys(xargs)
-    ambiguous = [key for key in NUMBER_XARGS if xargs.get(key) in (0, 1)]
+    ambiguous = maybe_booleans(request)
     if raw_body is not None and ambiguous:
         for key in raw_booleans(raw_body, ambiguous):
             raise OverrideError(f"{key} must be a number, got a JSON boolean", key)

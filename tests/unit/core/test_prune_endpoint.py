@@ -308,7 +308,7 @@ async def test_a_prompt_over_the_token_cap_is_refused_before_scoring() -> None:
     assert "SPECPREFILL_SERVER_MAX_PRUNE_TOKENS" in body["error"]["message"] and svc.tokens == []
     # under the estimate but over the exact count (one token a character): counted before scoring, still 413
     status, body = await handle_prune({"prompt": "x" * 300}, svc)
-    assert status == 413 and "300 tokens" in body["error"]["message"]
+    assert status == 413 and "301 tokens" in body["error"]["message"]  # the 300 characters and the BOS token
 
 
 async def test_a_prompt_that_cannot_be_scored_in_time_falls_back_at_once() -> None:

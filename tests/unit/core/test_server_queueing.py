@@ -89,9 +89,9 @@ def test_queue_urgent_respects_the_fit() -> None:
     queue.put(long)
     queue.put(short)
     assert queue.backlog(before=now + 5.5) == pytest.approx(0.1)
-    job, dropped = queue.urgent(before=now + 100, fits=lambda j: j.estimate < 1.0)
+    job, dropped = queue.urgent(lambda j: j.estimate < 1.0)
     assert job is short and dropped == []
-    assert queue.urgent(before=now + 100, fits=lambda j: j.estimate < 1.0) == (None, [])
+    assert queue.urgent(lambda j: j.estimate < 1.0) == (None, [])
 
 
 def test_checkpoints_do_nothing_unwatched_and_stop_when_told() -> None:

@@ -227,13 +227,21 @@ def test_unloadable_speculator_falls_back_or_raises(monkeypatch: pytest.MonkeyPa
         {"keep_rate": 1.5},
         {"max_kept_tokens": 0},
         {"min_tokens_per_node": -1},
-        {"config": SpecPrefillConfig(protected_count_toward_budget=True)},
         {"speculator": 42},
     ],
 )
 def test_invalid_settings_raise_configuration_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         SpecPrefillNodePostprocessor(**kwargs)
+
+
+def test_protected_tokens_can_count_toward_the_budget() -> None:
+    """Headers, the question and the instruction use up the budget when the config says so (core honours it)."""
+    free = _pp(keep_rate=0.5).postprocess_nodes(_nodes(), query_str="What is the answer?")
+    config = SpecPrefillConfig(min_prompt_tokens=0, chunk_size=8, protected_count_toward_budget=True)
+    counted = _pp(keep_rate=0.5, config=config).postprocess_nodes(_nodes(), query_str="What is the answer?")
+    kept = [sum(len(n.node.get_content()) for n in out) for out in (free, counted)]
+    assert kept[1] < kept[0]
 
 
 def test_effective_config_combines_budgets() -> None:

@@ -174,11 +174,6 @@ class SpecPrefillNodePostprocessor(BaseNodePostprocessor):
             super().__init__(**fields)
         except ValidationError as exc:
             raise ConfigurationError(f"invalid SpecPrefillNodePostprocessor settings: {exc}") from exc
-        if self.config.protected_count_toward_budget:
-            raise ConfigurationError(
-                "SpecPrefillNodePostprocessor does not support protected_count_toward_budget: passage headers, "
-                "the question and protected metadata values never use the budget; lower max_kept_tokens instead"
-            )
         if isinstance(speculator, Speculator):
             self._speculator = speculator
         elif isinstance(speculator, RemoteSpeculator):
