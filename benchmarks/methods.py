@@ -36,6 +36,7 @@ import numpy.typing as npt
 from benchmarks.tasks import RenderedPrompt, Sample, render_prompt
 from benchmarks.variants import Variant, build_config, scoring_key, segment_starts
 from specprefill.config import SpecPrefillConfig
+from specprefill.prompt.segments import window_config
 from specprefill.scoring import chunk_bounds, select_chunks
 from specprefill.spans import char_spans_to_token_mask
 
@@ -309,16 +310,24 @@ class SpecPrefillMethod(ChunkMethod):
         self.cache = cache
         self.segment_by = str(getattr(self.config, "segment_by", "none"))
 
+    def scoring_config(self, prepared: PreparedSample) -> SpecPrefillConfig:
+        """The config the library scores this prompt with (as ``Speculator.prune`` does).
+
+        Under ``window_in_final_paragraph`` the observation window is cut to the final paragraph: the question
+        and the answer prefix.
+        """
+        return window_config(self.config, prepared.prompt.text, prepared.offsets)
+
     def importance(self, prepared: PreparedSample) -> FloatArray:
-        """``Speculator.score`` over the whole prompt."""
-        result = self.speculator.score(prepared.input_ids, self.config)
+        """``Speculator.score`` over the whole prompt, under :meth:`scoring_config`."""
+        result = self.speculator.score(prepared.input_ids, self.scoring_config(prepared))
         return np.asarray(result.importance, dtype=np.float32)
 
     def scored(self, prepared: PreparedSample) -> tuple[FloatArray, float]:
         """Importance from the shared cache when there is one."""
         if self.cache is None:
             return super().scored(prepared)
-        return self.cache.get(prepared, self.config, lambda: self.importance(prepared))
+        return self.cache.get(prepared, self.scoring_config(prepared), lambda: self.importance(prepared))
 
     def segments(self, prepared: PreparedSample) -> list[int] | None:
         """Segment starts of the prompt at the variant's ``segment_by`` level (None without one)."""

@@ -27,6 +27,7 @@ __all__ = [
     "segment_starts",
     "segment_starts_of",
     "token_starts",
+    "window_config",
 ]
 
 SegmentBy = Literal["none", "messages", "paragraphs", "sentences"]
@@ -176,9 +177,19 @@ def segment_starts(
 
 def scoring_config(prepared: PreparedPrompt, config: SpecPrefillConfig) -> SpecPrefillConfig:
     """``config`` with the observation window cut to the prompt's final paragraph (``window_in_final_paragraph``)."""
+    return window_config(config, prepared.text, prepared.offsets, prepared.content_spans)
+
+
+def window_config(
+    config: SpecPrefillConfig,
+    text: str | None,
+    offsets: Sequence[Span] | None,
+    content_spans: Sequence[Span] | None = None,
+) -> SpecPrefillConfig:
+    """:func:`scoring_config` for a prompt given as its text, token offsets and message content spans."""
     if not config.window_in_final_paragraph or config.observation_window == 0:
         return config
-    tail = final_paragraph_tokens(prepared.text, prepared.offsets, prepared.content_spans)
+    tail = final_paragraph_tokens(text, offsets, content_spans)
     if tail is None or tail >= config.observation_window:
         return config
     return config.with_overrides(observation_window=max(tail, 1))

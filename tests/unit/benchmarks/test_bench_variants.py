@@ -149,6 +149,30 @@ def test_without_a_cache_every_select_scores_again() -> None:
 
 
 # --- options, presets, command line ----------------------------------------------------------------------
+class _WindowSpeculator(_CountingSpeculator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[int] = []
+
+    def score(self, input_ids: list[int], config: SpecPrefillConfig) -> _Scored:
+        self.windows.append(config.observation_window)
+        return super().score(input_ids, config)
+
+
+def test_window_is_cut_to_the_final_paragraph_as_the_library_does() -> None:
+    speculator = _WindowSpeculator()
+    cut = build_method("specprefill-default", speculator=speculator)
+    lastw = {"lastw": {"preset": "default", "window_in_final_paragraph": False}}
+    whole = build_method("lastw", speculator=speculator, variants=lastw)
+    prepared = prepare_sample(_sample(), _char_encode)  # "I\n\n<context>\n\nQ?\nAnswer: A"
+    tail = len("Q?\nAnswer: A")
+    assert isinstance(cut, SpecPrefillMethod) and isinstance(whole, SpecPrefillMethod)
+    assert cut.scoring_config(prepared).observation_window == tail < SpecPrefillConfig().observation_window
+    cut.select(prepared, [0.1])
+    whole.select(prepared, [0.1])
+    assert speculator.windows == [tail, SpecPrefillConfig().observation_window]
+
+
 def _args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     quality_options.configure_parser(parser)
