@@ -4,13 +4,16 @@ For each prompt length the same speculator runs (interleaved, after a warm-up):
 
 * **plain** - one ordinary sdpa prefill forward pass (stock attention, no capture, no look-ahead);
 * **specprefill** - everything scoring needs: capturing prefill, greedy look-ahead, per-layer scoring,
-  pooling and reduction (``Speculator.score``).
+  pooling and reduction (``Speculator.score``), once per look-ahead setting asked for
+  (``--lookahead 8 1``): with look-ahead 1 no logits are read, so the prefill stops after the deepest
+  layer the retrieval-head profile scores.
 
-It prints median seconds, their ratio (target <= 1.15 at 4k) and the peak resident-memory growth of
-each, sampled from /proc. A second table times plain prefill with the speculator loaded in the device's
-default dtype (:func:`specprefill.speculator.loading.default_dtype`), in float32 and in bfloat16, side by side, with
-each load time, and says what the default picked (bf16 is ~4x slower than float32 on CPUs without native
-bf16). Run: ``specprefill bench overhead`` or ``python -m specprefill.bench.overhead``.
+It prints median seconds, their ratio (targets: <= 1.05 at 4k and <= 1.20 at 1k tokens) and the peak
+resident-memory growth of each, sampled from /proc. A second table times plain prefill with the speculator
+loaded in the device's default dtype (:func:`specprefill.speculator.loading.default_dtype`), in float32 and
+in bfloat16, side by side, with each load time, and says what the default picked (bf16 is ~4x slower than
+float32 on CPUs without native bf16). Run: ``specprefill bench overhead`` or
+``python -m specprefill.bench.overhead``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ _WORDS = tuple(
 
 @dataclass(frozen=True)
 class OverheadRow:
-    """One prompt length's measurements."""
+    """One prompt length's measurements under one scoring setting."""
 
     tokens: int
     plain_seconds: float
@@ -52,6 +55,7 @@ class OverheadRow:
     plain_peak_mib: float
     specprefill_peak_mib: float
     queries: int
+    lookahead: int = 8
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,12 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def measure_overhead(
-    speculator: Any, lengths: Sequence[int], repeats: int = 3, config: SpecPrefillConfig | None = None
+    speculator: Any,
+    lengths: Sequence[int],
+    repeats: int = 3,
+    config: SpecPrefillConfig | None = None,
+    *,
+    configs: Sequence[SpecPrefillConfig] = (),
 ) -> list[OverheadRow]:
     """Measure plain prefill and SpecPrefill scoring at each length, interleaved.
 
@@ -102,19 +111,22 @@ def measure_overhead(
         speculator: An :class:`~specprefill.speculator.hf.HFSpeculator`.
         lengths: Prompt lengths in speculator tokens.
         repeats: Timed runs of each kind per length (medians are reported).
-        config: Scoring settings (defaults: look-ahead 8, pool 13).
+        config: Scoring settings (default: the library's defaults).
+        configs: Several scoring settings instead, timed in turn within every repeat against the same
+            plain prefill (e.g. look-ahead 8 and 1, side by side).
 
     Returns:
-        One :class:`OverheadRow` per length.
+        One :class:`OverheadRow` per length and setting.
 
     """
     from tqdm.auto import tqdm
 
-    cfg = config or SpecPrefillConfig()
+    settings = list(configs) or [config or SpecPrefillConfig()]
     text = filler_text(max(lengths) + 64)
     all_ids = speculator.encode(text)[0]
     rows = []
-    bar = tqdm(total=len(lengths) * (2 * repeats + 2), desc="overhead", unit="run", disable=None)
+    per_length = (1 + len(settings)) * (repeats + 1)
+    bar = tqdm(total=len(lengths) * per_length, desc="overhead", unit="run", disable=None)
     for n in lengths:
         ids = all_ids[:n]
 
@@ -122,32 +134,41 @@ def measure_overhead(
             with _stock_attention(speculator.model):
                 speculator.plain_prefill(ids)
 
-        def score(ids: list[int] = ids) -> Any:
-            return speculator.score(ids, cfg)
-
+        scorers = [_scorer(speculator, ids, cfg) for cfg in settings]
         plain()
-        queries = score().queries
-        bar.update(2)
-        plain_runs, score_runs = [], []
+        queries = [score().queries for score in scorers]
+        bar.update(1 + len(settings))
+        plain_runs: list[tuple[float, float]] = []
+        score_runs: list[list[tuple[float, float]]] = [[] for _ in settings]
         for _ in range(repeats):
             plain_runs.append(_timed(plain))
-            score_runs.append(_timed(score))
-            bar.update(2)
+            for runs, score in zip(score_runs, scorers, strict=True):
+                runs.append(_timed(score))
+            bar.update(1 + len(settings))
         p = statistics.median(s for s, _ in plain_runs)
-        s = statistics.median(s for s, _ in score_runs)
-        rows.append(
-            OverheadRow(
-                tokens=n,
-                plain_seconds=p,
-                specprefill_seconds=s,
-                ratio=s / p,
-                plain_peak_mib=max(m for _, m in plain_runs),
-                specprefill_peak_mib=max(m for _, m in score_runs),
-                queries=queries,
+        for cfg, runs, q in zip(settings, score_runs, queries, strict=True):
+            s = statistics.median(s for s, _ in runs)
+            rows.append(
+                OverheadRow(
+                    tokens=n,
+                    plain_seconds=p,
+                    specprefill_seconds=s,
+                    ratio=s / p,
+                    plain_peak_mib=max(m for _, m in plain_runs),
+                    specprefill_peak_mib=max(m for _, m in runs),
+                    queries=q,
+                    lookahead=cfg.lookahead,
+                )
             )
-        )
     bar.close()
     return rows
+
+
+def _scorer(speculator: Any, ids: list[int], config: SpecPrefillConfig) -> Callable[[], Any]:
+    def score() -> Any:
+        return speculator.score(ids, config)
+
+    return score
 
 
 def _plain_runner(speculator: Any, ids: list[int]) -> Callable[[], None]:
@@ -212,13 +233,13 @@ def format_dtype_table(rows: Sequence[DtypeRow], picked: str, load_seconds: Mapp
 def format_table(rows: Sequence[OverheadRow]) -> str:
     """Rows as a fixed-width text table."""
     head = (
-        f"{'tokens':>7} {'plain s':>9} {'specprefill s':>14} {'ratio':>6} "
+        f"{'tokens':>7} {'look-ahead':>10} {'plain s':>9} {'specprefill s':>14} {'ratio':>6} "
         f"{'plain peak MiB':>15} {'specprefill peak MiB':>21} {'queries':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.tokens:>7} {r.plain_seconds:>9.3f} {r.specprefill_seconds:>14.3f} {r.ratio:>6.3f} "
+            f"{r.tokens:>7} {r.lookahead:>10} {r.plain_seconds:>9.3f} {r.specprefill_seconds:>14.3f} {r.ratio:>6.3f} "
             f"{r.plain_peak_mib:>15.1f} {r.specprefill_peak_mib:>21.1f} {r.queries:>8}"
         )
     return "\n".join(lines)
@@ -244,7 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="speculator dtype for the overhead table (default: the device's)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--lookahead", type=int, default=8)
+    parser.add_argument(
+        "--lookahead",
+        type=int,
+        nargs="+",
+        default=None,
+        help="look-ahead of the scoring runs; several values are timed side by side (default: the config's)",
+    )
     parser.add_argument("--no-dtypes", action="store_true", help="skip the default/float32/bfloat16 prefill table")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
@@ -259,8 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels.append(args.dtype)
     variants, load_seconds = _load_variants(args.speculator, args.device, labels)
     speculator = variants[args.dtype or "default"]
-    cfg = SpecPrefillConfig(lookahead=args.lookahead)
-    rows = measure_overhead(speculator, args.lengths, args.repeats, cfg)
+    configs = [SpecPrefillConfig(lookahead=k) for k in args.lookahead or [SpecPrefillConfig().lookahead]]
+    rows = measure_overhead(speculator, args.lengths, args.repeats, configs=configs)
     compared: dict[str, Any] = {k: variants[k] for k in ("default", "float32", "bfloat16") if k in variants}
     dtype_rows = [] if args.no_dtypes else measure_dtypes(compared, args.lengths, args.repeats)
     meta = {
@@ -274,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "repeats": args.repeats,
-        "lookahead": args.lookahead,
-        "pool_kernel": cfg.pool_kernel,
+        "lookahead": [c.lookahead for c in configs],
+        "pool_kernel": configs[0].pool_kernel,
     }
     if args.json:
         payload = {"meta": meta, "rows": [asdict(r) for r in rows], "load_seconds": load_seconds}

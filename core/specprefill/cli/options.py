@@ -150,7 +150,7 @@ def add_pruning(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="scoring queries: last prompt token + N-1 decoded tokens (default 8)",
+        help="scoring queries: last prompt token + N-1 decoded tokens (default: the config's)",
     )
     group.add_argument(
         "--protect-question-tokens",

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from specprefill.speculator.capture import Recorder, row_view
+from specprefill.speculator.capture import Recorder, prefill, row_view
 from specprefill.speculator.checkpoints import checkpoint
 
 __all__ = ["PADDING_SLACK", "BatchCapture", "capture_batch", "length_buckets"]
@@ -118,11 +118,16 @@ def capture_batch(
         ids[i, start:] = torch.tensor(list(row), dtype=torch.long, device=device)
         mask[i, start:] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    recorder = Recorder(total_length=width + lookahead - 1, query_tail=max(query_tail, 1), layers=layers)
+    recorder = Recorder(
+        total_length=width + lookahead - 1, query_tail=max(query_tail, 1), layers=layers, stop_early=lookahead == 1
+    )
     decoded: list[list[int]] = [[] for _ in rows]
     live = [True] * len(rows)
     with torch.inference_mode(), recording(recorder):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        out = prefill(model, **inputs, use_cache=True, logits_to_keep=1)
+        if out is None:  # no look-ahead: the layers after the deepest recorded one never ran
+            return BatchCapture(recorder, starts, decoded)
         cache = out.past_key_values
         recorder.query_tail = 1
         step_positions = positions[:, -1:] + 1

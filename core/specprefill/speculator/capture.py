@@ -21,18 +21,33 @@ from specprefill.scoring import reduce_queries
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Recorder", "head_scores", "prompt_importance", "row_view"]
+__all__ = ["LayersDone", "Recorder", "head_scores", "prefill", "prompt_importance", "row_view"]
+
+
+class LayersDone(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by :meth:`Recorder.record` after its deepest wanted layer: the rest of the forward pass is unused."""
 
 
 class Recorder:
     """Per-call store of the newest query of each layer and its newest keys."""
 
-    def __init__(self, total_length: int, query_tail: int = 1, layers: Collection[int] | None = None) -> None:
+    def __init__(
+        self,
+        total_length: int,
+        query_tail: int = 1,
+        layers: Collection[int] | None = None,
+        *,
+        stop_early: bool = False,
+    ) -> None:
         self.total_length = total_length
         self.query_tail = query_tail
         """How many of the newest query positions the next forward pass records (then 1 for look-ahead)."""
         self.layers = None if layers is None else frozenset(layers)
         """Only these layers are recorded (None: every layer)."""
+        self.stop_after: int | None = max(self.layers) if stop_early and self.layers else None
+        """With ``stop_early`` and a layer list: the deepest listed layer; :meth:`record` raises
+        :class:`LayersDone` once it has seen it, so a prefill whose logits nobody reads (no look-ahead step
+        follows) skips the deeper layers, the final norm and the head."""
         self.queries: dict[int, list[torch.Tensor]] = {}
         self.keys: dict[int, torch.Tensor] = {}
         self.scaling: dict[int, float] = {}
@@ -42,6 +57,8 @@ class Recorder:
     def record(self, module: Any, query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> None:
         """Store one attention call's newest queries and its keys (skipped for unlisted or short-window layers)."""
         layer = int(module.layer_idx)
+        if self.stop_after is not None and layer > self.stop_after:
+            raise LayersDone
         if self.layers is not None and layer not in self.layers:
             return
         window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
@@ -53,6 +70,16 @@ class Recorder:
         scaling = kwargs.get("scaling") or getattr(module, "scaling", None)
         self.scaling[layer] = float(scaling) if scaling else query.shape[-1] ** -0.5
         self.softcap[layer] = kwargs.get("softcap")
+        if layer == self.stop_after:
+            raise LayersDone
+
+
+def prefill(model: Any, **inputs: Any) -> Any | None:
+    """``model(**inputs)``, or None when the active recorder stopped it after its deepest wanted layer."""
+    try:
+        return model(**inputs)
+    except LayersDone:
+        return None
 
 
 def prompt_importance(

@@ -37,7 +37,7 @@ from specprefill.result import Message
 from specprefill.spans import Span
 from specprefill.speculator.base import ImportanceResult, Speculator
 from specprefill.speculator.batching import capture_batch, length_buckets
-from specprefill.speculator.capture import Recorder, head_scores, prompt_importance
+from specprefill.speculator.capture import Recorder, head_scores, prefill, prompt_importance
 from specprefill.speculator.checkpoints import checkpoint
 from specprefill.speculator.decode_attention import plain_cpu_decode, single_query_attention
 from specprefill.speculator.heads import HeadProfile, find_profile
@@ -326,11 +326,18 @@ class HFSpeculator(Speculator):
         import torch
 
         n = len(ids)
-        recorder = Recorder(total_length=n + config.lookahead - 1, query_tail=max(window, 1), layers=heads)
+        recorder = Recorder(
+            total_length=n + config.lookahead - 1,
+            query_tail=max(window, 1),
+            layers=heads,
+            stop_early=config.lookahead == 1,
+        )
         device = self.model.device
         decoded: list[int] = []
         with torch.inference_mode(), _recording(recorder):
-            out = self.model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
+            out = prefill(self.model, input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1)
+            if out is None:  # no look-ahead: the layers after the deepest scored one never ran
+                return recorder, decoded
             cache = out.past_key_values
             recorder.query_tail = 1
             for _ in range(config.lookahead - 1):

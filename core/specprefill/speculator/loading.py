@@ -130,7 +130,7 @@ def load_speculator(
 def default_dtype(device: str = "cpu") -> torch.dtype:
     """The fastest exact-enough weight dtype for ``device`` (what ``dtype=None`` means everywhere).
 
-    bfloat16 on CUDA devices with native bf16 (compute capability 8.0+) and on CPUs with AVX512-BF16 / AMX
+    bfloat16 on CUDA devices with native bf16 (compute capability 8.0+) and on CPUs with AMX
     (or aarch64 bf16); float32 otherwise, because emulated bf16 matmuls run about 4x slower than float32.
 
     Args:

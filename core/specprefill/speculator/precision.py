@@ -1,8 +1,8 @@
 """Which floating-point dtype runs fastest, exactly enough, on a device.
 
 bfloat16 halves memory traffic and is what speculators are trained and evaluated in, but only hardware
-with native bf16 arithmetic runs it fast: on a CPU without AVX512-BF16 / AMX (e.g. AVX2 only) bf16
-matmuls are emulated and about four times SLOWER than float32. So the default is decided per device
+with fast bf16 matmuls runs it fast: on a CPU without AVX512-BF16 / AMX (e.g. AVX2 only) bf16 matmuls
+are emulated and about four times SLOWER than float32, and with AVX512-BF16 alone still slower. So the default is decided per device
 from measured capabilities, never fixed. The decision itself is a pure function of those facts
 (:func:`choose_dtype`) so both branches are testable on any machine.
 """
@@ -17,15 +17,19 @@ __all__ = ["DtypeName", "choose_dtype", "cpu_flags", "cpu_has_native_bf16", "dev
 
 DtypeName = Literal["bfloat16", "float32"]
 
-_X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-"""/proc/cpuinfo ``flags`` that mean bf16 dot products run in hardware (Cooper Lake+, Sapphire Rapids+, Zen 4+)."""
+_X86_BF16_FLAGS = frozenset({"amx_bf16"})
+"""/proc/cpuinfo ``flags`` that mean bf16 matmuls run faster than float32 (AMX tiles: Sapphire Rapids+).
+
+AVX512-BF16 alone (Cooper Lake, Zen 4) has bf16 dot-product instructions, but torch 2.13's CPU prefill of
+SmolLM2-135M measured 1.15-1.5x SLOWER in bf16 than in float32 on such a 2-core machine (``specprefill bench
+overhead``'s dtype table), so it does not count."""
 
 _ARM_BF16_FEATURE = "bf16"
 """/proc/cpuinfo ``Features`` entry of aarch64 CPUs with BFDOT/BFMMLA (Graviton 3+, Neoverse V1+)."""
 
 
 def cpu_has_native_bf16(capability: str, flags: Collection[str]) -> bool:
-    """Whether a CPU runs bfloat16 matmuls natively (fast), from torch's capability and the CPU flags.
+    """Whether a CPU runs bfloat16 matmuls natively and faster than float32, from torch's capability and flags.
 
     Args:
         capability: ``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX2"``, ``"AVX512"``,
@@ -34,7 +38,7 @@ def cpu_has_native_bf16(capability: str, flags: Collection[str]) -> bool:
         flags: CPU feature flags (``/proc/cpuinfo`` ``flags`` on x86, ``Features`` on aarch64).
 
     Returns:
-        True for x86 with AVX512-BF16 or AMX-BF16 and AVX-512 kernels, or aarch64 with the bf16 extension.
+        True for x86 with AMX-BF16 and AVX-512 kernels, or aarch64 with the bf16 extension.
 
     """
     names = {flag.lower() for flag in flags}

@@ -92,3 +92,36 @@ def test_a_registered_reduction_runs_in_the_model_path(speculator: Any, monkeypa
     got = speculator.token_importance(ids, config.with_overrides(query_reduction="recorded_max"))
     assert shapes == [(5, len(ids))]  # 4 window queries + 1 look-ahead query, each over every prompt token
     np.testing.assert_array_equal(got, plain)
+
+
+def test_window_only_scoring_skips_the_layers_after_the_deepest_retrieval_head(
+    speculator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With look-ahead 1 no logits are read, so the prefill stops after the profile's deepest layer; the
+    importance is exactly what a full-depth pass gives."""
+    import specprefill.speculator.hf as hf
+
+    ids, _ = speculator.encode_with_specials(PROMPT)
+    cfg = SpecPrefillConfig(min_prompt_tokens=0, lookahead=1)
+    deepest = max(speculator.head_selection(cfg))
+    layers = speculator.model.model.layers
+    assert deepest < len(layers) - 1  # the packaged profile leaves deeper layers unused
+    calls = [0] * len(layers)
+    hooks = [
+        layer.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, layer in enumerate(layers)
+    ]
+    try:
+        early = speculator.score(ids, cfg).importance
+        ran_early = list(calls)
+        speculator.score(ids, cfg.with_overrides(lookahead=2))  # the decode step needs logits: every layer runs
+        ran_lookahead = [c - e for c, e in zip(calls, ran_early, strict=True)]
+        real = hf.Recorder
+        monkeypatch.setattr(hf, "Recorder", lambda *a, stop_early=False, **k: real(*a, **k))
+        full = speculator.score(ids, cfg).importance
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ran_early == [1] * (deepest + 1) + [0] * (len(layers) - deepest - 1)
+    assert min(ran_lookahead) == 2  # prefill and one decode step
+    np.testing.assert_array_equal(early, full)

@@ -661,3 +661,36 @@ def test_chunk_context_field_bounds_and_paper_preset() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ConfigurationError, match="context_weight"):
             SpecPrefillConfig(context_weight=bad)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+def test_recorder_stops_the_forward_after_its_deepest_layer() -> None:
+    import torch
+
+    from specprefill.speculator.capture import LayersDone, Recorder, prefill
+
+    class _Layer:
+        def __init__(self, index: int) -> None:
+            self.layer_idx = index
+
+    q, k = torch.zeros(1, 2, 4, 8), torch.zeros(1, 1, 4, 8)
+    ran: list[int] = []
+
+    def model(recorder: Recorder, layers: int) -> str:
+        for i in range(layers):
+            ran.append(i)
+            recorder.record(_Layer(i), q, k, {})
+        return "logits"
+
+    early = Recorder(total_length=4, layers=[3, 1], stop_early=True)
+    assert early.stop_after == 3
+    with pytest.raises(LayersDone):
+        model(early, 6)
+    assert ran == [0, 1, 2, 3] and sorted(early.queries) == [1, 3]
+    ran.clear()
+    assert prefill(lambda: model(early, 6)) is None and ran == [0, 1, 2, 3]
+    # without a layer list, or without stop_early, every layer runs and the forward returns
+    for recorder in (Recorder(total_length=4, stop_early=True), Recorder(total_length=4, layers=[1])):
+        ran.clear()
+        assert recorder.stop_after is None
+        assert prefill(lambda recorder=recorder: model(recorder, 6)) == "logits" and ran == list(range(6))
