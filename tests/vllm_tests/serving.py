@@ -79,7 +79,8 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The child's environment: this checkout's code and this folder on PYTHONPATH, both CPU cores."""
     env = dict(os.environ)
     root = HERE.parents[1]
-    paths = [str(root / "core"), str(root / "integrations"), str(HERE), env.get("PYTHONPATH", "")]
+    sources = [root / "core", *sorted(p.parent for p in (root / "integrations").rglob("pyproject.toml"))]
+    paths = [*map(str, sources), str(HERE), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")

@@ -19,12 +19,27 @@ EXTRAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hf", ("torch", "transformers", "accelerate", "gguf", "safetensors")),
     ("openai", ("openai", "tiktoken")),
     ("vllm", ("vllm",)),
-    ("langchain", ("langchain_core",)),
-    ("llama-index", ("llama_index.core",)),
+    ("langchain", ("langchain_specprefill", "langchain_core")),
+    (
+        "llama-index",
+        (
+            "llama_index.postprocessor.specprefill",
+            "llama_index.llms.specprefill",
+            "llama_index.embeddings.specprefill",
+            "llama_index.core",
+        ),
+    ),
 )
-"""Each optional extra and the modules that make it work."""
+"""Each optional extra and the modules that make it work (the integrations are their own distributions)."""
 
-_DISTRIBUTION = {"langchain_core": "langchain-core", "llama_index.core": "llama-index-core"}
+_DISTRIBUTION = {
+    "langchain_core": "langchain-core",
+    "langchain_specprefill": "langchain-specprefill",
+    "llama_index.core": "llama-index-core",
+    "llama_index.postprocessor.specprefill": "llama-index-postprocessor-specprefill",
+    "llama_index.llms.specprefill": "llama-index-llms-specprefill",
+    "llama_index.embeddings.specprefill": "llama-index-embeddings-specprefill",
+}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -106,7 +106,7 @@ def test_load_slice_reads_folders_and_files(tmp_path: Path) -> None:
 def test_benchmarks_are_not_packaged_and_the_library_keeps_only_overhead() -> None:
     tomllib = pytest.importorskip("tomllib")
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert find["where"] == ["core", "integrations"]
+    assert find["where"] == ["core"]
     assert not any(pattern.startswith("benchmarks") for pattern in find["include"])
     library_bench = sorted(p.name for p in (ROOT / "core" / "specprefill" / "bench").glob("*.py"))
     assert library_bench == ["__init__.py", "memory.py", "overhead.py"]

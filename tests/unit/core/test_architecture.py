@@ -10,8 +10,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-PACKAGES = (ROOT / "core" / "specprefill", ROOT / "integrations")
 OWN = ("specprefill", "langchain_specprefill", "llama_index")
+SOURCE_ROOTS = (ROOT / "core", *sorted(p.parent for p in (ROOT / "integrations").rglob("pyproject.toml")))
+"""Where import roots live: the core, and each integration distribution's folder (its own pyproject.toml)."""
+PACKAGES = tuple(root / name for root in SOURCE_ROOTS for name in OWN if (root / name).is_dir())
 MAX_FLAT_MODULES = 12
 MAX_LINES = 400
 
@@ -27,9 +29,8 @@ def modules() -> dict[str, Path]:
     """Every module of the core package and the integrations, by dotted name."""
     found: dict[str, Path] = {}
     for package in PACKAGES:
-        base = package.parent if package.name == "specprefill" else package
         for path in package.rglob("*.py"):
-            found[_module_name(base, path)] = path
+            found[_module_name(package.parent, path)] = path
     return found
 
 
@@ -121,8 +122,20 @@ def test_no_import_cycle() -> None:
     assert cycles(import_graph(modules())) == []
 
 
+def test_every_source_root_is_scanned() -> None:
+    names = set(modules())
+    for package in (
+        "specprefill",
+        "langchain_specprefill",
+        "llama_index.postprocessor.specprefill",
+        "llama_index.llms.specprefill",
+        "llama_index.embeddings.specprefill",
+    ):
+        assert package in names, package
+
+
 def test_few_flat_modules() -> None:
-    flat = sorted(p.name for p in PACKAGES[0].glob("*.py"))
+    flat = sorted(p.name for p in (ROOT / "core" / "specprefill").glob("*.py"))
     assert len(flat) <= MAX_FLAT_MODULES, flat
 
 

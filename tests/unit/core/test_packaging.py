@@ -1,4 +1,8 @@
-"""Packaging: one distribution, three import roots, a light ``import specprefill``, a correct wheel."""
+"""Packaging: the core distribution, a light ``import specprefill``, a correct wheel without the integrations.
+
+The integrations are their own distributions (``integrations/``); ``tests/integration/packaging`` builds and
+installs all of them.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ IMPORT_ROOTS = [
     "langchain_specprefill",
     "llama_index.postprocessor.specprefill",
     "llama_index.llms.specprefill",
+    "llama_index.embeddings.specprefill",
 ]
+"""The core's and the integration distributions' import roots (all installed, editable, by ``make venv``)."""
 
 
 def _run(code: str, *args: str) -> str:
@@ -52,17 +58,37 @@ def test_import_roots_exist(root: str) -> None:
 
 
 def test_llama_index_namespace_dirs_have_no_init() -> None:
-    base = ROOT / "integrations" / "llama_index"
-    for folder in (base, base / "postprocessor", base / "llms"):
-        assert folder.is_dir()
-        assert not (folder / "__init__.py").exists(), f"{folder} must stay a PEP 420 namespace"
-    for folder in (base / "postprocessor" / "specprefill", base / "llms" / "specprefill"):
-        assert (folder / "__init__.py").is_file()
+    for kind in ("postprocessor", "llms", "embeddings"):
+        base = ROOT / "integrations" / "llama-index" / kind / "llama_index"
+        for folder in (base, base / kind):
+            assert folder.is_dir()
+            assert not (folder / "__init__.py").exists(), f"{folder} must stay a PEP 420 namespace"
+        assert (base / kind / "specprefill" / "__init__.py").is_file()
 
 
 def test_typed_markers_present() -> None:
     assert (ROOT / "core" / "specprefill" / "py.typed").is_file()
-    assert (ROOT / "integrations" / "langchain_specprefill" / "py.typed").is_file()
+    assert (ROOT / "integrations" / "langchain" / "langchain_specprefill" / "py.typed").is_file()
+
+
+def test_the_core_extras_name_the_integration_distributions() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {
+        str(tomllib.loads(p.read_text())["project"]["name"]) for p in (ROOT / "integrations").rglob("pyproject.toml")
+    }
+    assert names == {
+        "langchain-specprefill",
+        "llama-index-postprocessor-specprefill",
+        "llama-index-llms-specprefill",
+        "llama-index-embeddings-specprefill",
+    }
+    named = {r.split(">")[0].split("=")[0].split("<")[0].strip() for r in extras["langchain"] + extras["llama-index"]}
+    assert named == names
+    # pip would look for them on PyPI: `make venv` installs them from integrations/ beside `-e ".[dev]"`
+    assert not any(name in " ".join(extras["dev"]) for name in names)
+    own = next(r for r in extras["dev"] if r.startswith("specprefill["))
+    assert not {"langchain", "llama-index"} & set(own.removeprefix("specprefill[").removesuffix("]").split(","))
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +99,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp / "src"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
-    for name in ("core", "integrations"):
-        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    shutil.copytree(ROOT / "core", src / "core", ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, src / name)
@@ -114,19 +139,10 @@ def test_wheel_contents(wheel: Path) -> None:
         "specprefill/speculator/head_profiles/smollm2-135m.json",
         "specprefill/cli/__init__.py",
         "specprefill/bench/overhead.py",
-        "langchain_specprefill/__init__.py",
-        "langchain_specprefill/py.typed",
-        "llama_index/postprocessor/specprefill/__init__.py",
-        "llama_index/llms/specprefill/__init__.py",
     ):
         assert required in names, required
-    for forbidden in (
-        "llama_index/__init__.py",
-        "llama_index/postprocessor/__init__.py",
-        "llama_index/llms/__init__.py",
-    ):
-        assert forbidden not in names, forbidden
-    assert not any(n.startswith(("tests/", "examples/", "core/", "integrations/", "benchmarks/")) for n in names)
+    prefixes = ("tests/", "examples/", "core/", "integrations/", "benchmarks/", "langchain_specprefill", "llama_index")
+    assert not any(n.startswith(prefixes) for n in names)
     assert not any(n.startswith("specprefill/bench/") and n.endswith(("quality.py", "tasks.py")) for n in names)
     assert not any("__pycache__" in n for n in names)
 
@@ -149,7 +165,7 @@ def test_wheel_metadata(wheel: Path) -> None:
 
 
 def test_wheel_roots_import_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
-    """Unpack the wheel and import every root from it, with the editable install out of the way."""
+    """Unpack the wheel and import the core from it, with the editable install out of the way."""
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     site_packages = sysconfig.get_paths()["purelib"]
@@ -157,7 +173,7 @@ def test_wheel_roots_import_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
     code = (
         "import sys, json, importlib\n"
         f"sys.path[:0] = [{str(target)!r}, {site_packages!r}]\n"
-        f"roots = {IMPORT_ROOTS!r}\n"
+        "roots = ['specprefill']\n"
         "files = {r: importlib.import_module(r).__file__ for r in roots}\n"
         "print(json.dumps(files))\n"
     )

@@ -14,29 +14,37 @@ import tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[3]
-NAMESPACE_DIRS = ["llama_index", "llama_index/postprocessor", "llama_index/llms", "llama_index/embeddings"]
+KINDS = ["postprocessor", "llms", "embeddings"]
+DISTRIBUTIONS = {kind: ROOT / "integrations" / "llama-index" / kind for kind in KINDS}
+"""Each LlamaIndex integration distribution's folder (llama-index-<kind>-specprefill), by kind."""
 
 PACKAGES = sorted(
-    ".".join(init.parent.relative_to(ROOT / "integrations").parts)
-    for init in (ROOT / "integrations" / "llama_index").rglob("__init__.py")
+    ".".join(init.parent.relative_to(folder).parts)
+    for folder in DISTRIBUTIONS.values()
+    for init in (folder / "llama_index").rglob("__init__.py")
 )
 """Every LlamaIndex integration package in the source tree (found, not listed by hand)."""
 
 
-@pytest.mark.parametrize("folder", NAMESPACE_DIRS)
-def test_namespace_folders_have_no_init(folder: str) -> None:
-    path = ROOT / "integrations" / folder
-    assert path.is_dir()
-    assert not (path / "__init__.py").exists(), f"{folder} must stay a PEP 420 namespace package"
+@pytest.mark.parametrize("kind", KINDS)
+def test_namespace_folders_have_no_init(kind: str) -> None:
+    for path in (DISTRIBUTIONS[kind] / "llama_index", DISTRIBUTIONS[kind] / "llama_index" / kind):
+        assert path.is_dir()
+        assert not (path / "__init__.py").exists(), f"{path} must stay a PEP 420 namespace package"
 
 
-@pytest.mark.parametrize("package", ["postprocessor", "llms", "embeddings"])
-def test_packages_are_typed(package: str) -> None:
-    assert (ROOT / "integrations" / "llama_index" / package / "specprefill" / "py.typed").is_file()
+def test_every_llama_index_distribution_is_known() -> None:
+    found = {p.parent for p in (ROOT / "integrations" / "llama-index").glob("*/pyproject.toml")}
+    assert found == set(DISTRIBUTIONS.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packages_are_typed(kind: str) -> None:
+    assert (DISTRIBUTIONS[kind] / "llama_index" / kind / "specprefill" / "py.typed").is_file()
 
 
 def test_packages_are_found() -> None:
-    assert {"llama_index.postprocessor.specprefill", "llama_index.llms.specprefill"} <= set(PACKAGES)
+    assert {f"llama_index.{kind}.specprefill" for kind in KINDS} <= set(PACKAGES)
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -58,15 +66,16 @@ def test_all_lists_exactly_the_public_definitions(package: str) -> None:
         assert defined <= set(getattr(sub, "__all__", ())), f"{sub.__name__} does not export {defined}"
 
 
-def test_installed_llama_index_core_satisfies_the_declared_extra() -> None:
-    """The llama-index extra's version range in pyproject.toml admits the llama-index-core tests run with."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_installed_llama_index_core_satisfies_the_declared_range(kind: str) -> None:
+    """Each distribution's llama-index-core range in its pyproject.toml admits the version tests run with."""
     import llama_index.core
 
-    import llama_index.postprocessor.specprefill as pp
-
-    assert Path(pp.__file__).resolve().is_relative_to(ROOT / "integrations")
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    requirements = [Requirement(r) for r in extras["llama-index"]]
+    package = importlib.import_module(f"llama_index.{kind}.specprefill")
+    assert Path(package.__file__ or "").resolve().is_relative_to(DISTRIBUTIONS[kind])
+    project = tomllib.loads((DISTRIBUTIONS[kind] / "pyproject.toml").read_text())["project"]
+    assert project["name"] == f"llama-index-{kind}-specprefill"
+    requirements = [Requirement(r) for r in project["dependencies"]]
     core = next(r for r in requirements if r.name == "llama-index-core")
     assert core.specifier.contains(llama_index.core.__version__, prereleases=True), (
         f"llama-index-core {llama_index.core.__version__} is outside the declared {core.specifier}"
