@@ -337,11 +337,18 @@ class SpecPrefillMethod(ChunkMethod):
         return segment_starts(prompt.text, prepared.offsets, [prompt.context_span], self.segment_by)
 
     def context_options(self) -> dict[str, Any]:
-        """The variant's ``chunk_context`` and ``context_weight`` (none for a library without the fields)."""
-        context = int(getattr(self.config, "chunk_context", 0))
-        if not context:
-            return {}
-        return {"chunk_context": context, "context_weight": float(getattr(self.config, "context_weight", 0.5))}
+        """The variant's ranking and completion rules (``PickRules``).
+
+        A library without them gets only the chunk context; one without that either, nothing.
+        """
+        try:
+            from specprefill.scoring.select import PickRules
+        except ImportError:
+            context = int(getattr(self.config, "chunk_context", 0))
+            if not context:
+                return {}
+            return {"chunk_context": context, "context_weight": float(getattr(self.config, "context_weight", 0.5))}
+        return {"rules": PickRules.of(self.config)}
 
 
 class EmbeddingRetrieval(ChunkMethod):

@@ -41,7 +41,7 @@ Span = tuple[int, int]
 SELECTION_FIELDS: frozenset[str] = frozenset(
     {
         "keep_rate", "chunk_size", "max_kept_tokens", "min_prompt_tokens", "segment_by", "chunk_context",
-        "context_weight",
+        "context_weight", "coverage", "coverage_radius", "complete_tokens", "complete_share",
         "protect_template",
         "protect_system_tokens", "protect_question_tokens", "protected_count_toward_budget", "gap_marker",
         "fallback_on_error",

@@ -91,6 +91,21 @@ class SpecPrefillConfig(BaseModel):
     context_weight: float = Field(default=0.3, gt=0.0, le=1.0)
     """Share of the neighbourhood peak in a chunk's score when ``chunk_context > 0`` (0.5: the midpoint)."""
 
+    coverage: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Coverage of several facts: each kept chunk lowers the scores of the chunks within ``coverage_radius``
+    tokens of it by this share, so the next picks prefer another high-scoring region (0: the plain ranking)."""
+
+    coverage_radius: int = Field(default=128, ge=1)
+    """Tokens around a kept chunk whose chunks ``coverage`` lowers."""
+
+    complete_tokens: int = Field(default=0, ge=0, le=4096)
+    """Sentence completion (segment grids): each kept chunk also keeps up to this many tokens after it - the
+    rest of its sentence, or, when it ends its sentence, the start of the next (the line after a question or
+    heading) - and before it, back to its sentence start (0: off). The budget stays exact."""
+
+    complete_share: float = Field(default=0.25, gt=0.0, le=1.0)
+    """Most of the token budget that sentence completion may use; the rest goes to whole chunks."""
+
     protect_template: bool = True
     """For chat messages: never drop chat-template tokens (role markers, separators)."""
 
@@ -248,6 +263,8 @@ _PAPER_PRESET: dict[str, Any] = {
     "segment_by": "none",
     "chunk_context": 0,
     "context_weight": 0.3,
+    "coverage": 0.0,
+    "complete_tokens": 0,
     "retrieval_heads": 0,
     "window_in_final_paragraph": False,
 }

@@ -36,7 +36,7 @@ from specprefill.prompt.messages import validate_messages
 from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt, scrub_surrogates
 from specprefill.prompt.segments import check_segments, segment_starts_of, token_starts
 from specprefill.result import Message, PruneResult
-from specprefill.scoring import chunk_bounds, fill_chunks
+from specprefill.scoring import PickRules, chunk_bounds, fill_chunks, segment_edges
 from specprefill.scoring.select import select_scored
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
 from specprefill.speculator.base import Speculator
@@ -304,8 +304,8 @@ def select_passages(
                     [(s, e) for s, e in bounds if lo <= s < hi],
                     min(min_tokens_per_passage, hi - lo) - int(keep[lo:hi].sum()),
                     protected=scored.protected,
-                    chunk_context=config.chunk_context,
-                    context_weight=config.context_weight,
+                    rules=PickRules.of(config),
+                    edges=None if scored.segments is None else segment_edges(n, scored.segments),
                 )
                 for lo, hi in ranges
             ]

@@ -13,9 +13,18 @@ from __future__ import annotations
 
 from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask, segment_edges
 from specprefill.scoring.reduce import avg_pool1d, importance_from_attention, reduce_queries, register_reduction
-from specprefill.scoring.select import best_run, budget_chunks, fill_chunks, select_chunks, select_scored
+from specprefill.scoring.select import (
+    PickRules,
+    best_run,
+    budget_chunks,
+    fill_chunks,
+    ranked_chunks,
+    select_chunks,
+    select_scored,
+)
 
 __all__ = [
+    "PickRules",
     "avg_pool1d",
     "best_run",
     "blend_context",
@@ -25,6 +34,7 @@ __all__ = [
     "fill_chunks",
     "importance_from_attention",
     "protected_mask",
+    "ranked_chunks",
     "reduce_queries",
     "register_reduction",
     "segment_edges",

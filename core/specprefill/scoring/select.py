@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -16,12 +18,45 @@ import numpy.typing as npt
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 from specprefill.prompt.prepared import ScoredPrompt
-from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask
+from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask, segment_edges
 
-__all__ = ["best_run", "budget_chunks", "fill_chunks", "select_chunks", "select_scored"]
+__all__ = ["PickRules", "best_run", "budget_chunks", "fill_chunks", "ranked_chunks", "select_chunks", "select_scored"]
 
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class PickRules:
+    """How chunks are ranked and completed beyond their own scores (see :class:`~specprefill.SpecPrefillConfig`).
+
+    ``chunk_context``/``context_weight``: a chunk's score blends in the peak importance around it.
+    ``coverage``/``coverage_radius``: each pick lowers the scores of the chunks within ``coverage_radius``
+    tokens of it by that share, so the next picks prefer another region (0: the plain ranking).
+    ``complete_tokens``/``complete_share``: on a segment grid, each picked chunk also takes up to
+    ``complete_tokens`` tokens that complete it - the rest of its sentence after it (or, when it ends its
+    sentence, the start of the next one: the line after a question or heading), then the start of its sentence
+    before it - while completions have used less than ``complete_share`` of the budget (0 tokens: off).
+    """
+
+    chunk_context: int = 0
+    context_weight: float = 0.3
+    coverage: float = 0.0
+    coverage_radius: int = 128
+    complete_tokens: int = 0
+    complete_share: float = 0.25
+
+    @classmethod
+    def of(cls, config: SpecPrefillConfig) -> PickRules:
+        """The rules a config sets."""
+        return cls(
+            chunk_context=config.chunk_context,
+            context_weight=config.context_weight,
+            coverage=config.coverage,
+            coverage_radius=config.coverage_radius,
+            complete_tokens=config.complete_tokens,
+            complete_share=config.complete_share,
+        )
 
 
 def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig) -> IndexArray:
@@ -40,8 +75,7 @@ def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig) -> IndexArray
         max_kept_tokens=config.max_kept_tokens,
         protected_count_toward_budget=config.protected_count_toward_budget,
         segments=scored.segments,
-        chunk_context=config.chunk_context,
-        context_weight=config.context_weight,
+        rules=PickRules.of(config),
     )
 
 
@@ -56,6 +90,7 @@ def select_chunks(
     segments: Sequence[int] | None = None,
     chunk_context: int = 0,
     context_weight: float = 0.3,
+    rules: PickRules | None = None,
 ) -> IndexArray:
     """Pick the most important chunks (step 6) and return the kept token indices, sorted ascending.
 
@@ -86,7 +121,9 @@ def select_chunks(
     With ``chunk_context > 0`` a chunk's score in either grid is ``(1 - context_weight) * score +
     context_weight * peak``, the peak being the highest unprotected importance within ``chunk_context``
     tokens around it (:func:`specprefill.scoring.chunks.blend_context`). Ties go to the earlier chunk in both grids; NaN
-    importance ranks lowest.
+    importance ranks lowest. ``rules`` (a :class:`PickRules`, replacing ``chunk_context`` and
+    ``context_weight``) adds the coverage rule (both grids) and sentence completion (segment grid only); the
+    budget stays exact.
 
     Args:
         importance: ``[N]`` token importance.
@@ -98,6 +135,7 @@ def select_chunks(
         segments: Token indices where segments start (None: the paper's grid from token 0).
         chunk_context: Tokens on each side of a chunk whose importance also counts (0: the paper's score).
         context_weight: Share of that neighbourhood peak in the chunk's score, in (0, 1].
+        rules: All ranking and completion rules at once (None: ``chunk_context`` and ``context_weight`` only).
 
     Returns:
         int64 array of kept token indices, strictly increasing.
@@ -111,10 +149,11 @@ def select_chunks(
     imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
     n = imp.shape[0]
     keep = protected_mask(n, protected)
+    rules = rules or PickRules(chunk_context=chunk_context, context_weight=context_weight)
     if segments is not None:
         return _select_segmented(
             imp, keep, chunk_bounds(n, chunk_size, segments), rate, max_kept_tokens, protected_count_toward_budget,
-            chunk_context, context_weight,
+            rules, segment_edges(n, segments),
         )  # fmt: skip
     bounds = chunk_bounds(n, chunk_size)
     candidates = [i for i, (s, e) in enumerate(bounds) if not keep[s:e].all()]
@@ -126,10 +165,12 @@ def select_chunks(
         token_budget = max_kept_tokens
     means = chunk_scores(imp, chunk_size)
     means = np.where(np.isnan(means), np.float32(-np.inf), means)  # a chunk holding both +inf and -inf
-    scores = blend_context(imp, bounds, [float(v) for v in means], keep, chunk_context, context_weight)
-    order = sorted(candidates, key=lambda i: (-scores[i], i))
-    for i in order[: max(chunk_budget, 0)]:
-        s, e = bounds[i]
+    scores = blend_context(imp, bounds, [float(v) for v in means], keep, rules.chunk_context, rules.context_weight)
+    picks = ranked_chunks(
+        [scores[i] for i in candidates], [bounds[i] for i in candidates], rules.coverage, rules.coverage_radius
+    )
+    for _, j in zip(range(max(chunk_budget, 0)), picks, strict=False):
+        s, e = bounds[candidates[j]]
         free = np.flatnonzero(~keep[s:e]) + s
         if token_budget is not None and len(free) > token_budget:
             if token_budget > 0:
@@ -149,8 +190,8 @@ def _select_segmented(
     rate: float,
     max_kept_tokens: int | None,
     protected_count_toward_budget: bool,
-    chunk_context: int,
-    context_weight: float,
+    rules: PickRules,
+    edges: Sequence[int],
 ) -> IndexArray:
     n_protected = int(keep.sum())
     if protected_count_toward_budget:
@@ -160,7 +201,7 @@ def _select_segmented(
         budget = budget_chunks(rate, imp.shape[0] - n_protected)
         cap = max_kept_tokens
     budget = budget if cap is None else min(budget, cap)
-    fill_chunks(imp, keep, bounds, budget, chunk_context=chunk_context, context_weight=context_weight)
+    fill_chunks(imp, keep, bounds, budget, rules=rules, edges=edges)
     return np.flatnonzero(keep).astype(np.int64)
 
 
@@ -173,6 +214,8 @@ def fill_chunks(
     protected: npt.NDArray[np.bool_] | None = None,
     chunk_context: int = 0,
     context_weight: float = 0.3,
+    rules: PickRules | None = None,
+    edges: Sequence[int] | None = None,
 ) -> int:
     """Add the best chunks' not yet kept tokens to ``keep`` (in place) until ``budget`` tokens are added.
 
@@ -188,19 +231,25 @@ def fill_chunks(
         protected: ``[N]`` mask of tokens left out of the chunk scores.
         chunk_context: Tokens on each side of a chunk whose importance also counts (see :func:`select_chunks`).
         context_weight: Share of that neighbourhood peak in a chunk's score.
+        rules: All ranking and completion rules at once (None: ``chunk_context`` and ``context_weight`` only).
+        edges: Segment edges ``[0, ..., N]`` (:func:`~specprefill.scoring.chunks.segment_edges`); sentence
+            completion needs them (without them it is off).
 
     Returns:
         Tokens added: ``min(budget, not yet kept tokens in bounds)``.
 
     """
+    rules = rules or PickRules(chunk_context=chunk_context, context_weight=context_weight)
     imp = np.asarray(importance, dtype=np.float32)
     imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
     excluded = keep.copy() if protected is None else protected
     candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
     own = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
-    scores = blend_context(imp, candidates, own, excluded, chunk_context, context_weight)
+    scores = blend_context(imp, candidates, own, excluded, rules.chunk_context, rules.context_weight)
+    completing = rules.complete_tokens > 0 and edges is not None and len(edges) > 1
+    allowance = math.floor(rules.complete_share * budget) if completing else 0
     added = 0
-    for i in sorted(range(len(candidates)), key=lambda i: (-scores[i], i)):
+    for i in ranked_chunks(scores, candidates, rules.coverage, rules.coverage_radius):
         if added >= budget:
             break
         s, e = candidates[i]
@@ -209,7 +258,54 @@ def fill_chunks(
             free = best_run(imp, free, budget - added)
         keep[free] = True
         added += len(free)
+        if allowance > 0 and edges is not None:
+            extra = _completion(keep, edges, s, e, rules.complete_tokens)[: min(allowance, budget - added)]
+            keep[extra] = True
+            added += len(extra)
+            allowance -= len(extra)
     return added
+
+
+def ranked_chunks(
+    scores: Sequence[float], bounds: Sequence[tuple[int, int]], coverage: float = 0.0, radius: int = 128
+) -> Iterator[int]:
+    """Chunk indices best first (ties: the earlier chunk), lazily, with the coverage rule.
+
+    Each pick lowers every not yet picked chunk whose centre lies within ``radius`` tokens of the pick's
+    centre by ``coverage`` times its absolute score, so a region that already gave several chunks yields to
+    another high-scoring one (an MMR-like rule: 0 gives the plain ranking, 1 takes one chunk per region
+    before any second one). Pure.
+    """
+    if coverage <= 0.0:
+        yield from sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return
+    value = np.asarray(scores, dtype=np.float64)
+    centres = np.array([(s + e) / 2 for s, e in bounds], dtype=np.float64)
+    alive = np.ones(len(value), dtype=np.bool_)
+    for _ in range(len(value)):
+        masked = np.where(alive, value, -np.inf)
+        i = int(np.argmax(masked))
+        if not alive[i]:  # only -inf left: the earliest remaining chunk
+            i = int(np.flatnonzero(alive)[0])
+        alive[i] = False
+        yield i
+        near = alive & (np.abs(centres - centres[i]) <= radius) & np.isfinite(value)
+        value[near] -= coverage * np.abs(value[near])
+
+
+def _completion(keep: npt.NDArray[np.bool_], edges: Sequence[int], start: int, end: int, limit: int) -> list[int]:
+    """Not yet kept tokens that complete the chunk ``[start, end)``, nearest first, at most ``limit`` per side.
+
+    After the chunk: the rest of its segment (sentence), or, when the chunk ends its segment, the start of the
+    next one. Before it: the start of its segment when the chunk begins mid-segment.
+    """
+    j = bisect_right(edges, start) - 1
+    lo, hi = edges[j], edges[min(j + 1, len(edges) - 1)]
+    if end >= hi and j + 2 < len(edges):
+        hi = edges[j + 2]
+    after = [t for t in range(end, min(hi, end + limit)) if not keep[t]]
+    before = [t for t in range(start - 1, max(lo, start - limit) - 1, -1) if not keep[t]]
+    return after + before
 
 
 def _free_mean(values: FloatArray, protected: npt.NDArray[np.bool_]) -> float:

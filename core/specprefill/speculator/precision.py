@@ -2,9 +2,9 @@
 
 bfloat16 halves memory traffic and is what speculators are trained and evaluated in, but only hardware
 with fast bf16 matmuls runs it fast: on a CPU without AVX512-BF16 / AMX (e.g. AVX2 only) bf16 matmuls
-are emulated and about four times SLOWER than float32, and with AVX512-BF16 alone still slower. So the default is decided per device
-from measured capabilities, never fixed. The decision itself is a pure function of those facts
-(:func:`choose_dtype`) so both branches are testable on any machine.
+are emulated and about four times SLOWER than float32, and with AVX512-BF16 alone still slower. So the
+default is decided per device from measured capabilities, never fixed. The decision itself is a pure
+function of those facts (:func:`choose_dtype`) so both branches are testable on any machine.
 """
 
 from __future__ import annotations

@@ -694,3 +694,80 @@ def test_recorder_stops_the_forward_after_its_deepest_layer() -> None:
         ran.clear()
         assert recorder.stop_after is None
         assert prefill(lambda recorder=recorder: model(recorder, 6)) == "logits" and ran == list(range(6))
+
+
+# --- coverage and sentence completion ---------------------------------------------------------------------
+def test_ranked_chunks_without_coverage_is_the_plain_ranking() -> None:
+    from specprefill.scoring import ranked_chunks
+
+    bounds = [(i * 32, i * 32 + 32) for i in range(5)]
+    assert list(ranked_chunks([10, 9, 8, 1, 7], bounds)) == [0, 1, 2, 4, 3]
+    assert list(ranked_chunks([1, 1, 1], bounds[:3])) == [0, 1, 2]  # ties: the earlier chunk
+
+
+def test_coverage_moves_the_next_pick_to_another_region() -> None:
+    from specprefill.scoring import ranked_chunks
+
+    bounds = [(i * 32, i * 32 + 32) for i in range(5)]
+    # chunk 1 sits next to the best chunk: full coverage sends the next picks elsewhere first
+    assert list(ranked_chunks([10, 9, 8, 1, 7], bounds, coverage=1.0, radius=32)) == [0, 2, 4, 1, 3]
+    # half coverage: 9 -> 4.5 after the first pick, still above 1 but below 8 and 7
+    assert list(ranked_chunks([10, 9, 8, 1, 7], bounds, coverage=0.5, radius=32))[:3] == [0, 2, 4]
+    # -inf scores stay last, in order
+    assert list(ranked_chunks([-math.inf, 2, -math.inf], bounds[:3], coverage=0.5, radius=32)) == [1, 0, 2]
+
+
+def _rules(**changes: Any) -> Any:
+    from specprefill.scoring import PickRules
+
+    return PickRules(**changes)
+
+
+@pytest.mark.parametrize(
+    ("peak", "expected"),
+    [
+        ((8, 16), list(range(8, 20))),  # mid-sentence chunk: the rest of its sentence after it
+        # a chunk ending its sentence: the next sentence's start, then 2 tokens back (the allowance is 6),
+        # then the runner-up fills the budget
+        ((16, 20), [*range(14, 24), 36, 37]),
+    ],
+)
+def test_sentence_completion_keeps_what_follows_a_kept_chunk(peak: tuple[int, int], expected: list[int]) -> None:
+    imp = np.zeros(40, dtype=np.float32)
+    imp[peak[0] : peak[1]] = 1.0
+    imp[36:40] = 0.5  # the runner-up chunk, taken when completion is off
+    rules = _rules(complete_tokens=4, complete_share=0.5)
+    kept = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20], max_kept_tokens=12, rules=rules)
+    plain = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20], max_kept_tokens=12)
+    assert kept.tolist() == expected
+    assert len(plain) == len(kept) == 12 and plain.tolist() != kept.tolist()
+
+
+def test_sentence_completion_looks_back_to_the_sentence_start() -> None:
+    imp = np.zeros(40, dtype=np.float32)
+    imp[8:16] = 1.0
+    imp[16:20] = -1.0  # nothing after the chunk is free once it is protected
+    protected = np.zeros(40, dtype=np.bool_)
+    protected[16:20] = True
+    rules = _rules(complete_tokens=4, complete_share=0.5)
+    kept = select_chunks(
+        imp, keep_rate=1.0, chunk_size=8, segments=[20], protected=protected, max_kept_tokens=12, rules=rules
+    )
+    assert kept.tolist() == [4, 5, 6, 7, *range(8, 20)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_budget_stays_exact_with_every_rule(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 300
+    imp = rng.random(n).astype(np.float32)
+    protected = rng.random(n) < 0.1
+    segments = sorted(rng.choice(np.arange(1, n), size=12, replace=False).tolist())
+    rules = _rules(chunk_context=8, coverage=0.6, coverage_radius=64, complete_tokens=12, complete_share=0.4)
+    for rate in (0.05, 0.1, 0.3, 0.9):
+        kept = select_chunks(imp, keep_rate=rate, chunk_size=16, protected=protected, segments=segments, rules=rules)
+        free = int((~protected).sum())
+        assert int((~protected[kept]).sum()) == math.ceil(rate * free - 1e-9)
+        assert protected[kept].sum() == protected.sum()
+        paper = select_chunks(imp, keep_rate=rate, chunk_size=16, protected=protected, rules=rules)
+        assert protected[paper].sum() == protected.sum()
