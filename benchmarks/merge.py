@@ -2,9 +2,9 @@
 
 Run: ``python -m benchmarks.merge results/slice-a results/slice-b ... --out examples/report``. Each argument is
 a results folder (its ``quality.json``) or a JSON file. Slices must share the speculator, methods, keep rates,
-bases, method variants and haystack; the same sample measured in two slices must give the same rows.
-The merged ``meta`` lists every slice (command, finish time, wall time, machine), and its options describe
-the union (tasks, lengths, seeds).
+bases, method variants and haystack (and, where they ran ``real_prose``, the same real-prose data); the same
+sample measured in two slices must give the same rows. The merged ``meta`` lists every slice (command, finish
+time, wall time, machine), and its options describe the union (tasks, lengths, seeds, real-prose splits).
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def _check_compatible(results: Sequence[Mapping[str, Any]]) -> None:
                 raise ConfigurationError(f"slices differ in {key}: {a} vs {b}; run every slice with the same {key}")
         if first["corpus"]["fingerprint"] != meta["corpus"]["fingerprint"]:
             raise ConfigurationError("slices used different haystack text (corpus fingerprints differ)")
+    prints = {m["meta"]["real_prose"]["fingerprint"] for m in results if m["meta"].get("real_prose")}
+    if len(prints) > 1:
+        raise ConfigurationError(f"slices used different real_prose data (fingerprints {sorted(prints)})")
 
 
 def _merge_rows(groups: Sequence[Sequence[Mapping[str, Any]]], key: Sequence[str]) -> list[dict[str, Any]]:
@@ -75,8 +78,25 @@ def _measured(row: Mapping[str, Any]) -> dict[str, Any]:
 def _seeds_per_cell(rows: Sequence[Mapping[str, Any]]) -> int:
     cells: dict[tuple[str, int], set[str]] = {}
     for row in rows:
+        if row["task"] not in TASKS:  # a fixed set (real_prose) has no seeds per task x length
+            continue
         cells.setdefault((row["task"], int(row["length"])), set()).add(row["sample_id"])
     return min((len(ids) for ids in cells.values()), default=0)
+
+
+def _real_prose_union(metas: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The real-prose record of the merged result: the first slice's, with the questions counted over all."""
+    ran = [m["real_prose"] for m in metas if m.get("real_prose")]
+    if not ran:
+        return {}
+    splits = {r["split"] for r in ran}
+    facts = {r["sample_id"]: len(r.get("spans_kept", ())) for r in rows if r["task"] not in TASKS}
+    return {
+        **ran[0],
+        "split": splits.pop() if len(splits) == 1 else "all",
+        "questions": len(facts),
+        "two_fact": sum(n == 2 for n in facts.values()),
+    }
 
 
 def merge_results(results: Sequence[Mapping[str, Any]], *, command: str = "") -> dict[str, Any]:
@@ -101,6 +121,9 @@ def merge_results(results: Sequence[Mapping[str, Any]], *, command: str = "") ->
         seed=min(int(m["options"]["seed"]) for m in metas),
         samples=_seeds_per_cell(rows),
     )
+    splits = {m["options"]["split"] for m in metas if m.get("real_prose")}
+    if splits:
+        options["split"] = splits.pop() if len(splits) == 1 else "all"
     wall: dict[str, float] = {}
     for meta in metas:
         for key, value in meta.get("wall", {}).items():
@@ -113,6 +136,7 @@ def merge_results(results: Sequence[Mapping[str, Any]], *, command: str = "") ->
         "options": options,
         "samples": len({r["sample_id"] for r in rows}),
         "skipped": skipped,
+        "real_prose": _real_prose_union(metas, rows),
         "wall": wall,
         "machine": metas[-1].get("machine", {}),
         "finished": max(str(m.get("finished", "")) for m in metas),

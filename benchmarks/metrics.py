@@ -34,6 +34,7 @@ __all__ = [
     "normalize_answer",
     "prefill_flops",
     "span_retention",
+    "spans_kept",
     "speculator_flops",
     "speedup_ceiling",
     "tokens_in_span",
@@ -57,10 +58,28 @@ def tokens_in_span(offsets: Sequence[Span], span: Span) -> list[int]:
     return [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
 
 
-def span_retention(offsets: Sequence[Span], kept: Iterable[int], spans: Sequence[Span]) -> tuple[float, bool]:
-    """How much of the gold information survives pruning.
+def spans_kept(offsets: Sequence[Span], kept: Iterable[int], spans: Sequence[Span]) -> list[bool]:
+    """For each gold span, whether every token overlapping it is kept (the span is wholly in the kept text).
 
-    A span is retained when every token overlapping it is kept (the gold text is wholly inside the kept text).
+    Args:
+        offsets: Character range of each prompt token.
+        kept: Kept token indices.
+        spans: Gold character spans.
+
+    Returns:
+        One flag per span, in order (a span no token overlaps counts as not kept).
+
+    """
+    mask = kept_mask(len(offsets), kept)
+    flags = []
+    for span in spans:
+        idx = tokens_in_span(offsets, span)
+        flags.append(bool(idx) and bool(mask[idx].all()))
+    return flags
+
+
+def span_retention(offsets: Sequence[Span], kept: Iterable[int], spans: Sequence[Span]) -> tuple[float, bool]:
+    """How much of the gold information survives pruning (see :func:`spans_kept`).
 
     Args:
         offsets: Character range of each prompt token.
@@ -73,11 +92,7 @@ def span_retention(offsets: Sequence[Span], kept: Iterable[int], spans: Sequence
     """
     if not spans:
         return 1.0, True
-    mask = kept_mask(len(offsets), kept)
-    flags = []
-    for span in spans:
-        idx = tokens_in_span(offsets, span)
-        flags.append(bool(idx) and bool(mask[idx].all()))
+    flags = spans_kept(offsets, kept, spans)
     return sum(flags) / len(flags), all(flags)
 
 

@@ -64,6 +64,8 @@ class RunSubsets:
         self.bases = [b.name for b in bases]
 
     def _take(self, sample: Sample, k: int, lengths: Sequence[int], tasks: Sequence[str]) -> bool:
+        if sample.name:  # a fixed set's sample (real_prose): the first k of the selection, any length
+            return sample.seed < k and sample.task in tasks
         return sample.seed - self.opts.seed < k and sample.target_tokens in lengths and sample.task in tasks
 
     def llmlingua(self, sample: Sample) -> bool:

@@ -1,6 +1,7 @@
 """Quality benchmark: answer-span retention and end-to-end answer accuracy, SpecPrefill vs the peers.
 
-For every RULER-style sample (:mod:`benchmarks.tasks`) each method (:mod:`benchmarks.methods`)
+For every RULER-style sample (:mod:`benchmarks.tasks`), and every question of the fixed real-prose set
+(:mod:`benchmarks.real_prose`, ``--tasks real_prose --split dev|heldout|all``), each method (:mod:`benchmarks.methods`)
 keeps chunks of the same speculator tokenisation at the same keep rates; we record whether the gold answer
 spans survive, the keep ratio achieved and the method's own cost. On a subset, real base models answer from
 the kept prompt: the embedded SmolLM2-135M (same tokenizer: kept tokens at their original positions) and
@@ -30,11 +31,13 @@ from typing import Any
 from benchmarks.catalog import ALL_METHODS, build_method
 from benchmarks.corpus import load_corpus
 from benchmarks.methods import ImportanceCache, Method, PreparedSample, Selection, SpecPrefillMethod, prepare_sample
-from benchmarks.metrics import answer_score, context_keep_ratio, span_retention
+from benchmarks.metrics import answer_score, context_keep_ratio, spans_kept
 from benchmarks.plan import NamedBase, RunPlan, RunSubsets, calibrate, describe, plan_run
 from benchmarks.quality_options import PRESETS, QualityOptions, configure_parser, options_from_args, preset_settings
+from benchmarks.real_prose import TASK as REAL_PROSE
+from benchmarks.real_prose import load_real_prose, real_prose_samples
 from benchmarks.runinfo import command_line, machine_info, set_threads, timestamp, versions
-from benchmarks.tasks import NEEDLE_TASKS, RULER_TASKS, Sample, generate_samples
+from benchmarks.tasks import NEEDLE_TASKS, RULER_TASKS, TASKS, Sample, generate_samples
 from benchmarks.variants import scoring_key, variant_for
 from specprefill.errors import ConfigurationError, SpecPrefillError
 
@@ -43,11 +46,13 @@ __all__ = [
     "AccuracyRow",
     "QualityOptions",
     "RetentionRow",
+    "build_samples",
     "configure_parser",
     "main",
     "max_new_tokens_for",
     "options_from_args",
     "preset_settings",
+    "row_dict",
     "run_from_args",
     "run_quality",
 ]  # settings re-exported from benchmarks.quality_options
@@ -76,8 +81,31 @@ class RetentionRow:
     retention: float
     """Fraction of gold spans wholly inside the kept text."""
     retained_all: bool
+    """Whether every gold span is kept (for a two-fact question: both facts)."""
     method_seconds: float
     note: str = ""
+    split: str = ""
+    """``real_prose`` only: the sample's half (``dev``/``heldout``)."""
+    spans_kept: tuple[bool, ...] = ()
+    """``real_prose`` only: whether each gold span is kept, in the order of the answers."""
+    answer_positions: tuple[str, ...] = ()
+    """``real_prose`` only: where each gold span sits in the document (``start``/``middle``/``end``)."""
+
+
+_FIXED_SET_FIELDS = ("split", "spans_kept", "answer_positions")
+"""Row fields only a fixed set fills; left out of other rows, so generated tasks' rows keep their old shape."""
+
+
+def row_dict(row: RetentionRow | AccuracyRow) -> dict[str, Any]:
+    """A row as saved in the result JSON (the fixed-set fields only where they are filled)."""
+    out = asdict(row)
+    for key in _FIXED_SET_FIELDS:
+        if key in out and not out[key]:
+            del out[key]
+    for key, value in out.items():
+        if isinstance(value, tuple):
+            out[key] = list(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,7 +130,13 @@ class AccuracyRow:
 
 def max_new_tokens_for(task: str) -> int:
     """Answer length cap per task (enough for every gold answer, short enough to keep the run cheap)."""
-    caps = {"niah_multivalue": 36, "niah_multiquery": 20, "niah_multianswer": 28, "variable_tracking": 24}
+    caps = {
+        "niah_multivalue": 36,
+        "niah_multiquery": 20,
+        "niah_multianswer": 28,
+        "variable_tracking": 24,
+        REAL_PROSE: 32,
+    }
     return caps.get(task, 10)
 
 
@@ -190,6 +224,35 @@ def _build_methods(
     return out
 
 
+def build_samples(opts: QualityOptions, corpus: Any, count: Callable[[str], int]) -> list[Sample]:
+    """The run's samples: the generated tasks, then the real-prose questions of ``opts.split``.
+
+    Generated tasks get ``opts.samples`` seeds per length; ``real_prose`` gives one sample per question of the
+    split, whatever the lengths and seeds.
+    """
+    generated = [t for t in opts.tasks if t in TASKS]
+    samples = generate_samples(generated, opts.lengths, opts.samples, corpus, seed=opts.seed, count_tokens=count)
+    if REAL_PROSE in opts.tasks:
+        samples += real_prose_samples(opts.split)
+    return samples
+
+
+def _real_prose_meta(opts: QualityOptions, samples: Sequence[Sample]) -> dict[str, Any]:
+    """What the result records about the real-prose set (empty when it did not run)."""
+    if REAL_PROSE not in opts.tasks:
+        return {}
+    data = load_real_prose()
+    ran = [s for s in samples if s.task == REAL_PROSE]
+    return {
+        "fingerprint": data.fingerprint,
+        "version": data.meta.get("version"),
+        "split": opts.split,
+        "questions": len(ran),
+        "two_fact": sum(len(s.answers) == 2 for s in ran),
+        "documents": {d.id: {"split": d.split, "kind": d.kind, "tokens": d.tokens} for d in data.documents.values()},
+    }
+
+
 def _variants_meta(methods: Sequence[Method]) -> dict[str, dict[str, Any]]:
     """Each SpecPrefill variant's definition and full config, with its scoring group (shared passes)."""
     groups: dict[str, int] = {}
@@ -261,7 +324,7 @@ def run_quality(
     speculator = load_speculator(opts.speculator)
     count = speculator.count_tokens
     corpus = load_corpus(opts.sources, count_tokens=count)
-    samples = generate_samples(opts.tasks, opts.lengths, opts.samples, corpus, seed=opts.seed, count_tokens=count)
+    samples = build_samples(opts, corpus, count)
     cache = ImportanceCache()
     methods = _build_methods(opts, speculator, skipped, cache)
     bases = _load_bases(opts.bases, speculator, skipped) if opts.accuracy_samples > 0 and not estimate_only else []
@@ -325,6 +388,8 @@ def run_quality(
         "samples": len(samples),
         "needle_tasks": list(NEEDLE_TASKS),
         "ruler_tasks": list(RULER_TASKS),
+        "fixed_tasks": [REAL_PROSE],
+        "real_prose": _real_prose_meta(opts, samples),
         "plan": plan.to_dict(),
         "scoring": {"computed": cache.computed, "reused": cache.reused},
         "versions": versions(),
@@ -332,12 +397,13 @@ def run_quality(
         "wall": wall,
         "finished": timestamp(),
     }
-    return {"meta": meta, "rows": [asdict(r) for r in rows], "accuracy": [asdict(a) for a in accuracy]}
+    return {"meta": meta, "rows": [row_dict(r) for r in rows], "accuracy": [row_dict(a) for a in accuracy]}
 
 
 def _retention_row(prepared: PreparedSample, sel: Selection) -> RetentionRow:
     sample = prepared.sample
-    retention, all_kept = span_retention(prepared.offsets, sel.kept, prepared.prompt.gold_spans)
+    flags = spans_kept(prepared.offsets, sel.kept, prepared.prompt.gold_spans)
+    retention, all_kept = (sum(flags) / len(flags), all(flags)) if flags else (1.0, True)
     n = prepared.n_tokens
     return RetentionRow(
         sample_id=sample.sample_id,
@@ -353,6 +419,9 @@ def _retention_row(prepared: PreparedSample, sel: Selection) -> RetentionRow:
         retained_all=all_kept,
         method_seconds=sel.seconds,
         note=sel.note,
+        split=sample.split,
+        spans_kept=tuple(flags) if sample.name else (),
+        answer_positions=sample.answer_positions,
     )
 
 

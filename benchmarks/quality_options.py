@@ -13,12 +13,15 @@ from typing import Any
 
 from benchmarks.catalog import ALL_METHODS
 from benchmarks.corpus import SOURCES
+from benchmarks.real_prose import SPLIT_CHOICES
+from benchmarks.real_prose import TASK as REAL_PROSE
 from benchmarks.tasks import NEEDLE_TASKS, TASKS
 from benchmarks.variants import ABLATION_VARIANTS, VARIANTS, parse_variant
 
 __all__ = [
     "BASELINES",
     "PRESETS",
+    "TASK_CHOICES",
     "QualityOptions",
     "configure_parser",
     "options_from_args",
@@ -27,6 +30,9 @@ __all__ = [
 
 BASELINES: tuple[str, ...] = tuple(m for m in ALL_METHODS if not m.startswith("specprefill"))
 """The peers and references every preset compares against."""
+
+TASK_CHOICES: tuple[str, ...] = (*TASKS, REAL_PROSE)
+"""What ``--tasks`` accepts: the generated tasks, then the fixed real-prose set (not in the presets' defaults)."""
 
 _FULL_METHODS = ["full", "specprefill-lah8", "specprefill-lah1", *ABLATION_VARIANTS, *BASELINES[1:]]
 
@@ -66,6 +72,8 @@ class QualityOptions:
     llmlingua_tasks: list[str] = field(default_factory=lambda: list(NEEDLE_TASKS))
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     seed: int = 0
+    split: str = "all"
+    """Which half of the ``real_prose`` set runs (``dev``, ``heldout`` or ``all``); other tasks ignore it."""
     preset: str = "full"
     plots: bool = True
     threads: int | None = None
@@ -113,10 +121,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         nargs="+",
-        choices=TASKS,
+        choices=TASK_CHOICES,
         default=None,
         metavar="TASK",
-        help="tasks (default: all): " + ", ".join(TASKS),
+        help="tasks (default: the generated ones): " + ", ".join(TASK_CHOICES) + f"; {REAL_PROSE} is a fixed set "
+        "of questions over real documents: it ignores --lengths, --samples and --seed and runs every question of "
+        "--split",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_CHOICES,
+        default=None,
+        help=f"half of the {REAL_PROSE} set to run (default all; never tune on heldout)",
     )
     parser.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N", help="prompt lengths in tokens")
     parser.add_argument("--samples", type=int, default=None, metavar="K", help="samples per task x length")
@@ -152,7 +168,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="samples per task x length answered by the base models",
     )
     parser.add_argument("--accuracy-lengths", nargs="+", type=int, default=None, metavar="N")
-    parser.add_argument("--accuracy-tasks", nargs="+", choices=TASKS, default=None, metavar="TASK")
+    parser.add_argument("--accuracy-tasks", nargs="+", choices=TASK_CHOICES, default=None, metavar="TASK")
     parser.add_argument(
         "--accuracy-keep-rates",
         nargs="+",
@@ -176,7 +192,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="samples per task x length compressed by LongLLMLingua (it is slow on CPU)",
     )
     parser.add_argument("--llmlingua-lengths", nargs="+", type=int, default=None, metavar="N")
-    parser.add_argument("--llmlingua-tasks", nargs="+", choices=TASKS, default=None, metavar="TASK")
+    parser.add_argument("--llmlingua-tasks", nargs="+", choices=TASK_CHOICES, default=None, metavar="TASK")
     parser.add_argument(
         "--sources", nargs="+", choices=SOURCES, default=None, help="haystack text sources (default: both)"
     )
@@ -194,7 +210,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 _OVERRIDABLE = (
     "out", "speculator", "tasks", "lengths", "samples", "keep_rates", "methods", "bases", "accuracy_samples",
     "accuracy_lengths", "accuracy_tasks", "accuracy_keep_rates", "accuracy_methods", "llmlingua_samples",
-    "llmlingua_lengths", "llmlingua_tasks", "sources", "seed", "threads",
+    "llmlingua_lengths", "llmlingua_tasks", "sources", "seed", "threads", "split",
 )  # fmt: skip
 
 

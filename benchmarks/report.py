@@ -18,6 +18,7 @@ from typing import Any
 
 from benchmarks.ablation import ablation_section
 from benchmarks.plots import write_plots
+from benchmarks.real_prose_report import real_prose_section, real_prose_summary, split_quality
 from benchmarks.tables import (
     LABELS,
     METHOD_ORDER,
@@ -201,18 +202,24 @@ def needle_headline(result: Mapping[str, Any], keep_rate: float = 0.1) -> dict[s
 
 
 def quality_summary(result: Mapping[str, Any]) -> str:
-    """Plain-text summary for the terminal."""
+    """Plain-text summary for the terminal (real-prose rows get their own tables)."""
     meta = result["meta"]
+    generated, real = split_quality(result)
     parts = [
         f"Quality benchmark ({meta['samples']} samples, speculator {meta['speculator']}, "
         f"{meta['wall']['total_seconds']:.0f} s)",
-        "Answer-span retention on the needle tasks:",
-        retention_table(result, needle_only=True),
-        "Retention on all tasks:",
-        retention_table(result, needle_only=False),
     ]
-    for base in meta.get("bases", []):
-        parts += [f"Answer accuracy, base {base}:", accuracy_table(result, base)]
+    if generated is not None:
+        parts += [
+            "Answer-span retention on the needle tasks:",
+            retention_table(generated, needle_only=True),
+            "Retention on all tasks:",
+            retention_table(generated, needle_only=False),
+        ]
+        for base in meta.get("bases", []):
+            parts += [f"Answer accuracy, base {base}:", accuracy_table(generated, base)]
+    if real:
+        parts.append(real_prose_summary(result))
     if meta.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped"].items()))
     return "\n\n".join(parts)
@@ -275,6 +282,24 @@ def _versions_line(meta: Mapping[str, Any]) -> str:
 
 
 def _quality_section(result: Mapping[str, Any]) -> list[str]:
+    """The generated tasks' section, then the real-prose section (each only where its rows exist)."""
+    generated, real = split_quality(result)
+    lines = _generated_section(generated) if generated is not None else []
+    if real:
+        lines += real_prose_section(result, wall_line="" if generated is not None else _wall_line(result["meta"]))
+    return lines
+
+
+def _wall_line(meta: Mapping[str, Any]) -> str:
+    wall = meta["wall"]
+    return (
+        f"Wall time: {wall['total_seconds'] / 60:.1f} min (loading {wall['load_seconds']:.0f} s, selection "
+        f"{wall['selection_seconds']:.0f} s, base answers {wall['accuracy_seconds']:.0f} s). "
+        f"Machine: {_machine(meta)}."
+    )
+
+
+def _generated_section(result: Mapping[str, Any]) -> list[str]:
     meta = result["meta"]
     opts = meta["options"]
     rates = _rates(result["rows"])
@@ -363,13 +388,7 @@ def _quality_section(result: Mapping[str, Any]) -> list[str]:
             accuracy_timing_table(result, base),
             "",
         ]
-    wall = meta["wall"]
-    lines += [
-        f"Wall time: {wall['total_seconds'] / 60:.1f} min (loading {wall['load_seconds']:.0f} s, selection "
-        f"{wall['selection_seconds']:.0f} s, base answers {wall['accuracy_seconds']:.0f} s). "
-        f"Machine: {_machine(meta)}.",
-        "",
-    ]
+    lines += [_wall_line(meta), ""]
     return lines
 
 
@@ -542,7 +561,21 @@ def rebuild(folder: Path, *, plots: bool = True) -> list[Path]:
     }
     if not results:
         raise FileNotFoundError(f"no quality.json or ttft.json in {folder}")
-    pngs, note = write_plots(folder, results) if plots else ([], "plots skipped (--no-plots)")
+    plotted = dict(results)
+    if "quality" in results:  # the plots show the generated tasks only
+        generated, _ = split_quality(results["quality"])
+        if generated is None:
+            del plotted["quality"]
+        else:
+            plotted["quality"] = generated
+    pngs: list[Path] = []
+    note: str | None
+    if not plots:
+        note = "plots skipped (--no-plots)"
+    elif not plotted:
+        note = "no plots: the real-prose results are tables only"
+    else:
+        pngs, note = write_plots(folder, plotted)
     report = folder / "report.md"
     report.write_text(render_report(results, pngs, note), encoding="utf-8")
     return [report, *pngs]

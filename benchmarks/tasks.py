@@ -121,10 +121,18 @@ class Sample:
     """Character spans of ``context`` holding the gold information (values, or whole statements)."""
     documents: tuple[str, ...] = field(default_factory=tuple)
     """The context cut into documents/paragraphs (``context.split('\\n\\n')``), for document-level methods."""
+    name: str = ""
+    """A fixed set's own sample name (``real_prose``: the question id); empty for generated samples."""
+    split: str = ""
+    """A fixed set's half (``dev`` or ``heldout``); empty for generated samples."""
+    answer_positions: tuple[str, ...] = ()
+    """Where each answer span sits in the context (``start``/``middle``/``end``); empty when not labelled."""
 
     @property
     def sample_id(self) -> str:
-        """Stable identifier ``task/target_tokens/seed``."""
+        """Stable identifier: ``task/target_tokens/seed``, or ``task/name`` for a fixed set's sample."""
+        if self.name:
+            return f"{self.task}/{self.name}"
         return f"{self.task}/{self.target_tokens}/{self.seed}"
 
 
