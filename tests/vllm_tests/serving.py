@@ -36,6 +36,30 @@ TOOLS_TEMPLATE = HERE / "smollm2_tools.jinja"
 """SmolLM2's chat template plus a tools block and Hermes-style tool calls (identical without tools)."""
 SPEC_SERVER_ARGS = ("--chat-template", str(TOOLS_TEMPLATE), "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 """vLLM options of the shared server: tools are rendered (in the system turn) and tool calls parsed."""
+SUITE_KEEP_RATE = 0.5
+SUITE_SERVER_ENV = {
+    "SPECPREFILL_SERVER_MIN_PROMPT_TOKENS": "0",
+    "SPECPREFILL_SERVER_CONFIG_JSON": '{"protect_question_tokens": 0, "protect_system_tokens": 0, "lookahead": 1}',
+    "VLLM_CPU_OMP_THREADS_BIND": "0",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+}
+"""Settings of the standard-suite server (:func:`suite_server`). Every prompt is scored, however short, and the
+message contents (system prompt and question included) are prunable, so the suites' short prompts lose tokens;
+what is outside the contents (chat template, hence the whole tools block) stays protected. Look-ahead 1 (the
+observation window only) keeps scoring to one speculator prefill: these runs test the clients, not the ranking.
+The engine gets one core: beside other work on 2 cores, two OpenMP threads decoded 6.6-6.9 tokens/s, one
+16-18 (the speculator and the test's clients use the other core). Its worker runs in a process of its own
+(``vllm_helpers`` turns vLLM's multiprocessing off for the in-process engines, and the children inherit it):
+in one process, 4 structured-output requests took 104 s instead of 10."""
+SUITE_SERVER_ARGS = (
+    *SPEC_SERVER_ARGS,
+    "--tool-strict-level", "parameter",
+    "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+)  # fmt: skip
+"""vLLM options of the suite server: the shared server's tools template and Hermes parser; every tool call held by
+guided decoding to its tool's argument schema (``auto`` pins the arguments only of tools declared ``strict``,
+and the suites' are not); JSON without free white space (with it, SmolLM2-135M's joke objects ran on in blank
+lines, spaces and repeated words until ``max_tokens`` cut them: every structured-output test failed)."""
 
 
 @dataclass
@@ -163,4 +187,23 @@ def spec_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHand
         pytest.skip(VLLM_REASON)
     logs = tmp_path_factory.mktemp("spec-server")
     with running_server(speculator=SPEC_SERVER_SPECULATOR, extra_args=SPEC_SERVER_ARGS, log_dir=logs) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def suite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """ONE pruning server for LangChain's and LlamaIndex's own suites (``test_vllm_*_suites.py``).
+
+    The README's serve line (SmolLM2-135M as base and speculator) with :data:`SUITE_SERVER_ARGS`, keep rate
+    :data:`SUITE_KEEP_RATE` and :data:`SUITE_SERVER_ENV`: the suites' prompts are a few tokens long, and each of
+    them is to be pruned.
+    """
+    from vllm_helpers import HAS_EMBEDDED, HAS_HF, HAS_VLLM, VLLM_REASON
+
+    if not (HAS_VLLM and HAS_HF and HAS_EMBEDDED):
+        pytest.skip(VLLM_REASON)
+    logs = tmp_path_factory.mktemp("suite-server")
+    with running_server(
+        keep_rate=SUITE_KEEP_RATE, env=SUITE_SERVER_ENV, extra_args=SUITE_SERVER_ARGS, log_dir=logs
+    ) as handle:
         yield handle

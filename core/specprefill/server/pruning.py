@@ -16,7 +16,6 @@ import numpy.typing as npt
 
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import PromptError
-from specprefill.prompt.messages import locate_contents
 from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
 from specprefill.prompt.protect import protection_for_messages
 from specprefill.result import Message
@@ -30,6 +29,7 @@ __all__ = [
     "ScoreJob",
     "TokenizerMismatchError",
     "aligned_offsets",
+    "locate_contents_from_end",
     "outcome_of",
     "prepare_tokens",
 ]
@@ -65,6 +65,29 @@ class Outcome:
     """Why the request is served unpruned although pruning was asked for (None: no fault)."""
 
 
+def locate_contents_from_end(rendered: str, contents: Sequence[str]) -> list[Span]:
+    """Each message content's span in vLLM's rendering: the LAST in-order placement, searched from the end.
+
+    Templates render the tools block (and a default system prompt) before the messages. A forward search
+    would take a content that also occurs there (a question that repeats a tool's description) for that
+    text: the tools block would be pruned and the real content protected as template. From the end, each
+    content is the last occurrence before the next content's span. A content that is not found gets the
+    empty span at that limit (it is then treated as template); a stripped match is tried too.
+    """
+    spans: list[Span] = []
+    limit = len(rendered)
+    for content in reversed(contents):
+        for candidate in (content, content.strip()):
+            pos = rendered.rfind(candidate, 0, limit) if candidate else -1
+            if pos >= 0:
+                spans.append((pos, pos + len(candidate)))
+                limit = pos
+                break
+        else:
+            spans.append((limit, limit))
+    return spans[::-1]
+
+
 def prepare_tokens(
     speculator: Speculator,
     ids: Sequence[int],
@@ -85,7 +108,7 @@ def prepare_tokens(
     if messages is not None:
         if offsets is None or text is None:
             raise PromptError("the speculator does not tokenise the rendered chat into vLLM's token ids")
-        spans = locate_contents(text, [m["content"] for m in messages])
+        spans = locate_contents_from_end(text, [m["content"] for m in messages])
         protected = protection_for_messages(offsets, text, messages, spans, config)
     return PreparedPrompt(
         list(ids),

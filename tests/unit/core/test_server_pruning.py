@@ -107,6 +107,27 @@ def test_chat_protection_keeps_template_system_and_question_tail() -> None:
     assert sum(i in kept for i in range(doc_start, doc_start + len(document))) < len(document) // 2
 
 
+def test_a_tools_block_that_repeats_a_message_stays_protected() -> None:
+    # the tools block comes before the messages, and the first message repeats a tool's description word for
+    # word: a forward search took the description for that message, and the tools block lost tokens
+    greeting = "Say hello to my friend Ada"
+    messages = [
+        {"role": "user", "content": greeting},
+        {"role": "assistant", "content": "Hello Ada!"},
+        {"role": "user", "content": "Some context here. " * 8 + "Thanks."},
+    ]
+    tools = f'<|im_start|>system\n<tools>{{"name": "greet", "description": "{greeting}"}}</tools><|im_end|>\n'
+    text = tools + chatml(messages)
+    spans = pruning.locate_contents_from_end(text, [m["content"] for m in messages])
+    assert [text[a:b] for a, b in spans] == [m["content"] for m in messages] and spans[0][0] > len(tools)
+    ids = [ord(c) for c in text]
+    config = SpecPrefillConfig(keep_rate=0.2, chunk_size=8, min_prompt_tokens=0, protect_question_tokens=0, lookahead=1)
+    speculator = FakeSpeculator(ramp=(0.0, 0.0), hot=["context"])
+    kept = set(score_tokens(speculator, ids, config, text=text, messages=messages).kept.tolist())
+    assert [i for i in range(len(tools)) if i not in kept] == [] and len(kept) < len(ids)
+    assert pruning.locate_contents_from_end("<a>x</a>", ["missing", "x"]) == [(3, 3), (3, 4)]
+
+
 def test_scoring_passes_short_prompts_and_falls_back_on_failure() -> None:
     ids = [ord(c) for c in "abcdefgh" * 10]
     short = score_tokens(FakeSpeculator(), ids, SpecPrefillConfig(min_prompt_tokens=1000))
