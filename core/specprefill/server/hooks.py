@@ -42,7 +42,7 @@ from specprefill.config import SpecPrefillConfig
 from specprefill.scoring.select import budget_chunks
 from specprefill.server import metrics, shared
 from specprefill.server.pruning import TOKENIZER_PROBE, Outcome, ScoreJob, TokenizerMismatchError
-from specprefill.server.queueing import CostEstimate
+from specprefill.server.queueing import FloorEstimate
 from specprefill.server.replies import attach_stats
 from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
@@ -69,9 +69,9 @@ _OPTIONAL_TARGETS = (
 )
 """Hook points that a vLLM build may lack; without them the rest still works."""
 
-BASE_COST = CostEstimate()
-"""The base model's prefill seconds per prompt token in this process, learnt from every request served
-(dispatch to first output, so it includes the engine's own queue: busier means costlier)."""
+BASE_COST = FloorEstimate()
+"""The base model's prefill seconds per prompt token in this process: the lowest rate (dispatch to first output)
+among the last requests served, so a busy engine's queue does not count as what pruning one request saves."""
 
 
 _ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("specprefill_ticket", default=None)
@@ -212,7 +212,8 @@ def cost_guard(service: ScoringService, config: SpecPrefillConfig, n: int) -> st
     """``"cost_guard"`` when scoring ``n`` tokens is expected to cost more than the base prefill it saves.
 
     Both sides are learnt online: the speculator's seconds per token (:attr:`ScoringService.cost`) and the
-    base's (:data:`BASE_COST`). Until both are known, and with ``cost_guard`` off, every prompt is scored.
+    base's (:data:`BASE_COST`, the floor of recent rates). Until both are known, and with ``cost_guard`` off,
+    every prompt is scored.
     """
     if not service.settings.cost_guard:
         return None

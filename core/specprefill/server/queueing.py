@@ -15,16 +15,53 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["DEFAULT_SMOOTHING", "CostEstimate", "Job", "JobQueue"]
+from specprefill.errors import SpecPrefillError
+
+__all__ = [
+    "DEFAULT_SMOOTHING",
+    "CostEstimate",
+    "FloorEstimate",
+    "Job",
+    "JobQueue",
+    "ScoringReason",
+    "ScoringUnavailableError",
+    "drop_abandoned",
+    "fail",
+    "settle",
+    "split_late",
+]
 
 DEFAULT_SMOOTHING = 0.3
 """Weight of the newest observation in :class:`CostEstimate` (0.3: about the last five jobs count)."""
 
 _SEQUENCE = itertools.count()
+
+
+ScoringReason = Literal["queue_full", "deadline", "over_budget", "load_failed", "error", "shutdown"]
+"""Why scoring is unavailable: the queue is full; the deadline passed; it could not finish in time given the
+work ahead (refused at once); the speculator failed to load; it failed; the server is shutting down."""
+
+
+class ScoringUnavailableError(SpecPrefillError, RuntimeError):
+    """The speculator could not score in time (or at all); serve the request unpruned.
+
+    Attributes:
+        reason: A stable code (:data:`ScoringReason`); the message holds the details (for the log only).
+
+    """
+
+    def __init__(self, reason: ScoringReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: ScoringReason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # crosses process boundaries (the scoring host of several API servers) with its reason intact
+        return (type(self), (self.reason, str(self)))
 
 
 @dataclass(eq=False)
@@ -95,6 +132,49 @@ class CostEstimate:
     def estimate(self, tokens: int) -> float | None:
         """Expected seconds to score ``tokens`` tokens (None while nothing has been observed)."""
         rate = self._rate
+        return None if rate is None else rate * max(tokens, 0)
+
+
+class FloorEstimate:
+    """Seconds per prompt token as the LOWEST rate among the last ``window`` observations.
+
+    For the base model's prefill (the cost guard's other side): a request's dispatch-to-first-token time on a busy
+    engine is mostly other requests' work, which pruning this one request does not remove, while scoring it takes
+    time on the same machine. The floor of recent rates is what the request's own prefill costs.
+
+    Args:
+        window: How many recent observations the floor is taken over (at least 1).
+        seconds_per_token: A starting value (None: unknown until the first observation); it ages out like one.
+
+    """
+
+    def __init__(self, window: int = 64, seconds_per_token: float | None = None) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self._rates: deque[float] = deque(maxlen=window)
+        if seconds_per_token is not None:
+            self._rates.append(seconds_per_token)
+        self._lock = threading.Lock()
+        self.observations = 0
+        """How many requests taught the estimate."""
+
+    @property
+    def seconds_per_token(self) -> float | None:
+        """The lowest recent rate (None before any observation)."""
+        with self._lock:
+            return min(self._rates) if self._rates else None
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """Learn from a request of ``tokens`` tokens that took ``seconds`` (ignored when either is not positive)."""
+        if tokens <= 0 or seconds <= 0.0:
+            return
+        with self._lock:
+            self._rates.append(seconds / tokens)
+            self.observations += 1
+
+    def estimate(self, tokens: int) -> float | None:
+        """Expected seconds for ``tokens`` tokens (None while nothing has been observed)."""
+        rate = self.seconds_per_token
         return None if rate is None else rate * max(tokens, 0)
 
 
@@ -177,3 +257,47 @@ class JobQueue:
             job = heapq.heappop(self._heap)
             (dropped if job.abandoned(now) else live).append(job)
         return live, dropped
+
+
+def settle(job: Job, result: Any) -> None:
+    """Hand ``result`` to the job's caller (unless it already has an outcome)."""
+    if not job.future.done():
+        job.future.set_result(result)
+
+
+def fail(job: Job, error: BaseException) -> None:
+    """Hand ``error`` to the job's caller (unless it already has an outcome or gave up while queued)."""
+    if job.future.done():
+        return
+    if not job.future.running() and not job.future.set_running_or_notify_cancel():
+        return  # cancelled while queued: nobody waits
+    job.future.set_exception(error)
+
+
+def drop_abandoned(jobs: list[Job]) -> None:
+    """Jobs whose callers gave up before they started: never run."""
+    for job in jobs:
+        fail(job, ScoringUnavailableError("deadline", "the caller gave up before the job started"))
+
+
+def split_late(jobs: list[Job], estimate: Callable[[int], float | None]) -> list[Job]:
+    """The jobs, run one after the other from now, that still finish before their deadlines by ``estimate``.
+
+    Each job counts the estimated time of the jobs kept before it; a job that no longer fits gets its
+    ``over_budget`` refusal now (:func:`fail`), so its caller does not wait for the deadline.
+    """
+    kept: list[Job] = []
+    start = clock = time.monotonic()
+    for job in jobs:
+        seconds = estimate(job.tokens)
+        if seconds is not None and clock + seconds > job.deadline:
+            left = max(job.deadline - time.monotonic(), 0.0)
+            fail(job, ScoringUnavailableError(
+                "over_budget",
+                f"scoring {job.tokens} tokens now takes about {seconds:.2f}s with {clock - start:.2f}s of work "
+                f"ahead of it: it cannot finish within the {left:.2f}s left before its deadline",
+            ))  # fmt: skip
+            continue
+        kept.append(job)
+        clock += seconds or 0.0
+    return kept

@@ -12,7 +12,8 @@ Under load (issue 20; design rules in the README's "Serve"): the queue hands out
 first (:mod:`specprefill.server.queueing`); a job whose caller gave up is dropped before it starts, and a
 running one stops at its next layer, look-ahead step or window (:mod:`specprefill.speculator.checkpoints`);
 a job that cannot finish before its deadline given the work ahead of it, by the cost learnt online
-(:attr:`ScoringService.cost`), is refused at once (``over_budget``); and between the windows of a long
+(:attr:`ScoringService.cost`), is refused at once (``over_budget``), and again when its turn comes if the
+estimate learnt since (a burst slows the speculator down) says it no longer fits; and between the windows of a long
 prompt the worker runs queued jobs that fit in that prompt's slack, so a short request does not wait for
 the whole of a huge one. :meth:`ScoringService.close` answers every waiting caller at once (``shutdown``).
 
@@ -36,13 +37,22 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from specprefill.config import SpecPrefillConfig
-from specprefill.errors import SpecPrefillError
 from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt
 from specprefill.server.loader import load_configured_speculator
-from specprefill.server.queueing import CostEstimate, Job, JobQueue
+from specprefill.server.queueing import (
+    CostEstimate,
+    Job,
+    JobQueue,
+    ScoringReason,
+    ScoringUnavailableError,
+    drop_abandoned,
+    fail,
+    settle,
+    split_late,
+)
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator.base import Speculator
 from specprefill.speculator.checkpoints import Boundary, ScoringCancelledError, Watcher, watching
@@ -57,27 +67,6 @@ __all__ = [
 logger = logging.getLogger("specprefill.server")
 
 T = TypeVar("T")
-
-ScoringReason = Literal["queue_full", "deadline", "over_budget", "load_failed", "error", "shutdown"]
-"""Why scoring is unavailable: the queue is full; the deadline passed; it could not finish in time given the
-work ahead (refused at once); the speculator failed to load; it failed; the server is shutting down."""
-
-
-class ScoringUnavailableError(SpecPrefillError, RuntimeError):
-    """The speculator could not score in time (or at all); serve the request unpruned.
-
-    Attributes:
-        reason: A stable code (:data:`ScoringReason`); the message holds the details (for the log only).
-
-    """
-
-    def __init__(self, reason: ScoringReason, message: str) -> None:
-        super().__init__(message)
-        self.reason: ScoringReason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # crosses process boundaries (the scoring host of several API servers) with its reason intact
-        return (type(self), (self.reason, str(self)))
 
 
 @runtime_checkable
@@ -233,7 +222,7 @@ class ScoringService:
         error = ScoringUnavailableError("shutdown", "the server is shutting down")
         for job in self._queue.close() + [job for jobs, _, _ in self._running for job in jobs]:
             job.cancelled.set()
-            _fail(job, error)
+            fail(job, error)
 
     # --- worker thread ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -270,8 +259,19 @@ class ScoringService:
             if taken is None:  # closed
                 return
             live, dropped = taken
-            _drop(dropped)
+            drop_abandoned(dropped)
+            live = self._still_in_time(live)
             self._execute_batch([job for job in live if job.future.set_running_or_notify_cancel()])
+
+    def _still_in_time(self, jobs: list[Job]) -> list[Job]:
+        """The jobs that can still finish before their deadlines; the others are refused now (``over_budget``).
+
+        Admission used the cost estimate of its moment. Under a burst the speculator slows down (the base
+        shares the machine), the estimate learnt since rises, and a job admitted earlier may no longer fit:
+        its caller gets its fallback at once instead of at the deadline, and the speculator goes on to jobs that
+        can still be used. Each job counts the estimated time of the jobs taken before it in this batch.
+        """
+        return split_late(jobs, self.cost.estimate)
 
     def _execute_batch(self, jobs: list[Job]) -> None:
         """Run one micro-batch under a watcher (it stops work nobody waits for); no error stops the worker."""
@@ -290,7 +290,7 @@ class ScoringService:
             if not isinstance(exc, ScoringCancelledError):
                 logger.exception("specprefill: a scoring batch failed")
             for job in jobs:
-                _fail(job, exc)
+                fail(job, exc)
         finally:
             self._running.pop()
         if self._running:  # this batch ran between the windows of another: its time is not the other's
@@ -321,8 +321,12 @@ class ScoringService:
 
         while True:
             job, dropped = self._queue.urgent(fits)
-            _drop(dropped)
-            if job is None or not job.future.set_running_or_notify_cancel():
+            drop_abandoned(dropped)
+            if job is None:
+                return
+            if not self._still_in_time([job]):
+                continue
+            if not job.future.set_running_or_notify_cancel():
                 return
             self._execute_batch([job])
 
@@ -364,37 +368,18 @@ class ScoringService:
             return False
         self.cost.observe(sum(job.tokens for job in jobs), self._own_seconds(start, nested))  # before callers wake
         for job, result in zip(jobs, results, strict=True):
-            _settle(job, result)
+            settle(job, result)
         return True
 
     def _run_job(self, job: Job) -> None:
         if job.abandoned():
-            _fail(job, ScoringUnavailableError("deadline", "the caller gave up before the job started"))
+            fail(job, ScoringUnavailableError("deadline", "the caller gave up before the job started"))
             return
         start, nested = time.perf_counter(), self._nested_seconds
         try:
             result = self._execute(job.fn)
         except BaseException as exc:  # handed to the waiting coroutine, never kills the worker
-            _fail(job, exc)
+            fail(job, exc)
             return
         self.cost.observe(job.tokens, self._own_seconds(start, nested))  # learnt before the caller wakes
-        _settle(job, result)
-
-
-def _settle(job: Job, result: Any) -> None:
-    if not job.future.done():
-        job.future.set_result(result)
-
-
-def _fail(job: Job, error: BaseException) -> None:
-    if job.future.done():
-        return
-    if not job.future.running() and not job.future.set_running_or_notify_cancel():
-        return  # cancelled while queued: nobody waits
-    job.future.set_exception(error)
-
-
-def _drop(jobs: list[Job]) -> None:
-    """Jobs whose callers gave up before they started: never run."""
-    for job in jobs:
-        _fail(job, ScoringUnavailableError("deadline", "the caller gave up before the job started"))
+        settle(job, result)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fakes import FakeSpeculator
-from specprefill.server.queueing import CostEstimate, Job, JobQueue
+from specprefill.server.queueing import CostEstimate, FloorEstimate, Job, JobQueue
 from specprefill.server.service import ScoringService, ScoringUnavailableError
 from specprefill.server.settings import ServerSettings
 from specprefill.speculator.checkpoints import ScoringCancelledError, checkpoint, watching
@@ -66,6 +66,20 @@ def test_cost_estimate_learns_seconds_per_token() -> None:
     assert cost.observations == 2
     with pytest.raises(ValueError, match="smoothing"):
         CostEstimate(smoothing=0.0)
+
+
+def test_floor_estimate_is_the_lowest_recent_rate() -> None:
+    floor = FloorEstimate(window=3)
+    assert floor.seconds_per_token is None and floor.estimate(10) is None
+    floor.observe(100, 0.1)  # 1 ms a token
+    floor.observe(100, 2.0)  # queued behind others: 20 ms
+    floor.observe(0, 1.0)  # ignored
+    assert floor.seconds_per_token == pytest.approx(0.001) and floor.estimate(1000) == pytest.approx(1.0)
+    floor.observe(100, 0.5)
+    floor.observe(100, 0.3)  # the 1 ms observation has left the window of 3
+    assert floor.seconds_per_token == pytest.approx(0.003) and floor.observations == 4
+    with pytest.raises(ValueError):
+        FloorEstimate(window=0)
 
 
 def test_queue_hands_out_the_earliest_deadline_first_and_drops_the_abandoned() -> None:
@@ -175,6 +189,44 @@ async def test_admission_by_cost_refuses_what_cannot_finish_in_time_at_once() ->
         await svc.run(lambda s: "behind", tokens=10_000)
     assert info.value.reason == "over_budget"
     release.set()
+
+
+async def test_a_queued_job_that_no_longer_fits_is_refused_when_its_turn_comes() -> None:
+    svc = service(deadline_seconds=50.0, max_batch=1)
+    svc.cost = CostEstimate(smoothing=1.0, seconds_per_token=0.001)  # 1 ms a token at admission
+    release = threading.Event()
+    ran: list[str] = []
+    blocker = svc.submit(lambda s: release.wait(10))  # no tokens: teaches the estimate nothing
+    while not blocker.future.running():
+        await asyncio.sleep(0.01)
+    now = time.monotonic()
+    late = svc.submit(lambda s: ran.append("late"), tokens=10_000, deadline=now + 30)  # 10 s: fits now
+    fine = svc.submit(lambda s: ran.append("fine"), tokens=10, deadline=now + 40)
+    svc.cost.observe(1000, 20.0)  # a burst: 20 ms a token now, so 10,000 tokens take 200 s
+    release.set()
+    with pytest.raises(ScoringUnavailableError) as info:
+        await asyncio.wait_for(asyncio.wrap_future(late.future), timeout=5)  # at once, not after 30 s
+    assert info.value.reason == "over_budget"
+    await asyncio.wait_for(asyncio.wrap_future(fine.future), timeout=5)  # 0.2 s: still fits, and runs
+    assert ran == ["fine"]
+
+
+async def test_a_batch_counts_the_jobs_taken_before_each() -> None:
+    svc = service(deadline_seconds=50.0, max_batch=4)
+    svc.cost = CostEstimate(smoothing=1.0, seconds_per_token=0.001)
+    release = threading.Event()
+    blocker = svc.submit(lambda s: release.wait(10))
+    while not blocker.future.running():
+        await asyncio.sleep(0.01)
+    now = time.monotonic()
+    first = svc.submit(lambda s: "first", tokens=5_000, deadline=now + 20)  # 5 s
+    second = svc.submit(lambda s: "second", tokens=5_000, deadline=now + 24)  # 5 s after the first: 10 s
+    svc.cost.observe(1000, 2.5)  # 2.5 ms a token: 12.5 s each; alone either fits, one after the other not
+    release.set()
+    assert await asyncio.wait_for(asyncio.wrap_future(first.future), timeout=5) == "first"
+    with pytest.raises(ScoringUnavailableError) as info:
+        await asyncio.wait_for(asyncio.wrap_future(second.future), timeout=5)
+    assert info.value.reason == "over_budget"
 
 
 async def test_the_cost_is_learnt_from_the_jobs_that_ran() -> None:

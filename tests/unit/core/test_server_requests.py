@@ -15,7 +15,7 @@ import pytest
 from fakes import FakeSpeculator, chatml
 from specprefill.config import SpecPrefillConfig
 from specprefill.server import hooks
-from specprefill.server.queueing import CostEstimate
+from specprefill.server.queueing import CostEstimate, FloorEstimate
 from specprefill.server.service import ScoringService
 from specprefill.server.settings import ServerSettings
 from specprefill.server.tickets import check_xarg_keys, raw_booleans, responses_messages, ticket_for
@@ -79,7 +79,7 @@ def service(monkeypatch: pytest.MonkeyPatch) -> ScoringService:
     )
     assert svc.wait_loaded(10)
     monkeypatch.setattr(hooks, "get_service", lambda: svc)
-    monkeypatch.setattr(hooks, "BASE_COST", CostEstimate())
+    monkeypatch.setattr(hooks, "BASE_COST", FloorEstimate())
     return svc
 
 
@@ -122,14 +122,13 @@ async def test_the_cost_guard_skips_scoring_that_costs_more_than_it_saves(servic
     config = SpecPrefillConfig(keep_rate=0.3)
     assert hooks.cost_guard(service, config, 1000) is None  # nothing learnt yet: score
     service.cost = CostEstimate(seconds_per_token=0.002)
-    hooks.BASE_COST.observe(1000, 1.0)  # the base prefills 1 ms a token
-    assert hooks.cost_guard(service, config, 1000) == "cost_guard"  # 2 s of scoring to save 0.7 s
-    hooks.BASE_COST.observe(1000, 10.0)
-    hooks.BASE_COST.observe(1000, 10.0)
-    hooks.BASE_COST.observe(1000, 10.0)
-    assert hooks.cost_guard(service, config, 1000) is None  # a slow base: scoring pays
+    hooks.BASE_COST.observe(1000, 10.0)  # a slow base: 10 ms a token
+    assert hooks.cost_guard(service, config, 1000) is None  # 2 s of scoring saves 7 s: it pays
     stats = await prune(service)
     assert not stats["fallback"]
+    hooks.BASE_COST.observe(1000, 1.0)  # one request prefilled at 1 ms a token: that is its real cost
+    hooks.BASE_COST.observe(1000, 30.0)  # later ones waited behind others: the floor stays at 1 ms
+    assert hooks.cost_guard(service, config, 1000) == "cost_guard"  # 2 s of scoring to save 0.7 s
 
 
 async def test_the_cost_guard_is_reported_in_the_stats(service: ScoringService) -> None:
@@ -142,5 +141,5 @@ async def test_the_cost_guard_is_reported_in_the_stats(service: ScoringService) 
 async def test_the_cost_guard_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     svc = ScoringService(ServerSettings(speculator="fake", cost_guard=False), loader=FakeSpeculator)
     svc.cost = CostEstimate(seconds_per_token=1.0)
-    monkeypatch.setattr(hooks, "BASE_COST", CostEstimate(seconds_per_token=1e-9))
+    monkeypatch.setattr(hooks, "BASE_COST", FloorEstimate(seconds_per_token=1e-9))
     assert hooks.cost_guard(svc, SpecPrefillConfig(), 1000) is None
