@@ -80,6 +80,8 @@ VARIANTS: dict[str, Variant] = {
         _v("specprefill-lah8", "SpecPrefill (look-ahead 8)"),
         _v("specprefill-lah1", "SpecPrefill (look-ahead 1)", lookahead=1),
         _v("specprefill-default", "SpecPrefill (library defaults)", preset="default"),
+        _v("specprefill-complete", "library defaults + sentence completion 16", preset="default", complete_tokens=16),
+        _v("specprefill-coverage", "library defaults + coverage 0.25", preset="default", coverage=0.25),
         _v("specprefill-max", "SpecPrefill, max over queries", query_reduction="max"),
         _v("specprefill-mix", "SpecPrefill, mix of max and mean", query_reduction="mix"),
         _v("specprefill-ow32", "SpecPrefill + window 32 (mean)", observation_window=32),

@@ -104,7 +104,9 @@ class SpecPrefillConfig(BaseModel):
     heading) - and before it, back to its sentence start (0: off). The budget stays exact."""
 
     complete_share: float = Field(default=0.25, gt=0.0, le=1.0)
-    """Most of the token budget that sentence completion may use; the rest goes to whole chunks."""
+    """Most of the token budget that sentence completion may use, counted beyond the budget's first 64 tokens
+    (:data:`~specprefill.scoring.select.COMPLETION_RESERVE`, which go to whole chunks); the rest goes to whole
+    chunks."""
 
     protect_template: bool = True
     """For chat messages: never drop chat-template tokens (role markers, separators)."""

@@ -736,7 +736,7 @@ def test_sentence_completion_keeps_what_follows_a_kept_chunk(peak: tuple[int, in
     imp = np.zeros(40, dtype=np.float32)
     imp[peak[0] : peak[1]] = 1.0
     imp[36:40] = 0.5  # the runner-up chunk, taken when completion is off
-    rules = _rules(complete_tokens=4, complete_share=0.5)
+    rules = _rules(complete_tokens=4, complete_share=0.5, complete_reserve=0)
     kept = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20], max_kept_tokens=12, rules=rules)
     plain = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20], max_kept_tokens=12)
     assert kept.tolist() == expected
@@ -749,11 +749,29 @@ def test_sentence_completion_looks_back_to_the_sentence_start() -> None:
     imp[16:20] = -1.0  # nothing after the chunk is free once it is protected
     protected = np.zeros(40, dtype=np.bool_)
     protected[16:20] = True
-    rules = _rules(complete_tokens=4, complete_share=0.5)
+    rules = _rules(complete_tokens=4, complete_share=0.5, complete_reserve=0)
     kept = select_chunks(
         imp, keep_rate=1.0, chunk_size=8, segments=[20], protected=protected, max_kept_tokens=12, rules=rules
     )
     assert kept.tolist() == [4, 5, 6, 7, *range(8, 20)]
+
+
+def test_sentence_completion_leaves_a_small_budget_to_whole_chunks() -> None:
+    imp = np.zeros(200, dtype=np.float32)
+    imp[8:16] = 1.0  # mid-sentence: completion would take 16..19
+    imp[16:20] = -1.0  # never picked on its own score
+    imp[100:108] = 0.5
+    plain = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20, 120], max_kept_tokens=12)
+    rules = _rules(complete_tokens=4, complete_share=0.5)  # the default reserve: 64 tokens
+    assert (
+        select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20, 120], max_kept_tokens=12, rules=rules).tolist()
+        == plain.tolist()
+    )
+    # a budget of 72 leaves floor(0.5 * (72 - 64)) = 4 tokens to completion: exactly the rest of the sentence
+    kept = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20, 120], max_kept_tokens=72, rules=rules)
+    assert {16, 17, 18, 19} <= set(kept.tolist()) and len(kept) == 72
+    wide = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20, 120], max_kept_tokens=72)
+    assert not {16, 17, 18, 19} <= set(wide.tolist())
 
 
 @pytest.mark.parametrize("seed", range(6))
