@@ -48,8 +48,9 @@ class PickRules:
     ``coverage``/``coverage_radius``: each pick lowers the scores of the chunks within ``coverage_radius``
     tokens of it by that share, so the next picks prefer another region (0: the plain ranking).
     ``complete_tokens``/``complete_share``: on a segment grid, each picked chunk also takes up to
-    ``complete_tokens`` tokens that complete it - the rest of its sentence after it (or, when it ends its
-    sentence, the start of the next one: the line after a question or heading), then the start of its sentence
+    ``complete_tokens`` tokens that complete it - the rest of its sentence after it (or, when it ends a sentence
+    of at most ``complete_tokens`` tokens, the start of the next one: the line after a question or heading), then
+    the start of its sentence
     before it - while completions have used less than ``complete_share`` of the budget beyond its first
     ``complete_reserve`` tokens (:data:`COMPLETION_RESERVE`; 0 tokens: off).
     """
@@ -312,12 +313,14 @@ def ranked_chunks(
 def _completion(keep: npt.NDArray[np.bool_], edges: Sequence[int], start: int, end: int, limit: int) -> list[int]:
     """Not yet kept tokens that complete the chunk ``[start, end)``, nearest first, at most ``limit`` per side.
 
-    After the chunk: the rest of its segment (sentence), or, when the chunk ends its segment, the start of the
-    next one. Before it: the start of its segment when the chunk begins mid-segment.
+    After the chunk: the rest of its segment (sentence), or, when the chunk ends a segment of at most ``limit``
+    tokens (a heading, a label or a question line), the start of the next one; a longer sentence that ends does
+    not pull in the next (that spent the allowance an answer's own sentence start needed later). Before it: the
+    start of its segment when the chunk begins mid-segment.
     """
     j = bisect_right(edges, start) - 1
     lo, hi = edges[j], edges[min(j + 1, len(edges) - 1)]
-    if end >= hi and j + 2 < len(edges):
+    if end >= hi and j + 2 < len(edges) and hi - lo <= limit:
         hi = edges[j + 2]
     after = [t for t in range(end, min(hi, end + limit)) if not keep[t]]
     before = [t for t in range(start - 1, max(lo, start - limit) - 1, -1) if not keep[t]]

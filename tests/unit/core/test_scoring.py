@@ -727,9 +727,8 @@ def _rules(**changes: Any) -> Any:
     ("peak", "expected"),
     [
         ((8, 16), list(range(8, 20))),  # mid-sentence chunk: the rest of its sentence after it
-        # a chunk ending its sentence: the next sentence's start, then 2 tokens back (the allowance is 6),
-        # then the runner-up fills the budget
-        ((16, 20), [*range(14, 24), 36, 37]),
+        # a chunk ending a long sentence: not the next sentence, 4 tokens back, then the runner-up fills the budget
+        ((16, 20), [*range(12, 20), 36, 37, 38, 39]),
     ],
 )
 def test_sentence_completion_keeps_what_follows_a_kept_chunk(peak: tuple[int, int], expected: list[int]) -> None:
@@ -741,6 +740,15 @@ def test_sentence_completion_keeps_what_follows_a_kept_chunk(peak: tuple[int, in
     plain = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20], max_kept_tokens=12)
     assert kept.tolist() == expected
     assert len(plain) == len(kept) == 12 and plain.tolist() != kept.tolist()
+
+
+def test_sentence_completion_takes_the_line_after_a_short_one() -> None:
+    imp = np.zeros(40, dtype=np.float32)
+    imp[16:20] = 1.0  # a 4-token line of its own (a heading or question): what follows it completes it
+    imp[36:40] = 0.5
+    rules = _rules(complete_tokens=4, complete_share=0.5, complete_reserve=0)
+    kept = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[16, 20], max_kept_tokens=12, rules=rules)
+    assert kept.tolist() == [*range(16, 24), 36, 37, 38, 39]
 
 
 def test_sentence_completion_looks_back_to_the_sentence_start() -> None:
