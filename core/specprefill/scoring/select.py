@@ -50,9 +50,8 @@ class PickRules:
     ``complete_tokens``/``complete_share``: on a segment grid, each picked chunk also takes up to
     ``complete_tokens`` tokens that complete it - the rest of its sentence after it (or, when it ends a sentence
     of at most ``complete_tokens`` tokens, the start of the next one: the line after a question or heading), then
-    the start of its sentence
-    before it - while completions have used less than ``complete_share`` of the budget beyond its first
-    ``complete_reserve`` tokens (:data:`COMPLETION_RESERVE`; 0 tokens: off).
+    the start of its sentence before it - while completions have used less than ``complete_share`` of the budget
+    beyond its first ``complete_reserve`` tokens (:data:`COMPLETION_RESERVE`; 0 tokens: off).
     """
 
     chunk_context: int = 0

@@ -13,8 +13,8 @@ first (:mod:`specprefill.server.queueing`); a job whose caller gave up is droppe
 running one stops at its next layer, look-ahead step or window (:mod:`specprefill.speculator.checkpoints`);
 a job that cannot finish before its deadline given the work ahead of it, by the cost learnt online
 (:attr:`ScoringService.cost`), is refused at once (``over_budget``), and again when its turn comes if the
-estimate learnt since (a burst slows the speculator down) says it no longer fits; and between the windows of a long
-prompt the worker runs queued jobs that fit in that prompt's slack, so a short request does not wait for
+estimate learnt since (a burst slows the speculator down) says it no longer fits; and between the windows of a
+long prompt the worker runs queued jobs that fit in that prompt's slack, so a short request does not wait for
 the whole of a huge one. :meth:`ScoringService.close` answers every waiting caller at once (``shutdown``).
 
 Micro-batching: on each wake-up the worker takes up to ``max_batch`` queued jobs at once (a job whose caller
