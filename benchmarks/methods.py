@@ -165,9 +165,14 @@ class ChunkMethod(Method):
         """``select_chunks`` options that let a chunk's score see its neighbourhood (none by default)."""
         return {}
 
+    def ranked_scores(self, prepared: PreparedSample, scores: FloatArray) -> FloatArray:
+        """The scores selection ranks, from the method's importance (the importance itself by default)."""
+        return scores
+
     def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
         """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
         scores, cost = self.scored(prepared)
+        scores = self.ranked_scores(prepared, scores)
         segments = self.segments(prepared)
         grid: dict[str, Any] = {} if segments is None else {"segments": segments}
         grid.update(self.context_options())
@@ -335,6 +340,18 @@ class SpecPrefillMethod(ChunkMethod):
             return None
         prompt = prepared.prompt
         return segment_starts(prompt.text, prepared.offsets, [prompt.context_span], self.segment_by)
+
+    def ranked_scores(self, prepared: PreparedSample, scores: FloatArray) -> FloatArray:
+        """The importance plus the variant's question-word channel (``lexical_weight``), as ``select_scored`` does.
+
+        A library without the channel ranks the importance alone.
+        """
+        weight = float(getattr(self.config, "lexical_weight", 0.0))
+        if not weight:
+            return scores
+        from specprefill.scoring.lexical import with_question_words
+
+        return with_question_words(scores, prepared.prompt.text, prepared.offsets, prepared.protected, weight)
 
     def context_options(self) -> dict[str, Any]:
         """The variant's ranking and completion rules (``PickRules``).

@@ -41,7 +41,7 @@ Span = tuple[int, int]
 SELECTION_FIELDS: frozenset[str] = frozenset(
     {
         "keep_rate", "chunk_size", "max_kept_tokens", "min_prompt_tokens", "segment_by", "chunk_context",
-        "context_weight", "coverage", "coverage_radius", "complete_tokens", "complete_share",
+        "context_weight", "coverage", "coverage_radius", "complete_tokens", "complete_share", "lexical_weight",
         "protect_template",
         "protect_system_tokens", "protect_question_tokens", "protected_count_toward_budget", "gap_marker",
         "fallback_on_error",
@@ -80,7 +80,8 @@ VARIANTS: dict[str, Variant] = {
         _v("specprefill-lah8", "SpecPrefill (look-ahead 8)"),
         _v("specprefill-lah1", "SpecPrefill (look-ahead 1)", lookahead=1),
         _v("specprefill-default", "SpecPrefill (library defaults)", preset="default"),
-        _v("specprefill-complete", "library defaults + sentence completion 16", preset="default", complete_tokens=16),
+        _v("specprefill-no-complete", "defaults without sentence completion", preset="default", complete_tokens=0),
+        _v("specprefill-no-lexical", "defaults without the question-word channel", preset="default", lexical_weight=0),
         _v("specprefill-coverage", "library defaults + coverage 0.25", preset="default", coverage=0.25),
         _v("specprefill-max", "SpecPrefill, max over queries", query_reduction="max"),
         _v("specprefill-mix", "SpecPrefill, mix of max and mean", query_reduction="mix"),

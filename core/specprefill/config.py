@@ -98,7 +98,7 @@ class SpecPrefillConfig(BaseModel):
     coverage_radius: int = Field(default=128, ge=1)
     """Tokens around a kept chunk whose chunks ``coverage`` lowers."""
 
-    complete_tokens: int = Field(default=0, ge=0, le=4096)
+    complete_tokens: int = Field(default=16, ge=0, le=4096)
     """Sentence completion (segment grids): each kept chunk also keeps up to this many tokens after it - the
     rest of its sentence, or, when it ends its sentence, the start of the next (the line after a question or
     heading) - and before it, back to its sentence start (0: off). The budget stays exact."""
@@ -107,6 +107,12 @@ class SpecPrefillConfig(BaseModel):
     """Most of the token budget that sentence completion may use, counted beyond the budget's first 64 tokens
     (:data:`~specprefill.scoring.select.COMPLETION_RESERVE`, which go to whole chunks); the rest goes to whole
     chunks."""
+
+    lexical_weight: float = Field(default=1.0, ge=0.0, le=100.0)
+    """Question-word channel (:mod:`specprefill.scoring.lexical`): a token before the question that spells one
+    of the question's words gains up to this share of the peak importance, by the word's rarity in the prompt
+    (its inverse frequency over lines and sentences), so a sentence naming the question's rare words ranks high
+    even where the speculator's attention missed it (0: attention alone, as in the paper)."""
 
     protect_template: bool = True
     """For chat messages: never drop chat-template tokens (role markers, separators)."""
@@ -267,6 +273,7 @@ _PAPER_PRESET: dict[str, Any] = {
     "context_weight": 0.3,
     "coverage": 0.0,
     "complete_tokens": 0,
+    "lexical_weight": 0.0,
     "retrieval_heads": 0,
     "window_in_final_paragraph": False,
 }

@@ -6,6 +6,7 @@ is checked against these.
 
 - :mod:`.reduce`: smoothing and the query reductions (a table: :func:`~.reduce.register_reduction`);
 - :mod:`.chunks`: the chunk grid and chunk scores (with their neighbourhood, ``chunk_context``);
+- :mod:`.lexical`: the question-word channel blended into the importance before selection (``lexical_weight``);
 - :mod:`.select`: the budget and the selection of kept chunks.
 """
 

@@ -19,6 +19,7 @@ from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 from specprefill.prompt.prepared import ScoredPrompt
 from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask, segment_edges
+from specprefill.scoring.lexical import with_question_words
 
 __all__ = [
     "COMPLETION_RESERVE",
@@ -78,13 +79,17 @@ class PickRules:
 def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig) -> IndexArray:
     """Kept token indices of a scored prompt: :func:`select_chunks` with ``config``'s budget settings.
 
-    Uses the keep rate, chunk size, token cap, chunk context and ``protected_count_toward_budget`` of
-    ``config``, and ``scored``'s protected tokens and chunk grid. An unscored prompt keeps every token.
+    Uses the keep rate, chunk size, token cap, pick rules, ``lexical_weight`` (the question-word channel,
+    :func:`~specprefill.scoring.lexical.with_question_words`) and ``protected_count_toward_budget`` of
+    ``config``, and ``scored``'s text, protected tokens and chunk grid. An unscored prompt keeps every token.
     """
     if scored.importance is None:
         return np.arange(scored.n_tokens, dtype=np.int64)
+    importance = with_question_words(
+        scored.importance, scored.text, scored.offsets, scored.protected, config.lexical_weight, scored.content_spans
+    )
     return select_chunks(
-        scored.importance,
+        importance,
         keep_rate=config.keep_rate,
         chunk_size=config.chunk_size,
         protected=scored.protected,

@@ -52,8 +52,8 @@ def test_demo_question_keeps_both_facts_at_the_default_keep_rate(speculator: Any
     """``make demo``: the prompt ``specprefill ask`` builds, pruned with its config, keeps both answer facts.
 
     The sentence with "175 degrees" gets little attention from the 135M speculator itself; the default chunk
-    context lifts it because it follows the saffron sentence the question points at (without it, or with
-    ``context_weight=0.25``, it is dropped).
+    context lifts it because it follows the saffron sentence the question points at, and sentence completion
+    takes in the rest of the sentence a kept chunk ends in: without both it is dropped.
     """
     from pathlib import Path
 
@@ -70,7 +70,8 @@ def test_demo_question_keeps_both_facts_at_the_default_keep_rate(speculator: Any
     assert config.keep_rate == 0.3
     kept = speculator.select(scored, config).text
     assert "48 minutes" in kept and "175 degrees" in kept
-    assert "175 degrees" not in speculator.select(scored, config, chunk_context=0).text
+    assert "175 degrees" in speculator.select(scored, config, chunk_context=0).text  # completion alone
+    assert "175 degrees" not in speculator.select(scored, config, chunk_context=0, complete_tokens=0).text
     assert scored.n_tokens > 5000 and len(speculator.select(scored, config).kept_indices) < 0.4 * scored.n_tokens
 
 

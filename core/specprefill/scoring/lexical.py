@@ -1,0 +1,145 @@
+"""The question-word channel: prompt words that the question names, weighted by how rare they are in the prompt.
+
+A small speculator's attention often misses a sentence that shares the question's rarest words ("Which
+Python versions does tinytag support?" against "Supports Python 3.7 or higher" in a long README), and
+embedding retrieval misses where attention succeeds. With ``SpecPrefillConfig.lexical_weight > 0`` each
+unprotected token before the question that spells a word of the question gains
+``lexical_weight * peak * idf(word) / max idf``, where ``peak`` is the highest importance of any unprotected
+token and ``idf`` is the word's inverse document frequency over the prompt's lines and sentences (a word on
+every line weighs nothing). Selection then ranks chunks on the sum, so attention still orders everything the
+question's words do not single out.
+
+The question is the final paragraph of the prompt (in a chat, of the last message's content), or its last
+line when it has no blank line; a prompt whose question would cover most of it gets no lexical channel. All
+functions are pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from specprefill.errors import ConfigurationError
+from specprefill.prompt.segments import final_paragraph_start
+from specprefill.spans import Span
+
+__all__ = [
+    "MAX_QUESTION_SHARE",
+    "blend_lexical",
+    "lexical_scores",
+    "normal_word",
+    "question_span",
+    "with_question_words",
+    "word_weights",
+]
+
+FloatArray = npt.NDArray[np.float32]
+
+MAX_QUESTION_SHARE = 0.5
+"""A "question" longer than this share of the text is no question: :func:`question_span` gives None."""
+
+_WORD = re.compile(r"\w+")
+_UNIT = re.compile(r"\n|(?<=[.!?])\s+")
+"""Where the units that document frequencies count end: a line break, or a sentence end before white space."""
+
+
+def normal_word(word: str) -> str:
+    """``word`` lower-cased, without a plural ``s`` (on words of more than three letters)."""
+    word = word.lower()
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+def question_span(text: str, content_spans: Sequence[Span] | None = None) -> Span | None:
+    """Character span of the question: the final paragraph of the text (of the last content in a chat).
+
+    Without a blank line the last line is the question. None when there is no text before it, or it covers
+    more than :data:`MAX_QUESTION_SHARE` of the text.
+    """
+    lo, hi = content_spans[-1] if content_spans else (0, len(text))
+    hi = lo + len(text[lo:hi].rstrip())
+    start = final_paragraph_start(text, lo, hi)
+    if start is None:
+        start = text.rfind("\n", lo, hi) + 1 or lo
+    if start <= 0 or not text[:start].strip() or hi - start > MAX_QUESTION_SHARE * len(text):
+        return None
+    return start, hi
+
+
+def word_weights(context: str, question: str) -> dict[str, float]:
+    """Each question word that occurs in ``context``, weighted by its inverse document frequency there.
+
+    Documents are the context's lines and sentences: ``log((units + 1) / (units holding the word + 1))``. Words
+    absent from the context, or present in every unit, are left out.
+    """
+    units = [u for u in _UNIT.split(context) if u.strip()]
+    frequency = Counter(w for u in units for w in {normal_word(m.group()) for m in _WORD.finditer(u)})
+    wanted = {normal_word(m.group()) for m in _WORD.finditer(question)}
+    weights = {w: math.log((len(units) + 1) / (frequency[w] + 1)) for w in wanted if frequency[w]}
+    return {w: v for w, v in weights.items() if v > 0}
+
+
+def lexical_scores(text: str, offsets: Sequence[Span], protected: npt.NDArray[np.bool_], question: Span) -> FloatArray:
+    """``[N]``: for each unprotected token before the question, the highest weight of a question word it spells.
+
+    Weights come from :func:`word_weights` over ``text[:question start]``; every token that overlaps a
+    matching word gets that word's weight; other tokens get 0.
+    """
+    if len(offsets) != len(protected):
+        raise ConfigurationError(f"{len(offsets)} token offsets but {len(protected)} protection flags")
+    start, end = question
+    weights = word_weights(text[:start], text[start:end])
+    per_char = np.zeros(start + 1, dtype=np.float32)
+    for match in _WORD.finditer(text, 0, start):
+        weight = weights.get(normal_word(match.group()))
+        if weight:
+            per_char[match.start() : match.end()] = weight
+    scores = np.zeros(len(offsets), dtype=np.float32)
+    for i, (a, b) in enumerate(offsets):
+        if a < b and a < start and not protected[i]:
+            scores[i] = per_char[a : min(b, start)].max()
+    return scores
+
+
+def blend_lexical(
+    importance: npt.ArrayLike, lexical: npt.ArrayLike, protected: npt.NDArray[np.bool_], weight: float
+) -> FloatArray:
+    """``importance + weight * peak * lexical / max(lexical)``; ``peak``: the highest unprotected importance.
+
+    Returns ``importance`` (as float32) unchanged when ``weight`` is 0, nothing matched, or no token is free.
+    """
+    imp = np.asarray(importance, dtype=np.float32)
+    lex = np.asarray(lexical, dtype=np.float32)
+    if imp.shape != lex.shape or imp.shape != protected.shape:
+        raise ConfigurationError(f"importance {imp.shape}, lexical {lex.shape} and protected {protected.shape} differ")
+    free = ~protected
+    top = float(lex.max(initial=0.0))
+    if weight <= 0 or top <= 0 or not free.any():
+        return imp
+    peak = float(imp[free].max())
+    return (imp + np.float32(weight * peak / top) * lex).astype(np.float32)
+
+
+def with_question_words(
+    importance: npt.ArrayLike,
+    text: str | None,
+    offsets: Sequence[Span] | None,
+    protected: npt.NDArray[np.bool_],
+    weight: float,
+    content_spans: Sequence[Span] | None = None,
+) -> FloatArray:
+    """The importance selection ranks: ``importance`` with the question-word channel blended in at ``weight``.
+
+    Unchanged (as float32) for a prompt without text (token ids), without a question (:func:`question_span`),
+    or with ``weight`` 0.
+    """
+    if weight <= 0 or not text or not offsets:
+        return np.asarray(importance, dtype=np.float32)
+    question = question_span(text, content_spans)
+    if question is None:
+        return np.asarray(importance, dtype=np.float32)
+    return blend_lexical(importance, lexical_scores(text, offsets, protected, question), protected, weight)

@@ -1,0 +1,153 @@
+"""The question-word channel (specprefill.scoring.lexical) on tiny literal prompts, and through select_scored."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from specprefill import SpecPrefillConfig
+from specprefill.errors import ConfigurationError
+from specprefill.prompt.prepared import ScoredPrompt
+from specprefill.scoring.lexical import (
+    blend_lexical,
+    lexical_scores,
+    normal_word,
+    question_span,
+    with_question_words,
+    word_weights,
+)
+from specprefill.scoring.select import select_scored
+
+
+def word_offsets(text: str) -> list[tuple[int, int]]:
+    """One token per run of non-space characters (a stand-in tokenizer)."""
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+# --- words and the question ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("word", "normal"), [("Supports", "support"), ("bus", "bus"), ("Python", "python"), ("GNU", "gnu")]
+)
+def test_normal_word_lowercases_and_drops_a_plural_s(word: str, normal: str) -> None:
+    assert normal_word(word) == normal
+
+
+def test_question_is_the_final_paragraph_without_trailing_space() -> None:
+    text = "Doc line one.\nDoc line two.\n\nWhich line?\nAnswer: \n"
+    start, end = question_span(text) or (0, 0)
+    assert text[start:end] == "Which line?\nAnswer:"
+
+
+def test_without_a_blank_line_the_last_line_is_the_question() -> None:
+    text = "alpha beta gamma delta epsilon\nWhich letter?"
+    start, end = question_span(text) or (0, 0)
+    assert text[start:end] == "Which letter?"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "One line holds it all?",  # nothing before the question
+        "short\n\nA question that is much longer than everything before it, so it is no question?",
+        "   \n\nWhat?",  # only white space before it
+    ],
+)
+def test_no_question_when_nothing_precedes_it_or_it_is_most_of_the_text(text: str) -> None:
+    assert question_span(text) is None
+
+
+def test_in_a_chat_the_question_comes_from_the_last_content() -> None:
+    text = "<s>Doc about cats and dogs.\n\nMore doc.</s><s>Which animal?</s>"
+    first, last = (3, 38), (45, 58)
+    assert text[last[0] : last[1]] == "Which animal?"
+    assert question_span(text, [first, last]) == last
+
+
+def test_word_weights_are_inverse_frequencies_over_lines_and_sentences() -> None:
+    context = "alpha beta.\nbeta gamma. beta delta"
+    weights = word_weights(context, "Is alpha or beta or omega here?")
+    # three units; alpha in one, beta in all three (weight 0: left out), omega nowhere (left out)
+    assert weights == {"alpha": pytest.approx(math.log(4 / 2))}
+
+
+def test_lexical_scores_mark_the_tokens_that_spell_a_question_word() -> None:
+    text = "the cat sat.\nthe dog ran.\nthe bird flew.\n\nWhat did the dog do?"
+    offsets = word_offsets(text)
+    protected = np.zeros(len(offsets), dtype=np.bool_)
+    protected[1] = True  # "cat" is protected: never boosted
+    question = question_span(text)
+    assert question is not None
+    scores = lexical_scores(text, offsets, protected, question)
+    words = [text[a:b] for a, b in offsets]
+    boosted = {words[i] for i in np.flatnonzero(scores)}
+    assert boosted == {"dog"}  # "the" is on every line; the question's own words are not boosted
+    assert scores[words.index("dog")] == pytest.approx(math.log(4 / 2))
+
+
+def test_lexical_scores_reject_mismatched_lengths() -> None:
+    with pytest.raises(ConfigurationError, match="offsets"):
+        lexical_scores("a b\n\nb?", [(0, 1)], np.zeros(2, dtype=np.bool_), (5, 7))
+
+
+# --- blending -------------------------------------------------------------------------------------------------
+def test_blend_adds_weight_times_the_free_peak_at_the_strongest_match() -> None:
+    imp = np.array([0.9, 0.2, 0.4, 0.1], dtype=np.float32)
+    lex = np.array([0.0, 2.0, 1.0, 0.0], dtype=np.float32)
+    protected = np.array([True, False, False, False])
+    out = blend_lexical(imp, lex, protected, 0.5)
+    # peak over free tokens is 0.4 (token 0 is protected); the top match gains 0.5 * 0.4
+    np.testing.assert_allclose(out, [0.9, 0.2 + 0.2, 0.4 + 0.1, 0.1], rtol=1e-6)
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("lex", "weight"), [([0.0, 0.0, 0.0], 1.0), ([1.0, 0.0, 0.0], 0.0)], ids=["no match", "weight 0"]
+)
+def test_blend_leaves_importance_alone_without_a_match_or_weight(lex: list[float], weight: float) -> None:
+    imp = np.array([0.3, 0.2, 0.1], dtype=np.float32)
+    out = blend_lexical(imp, np.array(lex, dtype=np.float32), np.zeros(3, dtype=np.bool_), weight)
+    np.testing.assert_array_equal(out, imp)
+
+
+def test_blend_rejects_shapes_that_differ() -> None:
+    with pytest.raises(ConfigurationError, match="differ"):
+        blend_lexical(np.zeros(3), np.zeros(2), np.zeros(3, dtype=np.bool_), 1.0)
+
+
+def test_a_prompt_without_text_or_question_keeps_its_importance() -> None:
+    imp = np.array([0.3, 0.2], dtype=np.float32)
+    protected = np.zeros(2, dtype=np.bool_)
+    np.testing.assert_array_equal(with_question_words(imp, None, None, protected, 1.0), imp)
+    np.testing.assert_array_equal(with_question_words(imp, "ab cd", [(0, 2), (3, 5)], protected, 1.0), imp)
+
+
+# --- through select_scored ------------------------------------------------------------------------------------
+TEXT = "aaa bbb ccc ddd\neee fff ggg hhh\niii zebra jjj kkk\nlll mmm nnn ooo\n\nWhere is the zebra?"
+
+
+def scored_prompt() -> ScoredPrompt:
+    offsets = word_offsets(TEXT)
+    n = len(offsets)
+    importance = np.full(n, 0.1, dtype=np.float32)
+    importance[5] = 1.0  # attention peaks on the second line; the question names a word of the third
+    protected = np.zeros(n, dtype=np.bool_)
+    protected[16:] = True  # the question
+    return ScoredPrompt(list(range(n)), protected, text=TEXT, offsets=offsets, importance=importance)
+
+
+@pytest.mark.parametrize(("weight", "kept_line"), [(0.0, "eee fff ggg hhh"), (1.0, "iii zebra jjj kkk")])
+def test_the_question_word_moves_selection_to_its_line(weight: float, kept_line: str) -> None:
+    config = SpecPrefillConfig(
+        chunk_size=4, segment_by="none", chunk_context=0, complete_tokens=0, lexical_weight=weight
+    ).with_overrides(max_kept_tokens=4, keep_rate=1.0)
+    scored = scored_prompt()
+    kept = [int(i) for i in select_scored(scored, config) if not scored.protected[i]]
+    assert " ".join(TEXT[slice(*scored.offsets[i])] for i in kept) == kept_line
+
+
+def test_the_paper_preset_has_no_lexical_channel_and_the_defaults_do() -> None:
+    assert SpecPrefillConfig.paper().lexical_weight == 0.0
+    assert SpecPrefillConfig().lexical_weight > 0
