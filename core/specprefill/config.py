@@ -108,7 +108,7 @@ class SpecPrefillConfig(BaseModel):
     (:data:`~specprefill.scoring.select.COMPLETION_RESERVE`, which go to whole chunks); the rest goes to whole
     chunks."""
 
-    lexical_weight: float = Field(default=1.0, ge=0.0, le=100.0)
+    lexical_weight: float = Field(default=0.5, ge=0.0, le=100.0)
     """Question-word channel (:mod:`specprefill.scoring.lexical`): a token before the question that spells one
     of the question's words gains up to this share of the peak importance, by the word's rarity in the prompt
     (its inverse frequency over lines and sentences), so a sentence naming the question's rare words ranks high

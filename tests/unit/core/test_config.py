@@ -18,7 +18,7 @@ def test_defaults_are_the_paper_scoring_plus_window_max_sentence_grid_and_chunk_
     assert cfg.pool_kernel == 13
     assert (cfg.observation_window, cfg.query_reduction, cfg.segment_by) == (32, "max", "sentences")
     assert (cfg.chunk_context, cfg.context_weight) == (8, 0.3)  # keeps both facts of the demo question
-    assert (cfg.complete_tokens, cfg.lexical_weight) == (16, 1.0)  # sentence completion, question words
+    assert (cfg.complete_tokens, cfg.lexical_weight) == (16, 0.5)  # sentence completion, question words
     assert cfg.max_kept_tokens is None
     assert cfg.protect_template is True
     assert cfg.protected_count_toward_budget is False
