@@ -62,6 +62,22 @@ async def test_returned_scores_select_to_the_same_kept_spans() -> None:
     assert local.text == reply.text
 
 
+async def test_returned_scores_rank_the_question_words_as_the_server_did() -> None:
+    """The wire carries the text and offsets, so the client's selection blends the same question words in."""
+    text = "ab cd ef gh.\nij zebra kl mn.\nop qr st uv.\nwx yz ab cd.\n\nWhere is the zebra now?"
+    body = {"prompt": text, "keep_rate": 0.25, "return_scores": True}
+    status, wire = await handle_prune(body, service())
+    reply = PruneReply.from_wire(json.loads(json.dumps(wire)))
+    assert status == 200 and reply.scored is not None
+    config = CFG.with_overrides(keep_rate=0.25)
+    assert config.lexical_weight > 0
+    kept = select_scored(reply.scored, config)
+    assert BosSpeculator(template=plain_chat).build_result(reply.scored, kept, config).kept_spans == reply.kept_spans
+    assert "zebra" in reply.text
+    without = select_scored(reply.scored, config.with_overrides(lexical_weight=0))
+    assert not np.array_equal(kept, without)  # the question word moved the selection
+
+
 async def test_question_steers_and_spans_are_in_the_prompt_text() -> None:
     text = "alpha beta gamma delta. The ANSWER is FORTY TWO. epsilon zeta eta theta iota."
     body = {"prompt": text, "question": "What is it?", "keep_rate": 0.3, "protected_spans": [[0, 5]]}
