@@ -110,18 +110,19 @@ def blend_lexical(
 ) -> FloatArray:
     """``importance + weight * peak * lexical / max(lexical)``; ``peak``: the highest unprotected importance.
 
-    Returns ``importance`` (as float32) unchanged when ``weight`` is 0, nothing matched, or no token is free.
+    Returns ``importance`` (as float32) unchanged when ``weight`` is 0, nothing matched, or no unprotected token
+    has a finite score.
     """
     imp = np.asarray(importance, dtype=np.float32)
     lex = np.asarray(lexical, dtype=np.float32)
     if imp.shape != lex.shape or imp.shape != protected.shape:
         raise ConfigurationError(f"importance {imp.shape}, lexical {lex.shape} and protected {protected.shape} differ")
-    free = ~protected
+    free = imp[~protected]
+    free = free[np.isfinite(free)]  # a wire reply may carry NaN for tokens it did not score
     top = float(lex.max(initial=0.0))
-    if weight <= 0 or top <= 0 or not free.any():
+    if weight <= 0 or top <= 0 or not free.size:
         return imp
-    peak = float(imp[free].max())
-    return (imp + np.float32(weight * peak / top) * lex).astype(np.float32)
+    return (imp + np.float32(weight * float(free.max()) / top) * lex).astype(np.float32)
 
 
 def with_question_words(

@@ -112,6 +112,12 @@ def test_blend_leaves_importance_alone_without_a_match_or_weight(lex: list[float
     np.testing.assert_array_equal(out, imp)
 
 
+def test_blend_takes_the_peak_over_finite_scores_only() -> None:
+    imp = np.array([np.nan, 0.2, 0.4], dtype=np.float32)
+    out = blend_lexical(imp, np.array([0.0, 1.0, 0.0], dtype=np.float32), np.zeros(3, dtype=np.bool_), 1.0)
+    np.testing.assert_allclose(out[1:], [0.6, 0.4], rtol=1e-6)
+
+
 def test_blend_rejects_shapes_that_differ() -> None:
     with pytest.raises(ConfigurationError, match="differ"):
         blend_lexical(np.zeros(3), np.zeros(2), np.zeros(3, dtype=np.bool_), 1.0)
