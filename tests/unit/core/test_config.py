@@ -14,7 +14,8 @@ def test_defaults_are_the_paper_scoring_plus_window_max_sentence_grid_and_chunk_
     cfg = SpecPrefillConfig()
     assert cfg.keep_rate == 0.3
     assert cfg.chunk_size == 32
-    assert cfg.lookahead == 8
+    assert cfg.lookahead == 4
+    assert SpecPrefillConfig.paper().lookahead == 8
     assert cfg.pool_kernel == 13
     assert (cfg.observation_window, cfg.query_reduction, cfg.segment_by) == (32, "max", "sentences")
     assert (cfg.chunk_context, cfg.context_weight) == (8, 0.3)  # keeps both facts of the demo question
