@@ -98,11 +98,16 @@ def lexical_scores(text: str, offsets: Sequence[Span], protected: npt.NDArray[np
         weight = weights.get(normal_word(match.group()))
         if weight:
             per_char[match.start() : match.end()] = weight
-    scores = np.zeros(len(offsets), dtype=np.float32)
-    for i, (a, b) in enumerate(offsets):
-        if a < b and a < start and not protected[i]:
-            scores[i] = per_char[a : min(b, start)].max()
-    return scores
+    if not len(offsets):
+        return np.zeros(0, dtype=np.float32)
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    lo = np.minimum(spans[:, 0], start)
+    hi = np.minimum(spans[:, 1], start)
+    scored = (lo < hi) & ~np.asarray(protected, dtype=np.bool_)
+    # max over per_char[lo:hi] for every token at once: reduceat over the interleaved bounds, even slots only
+    bounds = np.stack([lo, np.maximum(hi, lo)], axis=1).ravel()
+    maxima = np.maximum.reduceat(per_char, bounds)[0::2]
+    return np.where(scored, maxima, np.float32(0)).astype(np.float32)
 
 
 def blend_lexical(
