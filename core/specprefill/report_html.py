@@ -83,8 +83,10 @@ def render_prune_html(result: PruneResult, *, title: str | None = None) -> str:
 
     The page shows the stats, a legend, and the whole prompt (for chat prompts, as rendered with the chat
     template): kept tokens are underlined, dropped tokens are struck through in grey, and every token's
-    background is shaded by its importance. Hovering a token shows its index, importance and whether it
-    was kept. Prompts given as token ids (no text offsets) are shown as token ids.
+    background is shaded by its importance as selection ranked it (``result.ranked_importance``: the
+    speculator's, plus the question-word channel; ``result.importance`` for results without it). Hovering a
+    token shows its index, importance and whether it was kept. Prompts given as token ids (no text offsets)
+    are shown as token ids.
 
     Args:
         result: What :meth:`specprefill.Speculator.prune` returned.
@@ -99,12 +101,9 @@ def render_prune_html(result: PruneResult, *, title: str | None = None) -> str:
     kept = np.zeros(n, dtype=np.bool_)
     if n:
         kept[np.asarray(result.kept_indices, dtype=np.int64)] = True
-    shades = importance_shades(result.importance, n)
-    scores = (
-        [float(v) for v in np.asarray(result.importance, dtype=np.float64)[:n]]
-        if result.importance is not None
-        else None
-    )
+    shown = result.ranked_importance if result.ranked_importance is not None else result.importance
+    shades = importance_shades(shown, n)
+    scores = [float(v) for v in np.asarray(shown, dtype=np.float64)[:n]] if shown is not None else None
     page_title = title or "specprefill: kept vs dropped"
     stats = result.stats
 

@@ -88,6 +88,9 @@ class PruneResult:
     """For chat prompts: the messages with each content cut down to its kept spans."""
     lookahead_token_ids: list[int] = field(default_factory=list)
     """Tokens the speculator decoded during look-ahead (useful for debugging and tests)."""
+    ranked_importance: npt.NDArray[np.float32] | None = None
+    """What selection ranked chunks by: ``importance`` with the question-word channel blended in
+    (``SpecPrefillConfig.lexical_weight``); equal to ``importance`` without it, None when not scored."""
 
     @property
     def position_ids(self) -> list[int]:
@@ -115,4 +118,6 @@ class PruneResult:
         }
         if include_importance and self.importance is not None:
             out["importance"] = [float(v) for v in self.importance]
+        if include_importance and self.ranked_importance is not None:
+            out["ranked_importance"] = [float(v) for v in self.ranked_importance]
         return out

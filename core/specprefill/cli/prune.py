@@ -37,7 +37,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--json", action="store_true", help="print one JSON object (result and stats) on stdout and nothing else"
     )
-    out.add_argument("--importance", action="store_true", help="with --json: include per-token importance")
+    out.add_argument(
+        "--importance",
+        action="store_true",
+        help="with --json: include per-token importance (the speculator's, and ranked_importance: what "
+        "selection ranked, with the question-word channel)",
+    )
     out.add_argument(
         "--html",
         default=None,

@@ -21,7 +21,7 @@ from specprefill.prompt.messages import cut_messages
 from specprefill.prompt.prepared import ScoredPrompt
 from specprefill.result import Message, PruneResult, PruneStats
 from specprefill.scoring.chunks import chunk_bounds, protected_mask
-from specprefill.scoring.select import select_scored
+from specprefill.scoring.select import ranking_importance, select_scored
 from specprefill.spans import Span, index_runs, join_runs, join_spans, kept_char_spans
 
 __all__ = ["ResultBuilder", "assemble_result"]
@@ -35,6 +35,7 @@ def assemble_result(
     name: str,
     seconds: float = 0.0,
     decode: Callable[[Sequence[int]], str] | None = None,
+    ranked: npt.NDArray[np.float32] | None = None,
 ) -> PruneResult:
     """The :class:`PruneResult` of keeping ``kept`` (sorted token indices) of a scored prompt.
 
@@ -45,6 +46,8 @@ def assemble_result(
         name: Speculator name for the stats.
         seconds: Time the selection took, added to ``scored.speculator_seconds``.
         decode: Token ids to text; needed only for token-id prompts (which have no text).
+        ranked: What selection ranked by (:func:`~specprefill.scoring.select.ranking_importance`), when the
+            caller has it; computed from ``scored`` and ``config`` otherwise.
 
     Raises:
         PromptError: A token-id prompt and no ``decode``.
@@ -90,6 +93,7 @@ def assemble_result(
         text=text,
         stats=stats,
         importance=scored.importance,
+        ranked_importance=ranking_importance(scored, config) if ranked is None else ranked,
         source_text=scored.text,
         offsets=scored.offsets,
         kept_spans=spans,
@@ -122,8 +126,9 @@ class ResultBuilder:
         """
         cfg = SpecPrefillConfig.of(config).with_overrides(**overrides)
         start = time.perf_counter()
-        kept = select_scored(scored, cfg)
-        return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start)
+        ranked = ranking_importance(scored, cfg)
+        kept = select_scored(scored, cfg, ranked=ranked)
+        return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start, ranked=ranked)
 
     def build_result(
         self,
@@ -132,13 +137,14 @@ class ResultBuilder:
         config: SpecPrefillConfig | None = None,
         *,
         seconds: float = 0.0,
+        ranked: npt.NDArray[np.float32] | None = None,
     ) -> PruneResult:
         """The :class:`~specprefill.result.PruneResult` of keeping ``kept`` (sorted token indices) of ``scored``.
 
         For callers that select tokens themselves (e.g. :mod:`specprefill.prompt.passages`); ``seconds`` (the
-        time their selection took) is added to ``scored.speculator_seconds`` in the stats. See
-        :func:`assemble_result`.
+        time their selection took) is added to ``scored.speculator_seconds`` in the stats; ``ranked`` is what
+        they ranked by, when they have it. See :func:`assemble_result`.
         """
         name = scored.speculator or self.name
         cfg = SpecPrefillConfig.of(config)
-        return assemble_result(scored, kept, cfg, name=name, seconds=seconds, decode=self._token_text())
+        return assemble_result(scored, kept, cfg, name=name, seconds=seconds, decode=self._token_text(), ranked=ranked)

@@ -37,7 +37,7 @@ from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt, scrub_surr
 from specprefill.prompt.segments import check_segments, segment_starts_of, token_starts
 from specprefill.result import Message, PruneResult
 from specprefill.scoring import PickRules, chunk_bounds, fill_chunks, segment_edges
-from specprefill.scoring.select import select_scored
+from specprefill.scoring.select import ranking_importance, select_scored
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
 from specprefill.speculator.base import Speculator
 
@@ -290,16 +290,17 @@ def select_passages(
     offset = _message_offset(scored)
     ranges = _token_ranges(scored.offsets or [], windows)
     added = [0] * len(ranges)
-    if scored.importance is None:
+    ranked = ranking_importance(scored, config)
+    if ranked is None:
         keep = np.ones(n, dtype=np.bool_)
     else:
         keep = np.zeros(n, dtype=np.bool_)
-        keep[select_scored(scored, config)] = True
+        keep[select_scored(scored, config, ranked=ranked)] = True
         if min_tokens_per_passage > 0:
             bounds = chunk_bounds(n, config.chunk_size, scored.segments)
             added = [
                 fill_chunks(
-                    scored.importance,
+                    ranked,
                     keep,
                     [(s, e) for s, e in bounds if lo <= s < hi],
                     min(min_tokens_per_passage, hi - lo) - int(keep[lo:hi].sum()),
@@ -310,7 +311,7 @@ def select_passages(
                 for lo, hi in ranges
             ]
     result = speculator.build_result(
-        scored, np.flatnonzero(keep).astype(np.int64), config, seconds=time.perf_counter() - start
+        scored, np.flatnonzero(keep).astype(np.int64), config, seconds=time.perf_counter() - start, ranked=ranked
     )
     outcomes = [PassageOutcome(text=p.text) for p in passages]
     spans = kept_char_spans(scored.offsets or [], result.kept_indices)

@@ -28,6 +28,7 @@ __all__ = [
     "budget_chunks",
     "fill_chunks",
     "ranked_chunks",
+    "ranking_importance",
     "select_chunks",
     "select_scored",
 ]
@@ -76,18 +77,31 @@ class PickRules:
         )
 
 
-def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig) -> IndexArray:
-    """Kept token indices of a scored prompt: :func:`select_chunks` with ``config``'s budget settings.
+def ranking_importance(scored: ScoredPrompt, config: SpecPrefillConfig) -> FloatArray | None:
+    """The per-token scores selection ranks chunks by; None for an unscored prompt.
 
-    Uses the keep rate, chunk size, token cap, pick rules, ``lexical_weight`` (the question-word channel,
-    :func:`~specprefill.scoring.lexical.with_question_words`) and ``protected_count_toward_budget`` of
-    ``config``, and ``scored``'s text, protected tokens and chunk grid. An unscored prompt keeps every token.
+    ``scored.importance`` with the question-word channel blended in at ``config.lexical_weight``
+    (:func:`~specprefill.scoring.lexical.with_question_words`); equal to it when the weight is 0 or the prompt
+    has no text or no question.
     """
     if scored.importance is None:
-        return np.arange(scored.n_tokens, dtype=np.int64)
-    importance = with_question_words(
+        return None
+    return with_question_words(
         scored.importance, scored.text, scored.offsets, scored.protected, config.lexical_weight, scored.content_spans
     )
+
+
+def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig, *, ranked: FloatArray | None = None) -> IndexArray:
+    """Kept token indices of a scored prompt: :func:`select_chunks` with ``config``'s budget settings.
+
+    Uses the keep rate, chunk size, token cap, pick rules, ``lexical_weight`` (through
+    :func:`ranking_importance`) and ``protected_count_toward_budget`` of ``config``, and ``scored``'s text,
+    protected tokens and chunk grid. ``ranked`` is :func:`ranking_importance` when the caller already has it.
+    An unscored prompt keeps every token.
+    """
+    importance = ranking_importance(scored, config) if ranked is None else ranked
+    if importance is None:
+        return np.arange(scored.n_tokens, dtype=np.int64)
     return select_chunks(
         importance,
         keep_rate=config.keep_rate,

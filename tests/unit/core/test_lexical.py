@@ -19,7 +19,9 @@ from specprefill.scoring.lexical import (
     with_question_words,
     word_weights,
 )
-from specprefill.scoring.select import select_scored
+from specprefill.prompt.assemble import ResultBuilder
+from specprefill.report_html import render_prune_html
+from specprefill.scoring.select import ranking_importance, select_scored
 
 
 def word_offsets(text: str) -> list[tuple[int, int]]:
@@ -157,3 +159,29 @@ def test_the_question_word_moves_selection_to_its_line(weight: float, kept_line:
 def test_the_paper_preset_has_no_lexical_channel_and_the_defaults_do() -> None:
     assert SpecPrefillConfig.paper().lexical_weight == 0.0
     assert SpecPrefillConfig().lexical_weight > 0
+
+
+def test_the_result_carries_what_selection_ranked_and_the_html_shades_by_it() -> None:
+    config = SpecPrefillConfig(
+        chunk_size=4, segment_by="none", chunk_context=0, complete_tokens=0, lexical_weight=1.0
+    ).with_overrides(max_kept_tokens=4, keep_rate=1.0)
+    scored = scored_prompt()
+    result = ResultBuilder().select(scored, config)
+    assert result.importance is not None and result.ranked_importance is not None
+    zebra = [TEXT[a:b] for a, b in word_offsets(TEXT)].index("zebra")
+    assert result.ranked_importance[zebra] == pytest.approx(1.1)  # 0.1 + weight 1 x peak 1 x idf / max idf
+    others = np.arange(len(result.importance)) != zebra
+    np.testing.assert_array_equal(result.ranked_importance[others], result.importance[others])
+    payload = result.to_dict(include_importance=True)
+    assert payload["ranked_importance"][zebra] == pytest.approx(1.1) and payload["importance"][zebra] == pytest.approx(0.1)
+    assert "ranked_importance" not in result.to_dict()
+    assert f"token {zebra} · importance 1.1 · kept" in render_prune_html(result)
+
+
+def test_without_the_channel_the_ranking_is_the_speculators_importance() -> None:
+    config = SpecPrefillConfig(lexical_weight=0.0)
+    scored = scored_prompt()
+    ranked = ranking_importance(scored, config)
+    assert ranked is not None
+    np.testing.assert_array_equal(ranked, scored.importance)
+    assert ranking_importance(ScoredPrompt([1, 2], np.zeros(2, dtype=np.bool_)), config) is None
