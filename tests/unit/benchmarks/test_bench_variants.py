@@ -183,8 +183,12 @@ def test_full_preset_is_the_ablation() -> None:
     full = quality_options.preset_settings("full")
     assert full["keep_rates"] == [0.05, 0.1, 0.2, 0.3]
     assert full["lengths"] == [1024, 2048, 4096] and full["samples"] >= 4
-    assert "niah_multianswer" in full["tasks"] and len(full["tasks"]) == 7
-    assert set(variants.VARIANTS) <= set(full["methods"]) and "rag" in full["methods"]
+    assert "niah_multianswer" in full["tasks"] and full["tasks"][-1] == "real_prose" and len(full["tasks"]) == 8
+    assert full["split"] == "all"
+    ablation = {"specprefill-no-complete", "specprefill-no-lexical", "specprefill-default-lah8"}
+    assert ablation | {"specprefill-lah8", "specprefill-lah1", "specprefill-default"} <= set(full["methods"])
+    assert "rag" in full["methods"] and "longllmlingua" in full["methods"]
+    assert "real_prose" not in quality_options.preset_settings("smoke")["tasks"]
 
 
 def test_custom_variants_join_the_methods_and_the_command() -> None:
