@@ -82,7 +82,7 @@ class TTFTOptions:
     base_shape: str = "smollm2-1.7b"
     lengths: list[int] = field(default_factory=lambda: [2048, 4096])
     keep_rates: list[float] = field(default_factory=lambda: [0.1, 0.3])
-    methods: list[str] = field(default_factory=lambda: ["specprefill-lah8", "head-tail"])
+    methods: list[str] = field(default_factory=lambda: ["specprefill-default", "specprefill-lah8", "head-tail"])
     repeats: int = 2
     seed: int = 0
     plots: bool = True
