@@ -10,7 +10,9 @@ import pytest
 
 from specprefill import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
+from specprefill.prompt.assemble import ResultBuilder
 from specprefill.prompt.prepared import ScoredPrompt
+from specprefill.report_html import render_prune_html
 from specprefill.scoring.lexical import (
     blend_lexical,
     lexical_scores,
@@ -19,8 +21,6 @@ from specprefill.scoring.lexical import (
     with_question_words,
     word_weights,
 )
-from specprefill.prompt.assemble import ResultBuilder
-from specprefill.report_html import render_prune_html
 from specprefill.scoring.select import ranking_importance, select_scored
 
 
@@ -173,7 +173,8 @@ def test_the_result_carries_what_selection_ranked_and_the_html_shades_by_it() ->
     others = np.arange(len(result.importance)) != zebra
     np.testing.assert_array_equal(result.ranked_importance[others], result.importance[others])
     payload = result.to_dict(include_importance=True)
-    assert payload["ranked_importance"][zebra] == pytest.approx(1.1) and payload["importance"][zebra] == pytest.approx(0.1)
+    assert payload["ranked_importance"][zebra] == pytest.approx(1.1)
+    assert payload["importance"][zebra] == pytest.approx(0.1)
     assert "ranked_importance" not in result.to_dict()
     assert f"token {zebra} · importance 1.1 · kept" in render_prune_html(result)
 
