@@ -54,6 +54,10 @@ def split_quality(result: Mapping[str, Any]) -> tuple[dict[str, Any] | None, lis
     options = dict(meta.get("options", {}))
     options["tasks"] = [t for t in options.get("tasks", []) if t != TASK]
     meta.update(options=options, samples=len({r["sample_id"] for r in other}))
+    if meta.get("preset_settings"):  # the preset's task list too, or the report calls dropping the set a change
+        preset = dict(meta["preset_settings"])
+        preset["tasks"] = [t for t in preset.get("tasks", []) if t != TASK]
+        meta["preset_settings"] = preset
     accuracy = [r for r in result.get("accuracy", []) if not is_real_prose(r)]
     return {**result, "meta": meta, "rows": other, "accuracy": accuracy}, real
 

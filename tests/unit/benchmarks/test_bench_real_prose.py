@@ -340,6 +340,7 @@ def test_generated_tasks_keep_their_report_next_to_real_prose() -> None:
         generated.pop(key)
     result["rows"] += [generated, {**generated, "method": "specprefill-lah8", "keep_rate": 0.1, "retention": 0.0}]
     result["meta"]["options"]["tasks"] = ["niah_single", TASK]
+    result["meta"]["preset_settings"] = {**result["meta"]["options"], "tasks": ["niah_single", TASK]}
     only_generated, real = split_quality(result)
     assert only_generated is not None and real
     assert {r["task"] for r in only_generated["rows"]} == {"niah_single"}
@@ -347,6 +348,7 @@ def test_generated_tasks_keep_their_report_next_to_real_prose() -> None:
     text = report.render_report({"quality": result}, [], None)
     assert "Retention on the needle tasks" in text and "Facts kept in real documents" in text
     assert text.index("Retention on the needle tasks") < text.index("Facts kept in real documents")
+    assert "Settings changed" not in text  # the preset's real-prose task is not reported as dropped
     plain, none = split_quality(only_generated)
     assert plain == only_generated and none == []
 
