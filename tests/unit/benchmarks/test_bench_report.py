@@ -283,3 +283,22 @@ def test_presets_and_answer_caps() -> None:
     assert set(quality.PRESETS) == {"full", "smoke"}
     assert quality.max_new_tokens_for("niah_multivalue") >= 4 * 8
     assert quality.max_new_tokens_for("niah_single") == 10
+
+
+@pytest.mark.parametrize(
+    ("measured", "verdict"),
+    [
+        ((6.0, 6.0), "more than its FLOP share"),
+        ((2.0, 2.0), "no more than its FLOP share in this run"),
+        ((6.0, 2.0), "about its FLOP share, more at some lengths and less at others"),
+    ],
+)
+def test_the_speculator_share_sentence_follows_the_numbers(measured: tuple[float, float], verdict: str) -> None:
+    rows = [
+        {"tokens": n, "method_seconds": s, "full_ttft_seconds": 40.0, "flop_ratio": 0.09}
+        for n, s in zip((2048, 4096), measured, strict=True)
+    ]
+    sentence = report.speculator_share_sentence(rows)
+    assert verdict in sentence
+    assert f"2048 tokens: measured r = {measured[0] / 40:.3f} vs FLOP model 0.090" in sentence
+    assert ("uses the CPU less efficiently" in sentence) == (verdict == "more than its FLOP share")
