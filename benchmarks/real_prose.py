@@ -92,6 +92,8 @@ class Document:
     split: str
     tokens: int
     """Length in speculator tokens (recorded by ``--refresh``)."""
+    since: int
+    """The set version that added the document (its half was chosen with the older documents' fixed)."""
     sha256: str
     text: str
     """The context: the file's text without its final newline."""
@@ -198,6 +200,7 @@ def load_real_prose(data_dir: Path = DATA_DIR) -> RealProse:
             excerpt=d.get("excerpt", ""),
             split=d.get("split", ""),
             tokens=int(d.get("tokens", 0)),
+            since=int(d.get("since", 1)),
             sha256=d.get("sha256", ""),
             text=_text(data_dir, d["file"]),
         )
@@ -302,13 +305,16 @@ def _imbalance(dev: set[str], docs: Sequence[str], counts: Mapping[str, tuple[in
     return abs(q[0] - q[1]), abs(two[0] - two[1]), abs(n[0] - n[1])
 
 
-def propose_split(data: RealProse) -> dict[str, str]:
+def propose_split(data: RealProse, fixed: Mapping[str, str] | None = None) -> dict[str, str]:
     """A deterministic, balanced document split: ``{document id: "dev" | "heldout"}``.
 
-    Over every assignment in which each document kind (licence, man page, ...) is split as evenly as it can
-    be, take the one with the smallest gaps in questions, two-fact questions and documents, ties broken by
-    the sorted dev document ids. Used once to create the split; the recorded split is authoritative.
+    Documents in ``fixed`` keep their half; over every assignment of the others in which each document kind
+    (licence, man page, ...) is split as evenly as it can be, take the one with the smallest gaps in
+    questions, two-fact questions and documents, ties broken by the sorted dev document ids. Used when
+    documents are added (the recorded split of the older ones is ``fixed``); the recorded split is
+    authoritative.
     """
+    fixed = dict(fixed or {})
     docs = sorted(data.documents)
     counts = {d: (0, 0) for d in docs}
     for q in data.questions:
@@ -316,7 +322,8 @@ def propose_split(data: RealProse) -> dict[str, str]:
         counts[q.document] = (n + 1, two + (q.facts == 2))
     kinds: dict[str, list[str]] = {}
     for d in docs:
-        kinds.setdefault(data.documents[d].kind, []).append(d)
+        if d not in fixed:
+            kinds.setdefault(data.documents[d].kind, []).append(d)
     choices = [
         [
             set(c)
@@ -325,9 +332,10 @@ def propose_split(data: RealProse) -> dict[str, str]:
         ]
         for group in kinds.values()
     ]
+    fixed_dev = {d for d, split in fixed.items() if split == "dev"}
     best: tuple[tuple[int, ...], list[str]] | None = None
     for combo in itertools.product(*choices):
-        dev: set[str] = set().union(*combo)
+        dev: set[str] = fixed_dev.union(*combo)
         key = (_imbalance(dev, docs, counts), sorted(dev))
         if best is None or key < best:
             best = key
@@ -339,7 +347,7 @@ def propose_split(data: RealProse) -> dict[str, str]:
 def refresh(data_dir: Path = DATA_DIR, count_tokens: Callable[[str], int] | None = None) -> list[str]:
     """Recompute checksums, token counts (when ``count_tokens`` is given), answer spans and positions.
 
-    A document without a split gets one from :func:`propose_split` only when no document has one yet.
+    Documents without a split get one from :func:`propose_split`, the recorded halves of the others fixed.
     Writes the JSON back and returns :func:`check`'s problems.
     """
     data = _read_json(data_dir)
@@ -359,9 +367,10 @@ def refresh(data_dir: Path = DATA_DIR, count_tokens: Callable[[str], int] | None
             spans.append([start, start + len(answer)])
             positions.append(position_of(max(start, 0), len(text)))
         q["spans"], q["positions"], q["facts"] = spans, positions, len(q["answers"])
-    if not any(d.get("split") for d in data["documents"]):
+    if not all(d.get("split") for d in data["documents"]):
         _write(data_dir, data)
-        split = propose_split(load_real_prose(data_dir))
+        fixed = {d["id"]: d["split"] for d in data["documents"] if d.get("split")}
+        split = propose_split(load_real_prose(data_dir), fixed)
         for d in data["documents"]:
             d["split"] = split[d["id"]]
     _write(data_dir, data)

@@ -126,9 +126,27 @@ def test_split_is_by_document_with_balanced_halves(data: RealProse) -> None:
 
 
 def test_split_procedure_is_deterministic_and_reproduces_the_recorded_split(data: RealProse) -> None:
-    proposed = propose_split(data)
-    assert proposed == propose_split(data)
-    assert proposed == {d.id: d.split for d in data.documents.values()}
+    recorded = {d.id: d.split for d in data.documents.values()}
+    newest = max(d.since for d in data.documents.values())
+    first = {i for i, d in data.documents.items() if d.since == 1}
+    original = RealProse(
+        documents={i: data.documents[i] for i in first},
+        questions=tuple(q for q in data.questions if q.document in first),
+        meta=data.meta,
+    )
+    assert propose_split(original) == propose_split(original) == {i: recorded[i] for i in first}
+    older = {i: s for i, s in recorded.items() if data.documents[i].since < newest}
+    proposed = propose_split(data, older)
+    assert proposed == recorded
+    assert all(proposed[i] == s for i, s in older.items())
+
+
+def test_split_keeps_fixed_documents_and_balances_the_rest(data: RealProse) -> None:
+    docs = sorted(data.documents)
+    fixed = {docs[0]: "heldout", docs[1]: "heldout"}
+    proposed = propose_split(data, fixed)
+    assert proposed[docs[0]] == proposed[docs[1]] == "heldout"
+    assert abs(sum(s == "dev" for s in proposed.values()) - sum(s == "heldout" for s in proposed.values())) <= 1
 
 
 # --- samples ------------------------------------------------------------------------------------------------
