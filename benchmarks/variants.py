@@ -41,7 +41,8 @@ Span = tuple[int, int]
 SELECTION_FIELDS: frozenset[str] = frozenset(
     {
         "keep_rate", "chunk_size", "max_kept_tokens", "min_prompt_tokens", "segment_by", "chunk_context",
-        "context_weight", "coverage", "coverage_radius", "complete_tokens", "complete_share", "lexical_weight",
+        "context_weight", "coverage", "coverage_radius", "complete_tokens", "complete_next", "complete_share",
+        "lexical_weight",
         "protect_template",
         "protect_system_tokens", "protect_question_tokens", "protected_count_toward_budget", "gap_marker",
         "fallback_on_error",
@@ -81,6 +82,12 @@ VARIANTS: dict[str, Variant] = {
         _v("specprefill-lah1", "SpecPrefill (look-ahead 1)", lookahead=1),
         _v("specprefill-default", "SpecPrefill (library defaults)", preset="default"),
         _v("specprefill-no-complete", "defaults without sentence completion", preset="default", complete_tokens=0),
+        _v(
+            "specprefill-next-short",
+            "defaults, completion into the next sentence only after a short one",
+            preset="default",
+            complete_next="short",
+        ),
         _v("specprefill-no-lexical", "defaults without the question-word channel", preset="default", lexical_weight=0),
         _v("specprefill-coverage", "library defaults + coverage 0.25", preset="default", coverage=0.25),
         _v("specprefill-default-lah8", "defaults with look-ahead 8", preset="default", lookahead=8),
@@ -112,12 +119,14 @@ window, mean vs max over queries."""
 ABLATION_VARIANTS: tuple[str, ...] = (
     "specprefill-default",
     "specprefill-no-complete",
+    "specprefill-next-short",
     "specprefill-no-lexical",
     "specprefill-default-lah8",
     "specprefill-coverage",
 )
 """The variants the full preset adds to the paper's look-ahead 8 and 1: the library defaults, then one row per
-rule of the defaults taken out or changed (sentence completion, question words, look-ahead 4) and the opt-in
+rule of the defaults taken out or changed (sentence completion, its continuation after any sentence, question
+words, look-ahead 4) and the opt-in
 coverage rule. The older variants (window, max, segment grid) stay runnable by name; their ablation is in
 ``examples/report/full-retention`` and ``full-heads``."""
 

@@ -105,6 +105,12 @@ class SpecPrefillConfig(BaseModel):
     rest of its sentence, or, when it ends its sentence, the start of the next (the line after a question or
     heading) - and before it, back to its sentence start (0: off). The budget stays exact."""
 
+    complete_next: Literal["any", "short"] = "any"
+    """When a kept chunk ends its sentence, which sentences completion continues into the next one after:
+    ``"any"`` - every sentence (the sentence after an option's description often holds its default: "This
+    defaults to 250."); ``"short"`` - only a sentence of at most ``complete_tokens`` tokens (a heading, a label,
+    a question line), the rule before version 2 of the ``real_prose`` benchmark."""
+
     complete_share: float = Field(default=0.25, gt=0.0, le=1.0)
     """Most of the token budget that sentence completion may use, counted beyond the budget's first 64 tokens
     (:data:`~specprefill.scoring.select.COMPLETION_RESERVE`, which go to whole chunks); the rest goes to whole

@@ -11,6 +11,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -49,11 +50,12 @@ class PickRules:
     ``chunk_context``/``context_weight``: a chunk's score blends in the peak importance around it.
     ``coverage``/``coverage_radius``: each pick lowers the scores of the chunks within ``coverage_radius``
     tokens of it by that share, so the next picks prefer another region (0: the plain ranking).
-    ``complete_tokens``/``complete_share``: on a segment grid, each picked chunk also takes up to
-    ``complete_tokens`` tokens that complete it - the rest of its sentence after it (or, when it ends a sentence
-    of at most ``complete_tokens`` tokens, the start of the next one: the line after a question or heading), then
-    the start of its sentence before it - while completions have used less than ``complete_share`` of the budget
-    beyond its first ``complete_reserve`` tokens (:data:`COMPLETION_RESERVE`; 0 tokens: off).
+    ``complete_tokens``/``complete_next``/``complete_share``: on a segment grid, each picked chunk also takes up
+    to ``complete_tokens`` tokens that complete it - the rest of its sentence after it (or, when it ends its
+    sentence, the start of the next one: with ``complete_next="short"`` only after a sentence of at most
+    ``complete_tokens`` tokens, the line after a question or heading), then the start of its sentence before it -
+    while completions have used less than ``complete_share`` of the budget beyond its first
+    ``complete_reserve`` tokens (:data:`COMPLETION_RESERVE`; 0 tokens: off).
     """
 
     chunk_context: int = 0
@@ -61,6 +63,7 @@ class PickRules:
     coverage: float = 0.0
     coverage_radius: int = 128
     complete_tokens: int = 0
+    complete_next: Literal["any", "short"] = "any"
     complete_share: float = 0.25
     complete_reserve: int = COMPLETION_RESERVE
 
@@ -73,6 +76,7 @@ class PickRules:
             coverage=config.coverage,
             coverage_radius=config.coverage_radius,
             complete_tokens=config.complete_tokens,
+            complete_next=config.complete_next,
             complete_share=config.complete_share,
         )
 
@@ -294,7 +298,8 @@ def fill_chunks(
         keep[free] = True
         added += len(free)
         if allowance > 0 and edges is not None:
-            extra = _completion(keep, edges, s, e, rules.complete_tokens)[: min(allowance, budget - added)]
+            extra = _completion(keep, edges, s, e, rules.complete_tokens, rules.complete_next == "any")
+            extra = extra[: min(allowance, budget - added)]
             keep[extra] = True
             added += len(extra)
             allowance -= len(extra)
@@ -328,17 +333,18 @@ def ranked_chunks(
         value[near] -= coverage * np.abs(value[near])
 
 
-def _completion(keep: npt.NDArray[np.bool_], edges: Sequence[int], start: int, end: int, limit: int) -> list[int]:
+def _completion(
+    keep: npt.NDArray[np.bool_], edges: Sequence[int], start: int, end: int, limit: int, any_next: bool = True
+) -> list[int]:
     """Not yet kept tokens that complete the chunk ``[start, end)``, nearest first, at most ``limit`` per side.
 
-    After the chunk: the rest of its segment (sentence), or, when the chunk ends a segment of at most ``limit``
-    tokens (a heading, a label or a question line), the start of the next one; a longer sentence that ends does
-    not pull in the next (that spent the allowance an answer's own sentence start needed later). Before it: the
-    start of its segment when the chunk begins mid-segment.
+    After the chunk: the rest of its segment (sentence), or, when the chunk ends its segment, the start of the
+    next one - after any segment with ``any_next``, else only after one of at most ``limit`` tokens (a heading,
+    a label or a question line). Before it: the start of its segment when the chunk begins mid-segment.
     """
     j = bisect_right(edges, start) - 1
     lo, hi = edges[j], edges[min(j + 1, len(edges) - 1)]
-    if end >= hi and j + 2 < len(edges) and hi - lo <= limit:
+    if end >= hi and j + 2 < len(edges) and (any_next or hi - lo <= limit):
         hi = edges[j + 2]
     after = [t for t in range(end, min(hi, end + limit)) if not keep[t]]
     before = [t for t in range(start - 1, max(lo, start - limit) - 1, -1) if not keep[t]]

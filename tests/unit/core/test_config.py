@@ -52,6 +52,7 @@ def test_configuration_error_is_a_value_error() -> None:
         ("protect_question_tokens", -3),
         ("max_speculator_tokens", 10),
         ("window_query_tokens", 0),
+        ("complete_next", "sometimes"),
     ],
 )
 def test_out_of_bounds_names_the_field(field: str, value: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -724,31 +724,46 @@ def _rules(**changes: Any) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("peak", "expected"),
+    ("peak", "after", "expected"),
     [
-        ((8, 16), list(range(8, 20))),  # mid-sentence chunk: the rest of its sentence after it
-        # a chunk ending a long sentence: not the next sentence, 4 tokens back, then the runner-up fills the budget
-        ((16, 20), [*range(12, 20), 36, 37, 38, 39]),
+        ((8, 16), "any", list(range(8, 20))),  # mid-sentence chunk: the rest of its sentence after it
+        ((8, 16), "short", list(range(8, 20))),
+        # a chunk ending a long sentence: the start of the next one, then back until the allowance (6) is spent;
+        # the runner-up fills the budget
+        ((16, 20), "any", [*range(14, 24), 36, 37]),
+        # ... or, with "short", not the next sentence: 4 tokens back, then the runner-up fills the budget
+        ((16, 20), "short", [*range(12, 20), 36, 37, 38, 39]),
     ],
 )
-def test_sentence_completion_keeps_what_follows_a_kept_chunk(peak: tuple[int, int], expected: list[int]) -> None:
+def test_sentence_completion_keeps_what_follows_a_kept_chunk(
+    peak: tuple[int, int], after: Literal["any", "short"], expected: list[int]
+) -> None:
     imp = np.zeros(40, dtype=np.float32)
     imp[peak[0] : peak[1]] = 1.0
     imp[36:40] = 0.5  # the runner-up chunk, taken when completion is off
-    rules = _rules(complete_tokens=4, complete_share=0.5, complete_reserve=0)
+    rules = _rules(complete_tokens=4, complete_next=after, complete_share=0.5, complete_reserve=0)
     kept = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20], max_kept_tokens=12, rules=rules)
     plain = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[20], max_kept_tokens=12)
     assert kept.tolist() == expected
     assert len(plain) == len(kept) == 12 and plain.tolist() != kept.tolist()
 
 
+def test_pick_rules_follow_the_config() -> None:
+    from specprefill.scoring import PickRules
+
+    assert PickRules.of(SpecPrefillConfig()).complete_next == "any"
+    rules = PickRules.of(SpecPrefillConfig(complete_next="short", complete_tokens=8))
+    assert (rules.complete_next, rules.complete_tokens) == ("short", 8)
+
+
 def test_sentence_completion_takes_the_line_after_a_short_one() -> None:
     imp = np.zeros(40, dtype=np.float32)
     imp[16:20] = 1.0  # a 4-token line of its own (a heading or question): what follows it completes it
     imp[36:40] = 0.5
-    rules = _rules(complete_tokens=4, complete_share=0.5, complete_reserve=0)
-    kept = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[16, 20], max_kept_tokens=12, rules=rules)
-    assert kept.tolist() == [*range(16, 24), 36, 37, 38, 39]
+    for after in ("any", "short"):
+        rules = _rules(complete_tokens=4, complete_next=after, complete_share=0.5, complete_reserve=0)
+        kept = select_chunks(imp, keep_rate=1.0, chunk_size=8, segments=[16, 20], max_kept_tokens=12, rules=rules)
+        assert kept.tolist() == [*range(16, 24), 36, 37, 38, 39]
 
 
 def test_sentence_completion_looks_back_to_the_sentence_start() -> None:
