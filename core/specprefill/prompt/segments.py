@@ -33,8 +33,10 @@ __all__ = [
 SegmentBy = Literal["none", "messages", "paragraphs", "sentences"]
 """Levels of ``SpecPrefillConfig.segment_by``; each level includes the coarser ones."""
 
-_PARAGRAPH = re.compile(r"\n[^\S\n]*\n\s*")
-"""A blank line (possibly holding spaces) and the white space after it: a paragraph starts at its end."""
+_PARAGRAPH = re.compile(r"\n(?:[^\S\n]*\n)+")
+"""Blank lines (possibly holding spaces): a paragraph starts right after the last, indentation included. (Ending the
+boundary after the indentation put it inside the first word's token when the tokenizer joins that word to the
+space before it, " DPKG" in a manual page; the word then stayed behind in the previous segment.)"""
 
 _SENTENCE = re.compile(r"(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+)\n*")
 """A sentence end: ``.``/``!``/``?`` (plus closing quotes or brackets) before white space, or CJK ``。！？``

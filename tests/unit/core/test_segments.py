@@ -24,6 +24,16 @@ def test_paragraphs_allow_spaces_on_the_blank_line_and_several_blank_lines() -> 
     assert boundary_chars("a\n\n\n\nb\nc", "paragraphs") == [5]  # a single line break is no paragraph
 
 
+def test_an_indented_paragraph_starts_at_its_indentation_not_inside_its_first_token() -> None:
+    text = "a.\n\n      DPKG_LEVEL\n     Sets"
+    assert boundary_chars(text, "paragraphs") == [4]
+    # a tokenizer that joins the first word to the space before it (" DP"): the word stays in its paragraph
+    offsets = [(0, 1), (1, 2), (2, 4), (4, 9), (9, 12), (12, 14), (14, 20), (20, 25), (25, 30)]
+    assert [text[a:b] for a, b in offsets] == ["a", ".", "\n\n", "     ", " DP", "KG", "_LEVEL", "\n    ", " Sets"]
+    assert segment_starts(offsets, text, "paragraphs") == [3]
+    assert segment_starts(offsets, text, "sentences") == [3]  # the sentence end (with its line breaks) agrees
+
+
 def test_sentence_ends_with_quotes_brackets_and_cjk() -> None:
     assert boundary_chars('He said "stop." Then (see above.) ok', "sentences") == [15, 33]
     assert boundary_chars("第一句。第二句！第三句？", "sentences") == [4, 8]  # the end of the text is no boundary
