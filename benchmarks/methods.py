@@ -169,6 +169,10 @@ class ChunkMethod(Method):
         """The scores selection ranks, from the method's importance (the importance itself by default)."""
         return scores
 
+    def ranking_options(self, prepared: PreparedSample) -> dict[str, Any]:
+        """Per-prompt ``select_chunks`` options beyond the grid (none by default)."""
+        return {}
+
     def select(self, prepared: PreparedSample, keep_rates: Sequence[float]) -> list[Selection]:
         """Score once, then keep the best chunks up to :func:`context_budget` tokens at each keep rate."""
         scores, cost = self.scored(prepared)
@@ -176,6 +180,7 @@ class ChunkMethod(Method):
         segments = self.segments(prepared)
         grid: dict[str, Any] = {} if segments is None else {"segments": segments}
         grid.update(self.context_options())
+        grid.update(self.ranking_options(prepared))
         n_context = int((~prepared.protected).sum())
         out = []
         for rate in keep_rates:
@@ -352,6 +357,18 @@ class SpecPrefillMethod(ChunkMethod):
         from specprefill.scoring.lexical import with_question_words
 
         return with_question_words(scores, prepared.prompt.text, prepared.offsets, prepared.protected, weight)
+
+    def ranking_options(self, prepared: PreparedSample) -> dict[str, Any]:
+        """The question-word channel alone for rank fusion (``lexical_fusion``), as ``select_scored`` passes it.
+
+        Nothing when fusion is off, the prompt has no question, or the library has no rank fusion.
+        """
+        if not float(getattr(self.config, "lexical_weight", 0.0)) or not int(getattr(self.config, "lexical_fusion", 0)):
+            return {}
+        from specprefill.scoring.lexical import question_word_scores
+
+        words = question_word_scores(prepared.prompt.text, prepared.offsets, prepared.protected)
+        return {} if words is None else {"words": words}
 
     def context_options(self) -> dict[str, Any]:
         """The variant's ranking and completion rules (``PickRules``).

@@ -42,7 +42,7 @@ SELECTION_FIELDS: frozenset[str] = frozenset(
     {
         "keep_rate", "chunk_size", "max_kept_tokens", "min_prompt_tokens", "segment_by", "chunk_context",
         "context_weight", "coverage", "coverage_radius", "complete_tokens", "complete_next", "complete_share",
-        "lexical_weight",
+        "lexical_weight", "lexical_fusion",
         "protect_template",
         "protect_system_tokens", "protect_question_tokens", "protected_count_toward_budget", "gap_marker",
         "fallback_on_error",
@@ -89,6 +89,12 @@ VARIANTS: dict[str, Variant] = {
             complete_next="short",
         ),
         _v("specprefill-no-lexical", "defaults without the question-word channel", preset="default", lexical_weight=0),
+        _v(
+            "specprefill-no-fusion",
+            "defaults, question words blended in but not rank-fused",
+            preset="default",
+            lexical_fusion=0,
+        ),
         _v("specprefill-coverage", "library defaults + coverage 0.25", preset="default", coverage=0.25),
         _v("specprefill-default-lah8", "defaults with look-ahead 8", preset="default", lookahead=8),
         _v("specprefill-max", "SpecPrefill, max over queries", query_reduction="max"),
@@ -121,13 +127,14 @@ ABLATION_VARIANTS: tuple[str, ...] = (
     "specprefill-no-complete",
     "specprefill-next-short",
     "specprefill-no-lexical",
+    "specprefill-no-fusion",
     "specprefill-default-lah8",
     "specprefill-coverage",
 )
 """The variants the full preset adds to the paper's look-ahead 8 and 1: the library defaults, then one row per
 rule of the defaults taken out or changed (sentence completion, its continuation after any sentence, question
-words, look-ahead 4) and the opt-in coverage rule. The older variants (window, max, segment grid) stay runnable
-by name; their ablation is in ``examples/report/full-retention`` and ``full-heads``."""
+words, their rank fusion, look-ahead 4) and the opt-in coverage rule. The older variants (window, max, segment
+grid) stay runnable by name; their ablation is in ``examples/report/full-retention`` and ``full-heads``."""
 
 
 def parse_variant(spec: str) -> Variant:

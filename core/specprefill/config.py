@@ -122,6 +122,14 @@ class SpecPrefillConfig(BaseModel):
     (its inverse frequency over lines and sentences), so a sentence naming the question's rare words ranks high
     even where the speculator's attention missed it (0: attention alone, as in the paper)."""
 
+    lexical_fusion: int = Field(default=9, ge=0, le=100_000)
+    """Rank fusion with the question-word channel (needs ``lexical_weight > 0``): chunks rank by ``1 / (k +
+    rank by the blended importance) + 1 / (k + rank by the question words alone)``, ranks from 1 and ``k`` this
+    value; a chunk naming no question word gets only the first term. The chunks that best match the question's
+    rare words then compete on rank with attention's best, where the blend alone lets the region attention
+    favours most take the budget: on two-fact questions the second fact is often there (0: the blended
+    ranking alone)."""
+
     protect_template: bool = True
     """For chat messages: never drop chat-template tokens (role markers, separators)."""
 
@@ -282,6 +290,7 @@ _PAPER_PRESET: dict[str, Any] = {
     "coverage": 0.0,
     "complete_tokens": 0,
     "lexical_weight": 0.0,
+    "lexical_fusion": 0,
     "retrieval_heads": 0,
     "window_in_final_paragraph": False,
 }

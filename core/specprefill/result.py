@@ -90,7 +90,8 @@ class PruneResult:
     """Tokens the speculator decoded during look-ahead (useful for debugging and tests)."""
     ranked_importance: npt.NDArray[np.float32] | None = None
     """What selection ranked chunks by: ``importance`` with the question-word channel blended in
-    (``SpecPrefillConfig.lexical_weight``); equal to ``importance`` without it, None when not scored."""
+    (``SpecPrefillConfig.lexical_weight``; with ``lexical_fusion`` the chunk ranks also fuse the question words
+    alone); equal to ``importance`` without it, None when not scored."""
 
     @property
     def position_ids(self) -> list[int]:

@@ -21,7 +21,7 @@ from specprefill.prompt.messages import cut_messages
 from specprefill.prompt.prepared import ScoredPrompt
 from specprefill.result import Message, PruneResult, PruneStats
 from specprefill.scoring.chunks import chunk_bounds, protected_mask
-from specprefill.scoring.select import ranking_importance, select_scored
+from specprefill.scoring.select import fusion_words, ranking_importance, select_scored
 from specprefill.spans import Span, index_runs, join_runs, join_spans, kept_char_spans
 
 __all__ = ["ResultBuilder", "assemble_result"]
@@ -126,8 +126,9 @@ class ResultBuilder:
         """
         cfg = SpecPrefillConfig.of(config).with_overrides(**overrides)
         start = time.perf_counter()
-        ranked = ranking_importance(scored, cfg)
-        kept = select_scored(scored, cfg, ranked=ranked)
+        words = fusion_words(scored, cfg)
+        ranked = ranking_importance(scored, cfg, words=words)
+        kept = select_scored(scored, cfg, ranked=ranked, words=words)
         return self.build_result(scored, kept, cfg, seconds=time.perf_counter() - start, ranked=ranked)
 
     def build_result(

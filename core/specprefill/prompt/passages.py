@@ -37,7 +37,7 @@ from specprefill.prompt.prepared import PreparedPrompt, ScoredPrompt, scrub_surr
 from specprefill.prompt.segments import check_segments, segment_starts_of, token_starts
 from specprefill.result import Message, PruneResult
 from specprefill.scoring import PickRules, chunk_bounds, fill_chunks, segment_edges
-from specprefill.scoring.select import ranking_importance, select_scored
+from specprefill.scoring.select import fusion_words, ranking_importance, select_scored
 from specprefill.spans import Span, char_spans_to_token_mask, cut_spans, join_spans, kept_char_spans
 from specprefill.speculator.base import Speculator
 
@@ -290,12 +290,13 @@ def select_passages(
     offset = _message_offset(scored)
     ranges = _token_ranges(scored.offsets or [], windows)
     added = [0] * len(ranges)
-    ranked = ranking_importance(scored, config)
+    words = fusion_words(scored, config)
+    ranked = ranking_importance(scored, config, words=words)
     if ranked is None:
         keep = np.ones(n, dtype=np.bool_)
     else:
         keep = np.zeros(n, dtype=np.bool_)
-        keep[select_scored(scored, config, ranked=ranked)] = True
+        keep[select_scored(scored, config, ranked=ranked, words=words)] = True
         if min_tokens_per_passage > 0:
             bounds = chunk_bounds(n, config.chunk_size, scored.segments)
             added = [
@@ -307,6 +308,7 @@ def select_passages(
                     protected=scored.protected,
                     rules=PickRules.of(config),
                     edges=None if scored.segments is None else segment_edges(n, scored.segments),
+                    words=words,
                 )
                 for lo, hi in ranges
             ]

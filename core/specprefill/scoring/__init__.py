@@ -6,7 +6,8 @@ is checked against these.
 
 - :mod:`.reduce`: smoothing and the query reductions (a table: :func:`~.reduce.register_reduction`);
 - :mod:`.chunks`: the chunk grid and chunk scores (with their neighbourhood, ``chunk_context``);
-- :mod:`.lexical`: the question-word channel blended into the importance before selection (``lexical_weight``);
+- :mod:`.lexical`: the question-word channel blended into the importance before selection (``lexical_weight``)
+  and rank-fused with it (``lexical_fusion``);
 - :mod:`.select`: the budget and the selection of kept chunks.
 """
 
@@ -19,6 +20,7 @@ from specprefill.scoring.select import (
     best_run,
     budget_chunks,
     fill_chunks,
+    fused_ranks,
     ranked_chunks,
     select_chunks,
     select_scored,
@@ -33,6 +35,7 @@ __all__ = [
     "chunk_bounds",
     "chunk_scores",
     "fill_chunks",
+    "fused_ranks",
     "importance_from_attention",
     "protected_mask",
     "ranked_chunks",

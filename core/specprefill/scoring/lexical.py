@@ -34,6 +34,7 @@ __all__ = [
     "lexical_scores",
     "normal_word",
     "question_span",
+    "question_word_scores",
     "with_question_words",
     "word_weights",
 ]
@@ -130,6 +131,21 @@ def blend_lexical(
     return (imp + np.float32(weight * float(free.max()) / top) * lex).astype(np.float32)
 
 
+def question_word_scores(
+    text: str | None,
+    offsets: Sequence[Span] | None,
+    protected: npt.NDArray[np.bool_],
+    content_spans: Sequence[Span] | None = None,
+) -> FloatArray | None:
+    """:func:`lexical_scores` of the prompt's question (:func:`question_span`); None without text or a question."""
+    if not text or not offsets:
+        return None
+    question = question_span(text, content_spans)
+    if question is None:
+        return None
+    return lexical_scores(text, offsets, protected, question)
+
+
 def with_question_words(
     importance: npt.ArrayLike,
     text: str | None,
@@ -137,15 +153,18 @@ def with_question_words(
     protected: npt.NDArray[np.bool_],
     weight: float,
     content_spans: Sequence[Span] | None = None,
+    *,
+    words: FloatArray | None = None,
 ) -> FloatArray:
     """The importance selection ranks: ``importance`` with the question-word channel blended in at ``weight``.
 
     Unchanged (as float32) for a prompt without text (token ids), without a question (:func:`question_span`),
-    or with ``weight`` 0.
+    or with ``weight`` 0. ``words``: :func:`question_word_scores` when the caller already has it.
     """
-    if weight <= 0 or not text or not offsets:
+    if weight <= 0:
         return np.asarray(importance, dtype=np.float32)
-    question = question_span(text, content_spans)
-    if question is None:
+    if words is None:
+        words = question_word_scores(text, offsets, protected, content_spans)
+    if words is None:
         return np.asarray(importance, dtype=np.float32)
-    return blend_lexical(importance, lexical_scores(text, offsets, protected, question), protected, weight)
+    return blend_lexical(importance, words, protected, weight)

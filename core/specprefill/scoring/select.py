@@ -20,7 +20,7 @@ from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 from specprefill.prompt.prepared import ScoredPrompt
 from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask, segment_edges
-from specprefill.scoring.lexical import with_question_words
+from specprefill.scoring.lexical import question_word_scores, with_question_words
 
 __all__ = [
     "COMPLETION_RESERVE",
@@ -28,6 +28,8 @@ __all__ = [
     "best_run",
     "budget_chunks",
     "fill_chunks",
+    "fused_ranks",
+    "fusion_words",
     "ranked_chunks",
     "ranking_importance",
     "select_chunks",
@@ -56,6 +58,8 @@ class PickRules:
     ``complete_tokens`` tokens, the line after a question or heading), then the start of its sentence before it -
     while completions have used less than ``complete_share`` of the budget beyond its first
     ``complete_reserve`` tokens (:data:`COMPLETION_RESERVE`; 0 tokens: off).
+    ``fusion``: with a second per-token channel (the question words, ``words``), chunks rank by
+    :func:`fused_ranks` of the two chunk rankings with this ``k`` (0: the importance's ranking alone).
     """
 
     chunk_context: int = 0
@@ -66,6 +70,7 @@ class PickRules:
     complete_next: Literal["any", "short"] = "any"
     complete_share: float = 0.25
     complete_reserve: int = COMPLETION_RESERVE
+    fusion: int = 0
 
     @classmethod
     def of(cls, config: SpecPrefillConfig) -> PickRules:
@@ -78,32 +83,63 @@ class PickRules:
             complete_tokens=config.complete_tokens,
             complete_next=config.complete_next,
             complete_share=config.complete_share,
+            fusion=config.lexical_fusion if config.lexical_weight > 0 else 0,
         )
 
 
-def ranking_importance(scored: ScoredPrompt, config: SpecPrefillConfig) -> FloatArray | None:
+def ranking_importance(
+    scored: ScoredPrompt, config: SpecPrefillConfig, *, words: FloatArray | None = None
+) -> FloatArray | None:
     """The per-token scores selection ranks chunks by; None for an unscored prompt.
 
     ``scored.importance`` with the question-word channel blended in at ``config.lexical_weight``
     (:func:`~specprefill.scoring.lexical.with_question_words`); equal to it when the weight is 0 or the prompt
-    has no text or no question.
+    has no text or no question. ``words``: the question-word channel when the caller already has it. With rank
+    fusion on, chunks rank by these scores and by :func:`fusion_words` together.
     """
     if scored.importance is None:
         return None
     return with_question_words(
-        scored.importance, scored.text, scored.offsets, scored.protected, config.lexical_weight, scored.content_spans
+        scored.importance,
+        scored.text,
+        scored.offsets,
+        scored.protected,
+        config.lexical_weight,
+        scored.content_spans,
+        words=words,
     )
 
 
-def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig, *, ranked: FloatArray | None = None) -> IndexArray:
+def fusion_words(scored: ScoredPrompt, config: SpecPrefillConfig) -> FloatArray | None:
+    """The question-word channel alone, the second ranking of rank fusion (``config.lexical_fusion``).
+
+    None when fusion is off (``lexical_fusion`` or ``lexical_weight`` is 0), or the prompt is unscored or has
+    no text or no question (:func:`~specprefill.scoring.lexical.question_word_scores`).
+    """
+    if scored.importance is None or config.lexical_weight <= 0 or config.lexical_fusion <= 0:
+        return None
+    return question_word_scores(scored.text, scored.offsets, scored.protected, scored.content_spans)
+
+
+def select_scored(
+    scored: ScoredPrompt,
+    config: SpecPrefillConfig,
+    *,
+    ranked: FloatArray | None = None,
+    words: FloatArray | None = None,
+) -> IndexArray:
     """Kept token indices of a scored prompt: :func:`select_chunks` with ``config``'s budget settings.
 
     Uses the keep rate, chunk size, token cap, pick rules, ``lexical_weight`` (through
-    :func:`ranking_importance`) and ``protected_count_toward_budget`` of ``config``, and ``scored``'s text,
-    protected tokens and chunk grid. ``ranked`` is :func:`ranking_importance` when the caller already has it.
-    An unscored prompt keeps every token.
+    :func:`ranking_importance`), ``lexical_fusion`` (through :func:`fusion_words`) and
+    ``protected_count_toward_budget`` of ``config``, and ``scored``'s text, protected tokens and chunk grid.
+    ``ranked`` and ``words`` are :func:`ranking_importance` and :func:`fusion_words` when the caller already
+    has them (with ``ranked`` given, ``words`` is taken as given: None means no fusion). An unscored prompt
+    keeps every token.
     """
-    importance = ranking_importance(scored, config) if ranked is None else ranked
+    if ranked is None:
+        words = fusion_words(scored, config)
+    importance = ranking_importance(scored, config, words=words) if ranked is None else ranked
     if importance is None:
         return np.arange(scored.n_tokens, dtype=np.int64)
     return select_chunks(
@@ -115,6 +151,7 @@ def select_scored(scored: ScoredPrompt, config: SpecPrefillConfig, *, ranked: Fl
         protected_count_toward_budget=config.protected_count_toward_budget,
         segments=scored.segments,
         rules=PickRules.of(config),
+        words=words,
     )
 
 
@@ -130,6 +167,7 @@ def select_chunks(
     chunk_context: int = 0,
     context_weight: float = 0.3,
     rules: PickRules | None = None,
+    words: npt.ArrayLike | None = None,
 ) -> IndexArray:
     """Pick the most important chunks (step 6) and return the kept token indices, sorted ascending.
 
@@ -162,7 +200,8 @@ def select_chunks(
     tokens around it (:func:`specprefill.scoring.chunks.blend_context`). Ties go to the earlier chunk in both grids; NaN
     importance ranks lowest. ``rules`` (a :class:`PickRules`, replacing ``chunk_context`` and
     ``context_weight``) adds the coverage rule (both grids) and sentence completion (segment grid only); the
-    budget stays exact.
+    budget stays exact. With ``words`` (a second per-token channel, the question words) and ``rules.fusion >
+    0``, chunks in either grid rank by :func:`fused_ranks` of the two channels' chunk scores.
 
     Args:
         importance: ``[N]`` token importance.
@@ -175,6 +214,7 @@ def select_chunks(
         chunk_context: Tokens on each side of a chunk whose importance also counts (0: the paper's score).
         context_weight: Share of that neighbourhood peak in the chunk's score, in (0, 1].
         rules: All ranking and completion rules at once (None: ``chunk_context`` and ``context_weight`` only).
+        words: ``[N]`` second channel for rank fusion (``rules.fusion``); None: the importance ranks alone.
 
     Returns:
         int64 array of kept token indices, strictly increasing.
@@ -189,10 +229,11 @@ def select_chunks(
     n = imp.shape[0]
     keep = protected_mask(n, protected)
     rules = rules or PickRules(chunk_context=chunk_context, context_weight=context_weight)
+    second = _second_channel(words, n, rules)
     if segments is not None:
         return _select_segmented(
             imp, keep, chunk_bounds(n, chunk_size, segments), rate, max_kept_tokens, protected_count_toward_budget,
-            rules, segment_edges(n, segments),
+            rules, segment_edges(n, segments), second,
         )  # fmt: skip
     bounds = chunk_bounds(n, chunk_size)
     candidates = [i for i, (s, e) in enumerate(bounds) if not keep[s:e].all()]
@@ -205,9 +246,12 @@ def select_chunks(
     means = chunk_scores(imp, chunk_size)
     means = np.where(np.isnan(means), np.float32(-np.inf), means)  # a chunk holding both +inf and -inf
     scores = blend_context(imp, bounds, [float(v) for v in means], keep, rules.chunk_context, rules.context_weight)
-    picks = ranked_chunks(
-        [scores[i] for i in candidates], [bounds[i] for i in candidates], rules.coverage, rules.coverage_radius
-    )
+    candidate_scores = [scores[i] for i in candidates]
+    if second is not None:
+        own = [_free_mean(second[s:e], keep[s:e]) for s, e in bounds]
+        words_scores = blend_context(second, bounds, own, keep, rules.chunk_context, rules.context_weight)
+        candidate_scores = fused_ranks(candidate_scores, [words_scores[i] for i in candidates], rules.fusion)
+    picks = ranked_chunks(candidate_scores, [bounds[i] for i in candidates], rules.coverage, rules.coverage_radius)
     for _, j in zip(range(max(chunk_budget, 0)), picks, strict=False):
         s, e = bounds[candidates[j]]
         free = np.flatnonzero(~keep[s:e]) + s
@@ -231,6 +275,7 @@ def _select_segmented(
     protected_count_toward_budget: bool,
     rules: PickRules,
     edges: Sequence[int],
+    second: FloatArray | None,
 ) -> IndexArray:
     n_protected = int(keep.sum())
     if protected_count_toward_budget:
@@ -240,7 +285,7 @@ def _select_segmented(
         budget = budget_chunks(rate, imp.shape[0] - n_protected)
         cap = max_kept_tokens
     budget = budget if cap is None else min(budget, cap)
-    fill_chunks(imp, keep, bounds, budget, rules=rules, edges=edges)
+    fill_chunks(imp, keep, bounds, budget, rules=rules, edges=edges, words=second)
     return np.flatnonzero(keep).astype(np.int64)
 
 
@@ -255,6 +300,7 @@ def fill_chunks(
     context_weight: float = 0.3,
     rules: PickRules | None = None,
     edges: Sequence[int] | None = None,
+    words: npt.ArrayLike | None = None,
 ) -> int:
     """Add the best chunks' not yet kept tokens to ``keep`` (in place) until ``budget`` tokens are added.
 
@@ -273,6 +319,7 @@ def fill_chunks(
         rules: All ranking and completion rules at once (None: ``chunk_context`` and ``context_weight`` only).
         edges: Segment edges ``[0, ..., N]`` (:func:`~specprefill.scoring.chunks.segment_edges`); sentence
             completion needs them (without them it is off).
+        words: ``[N]`` second channel for rank fusion (``rules.fusion``, see :func:`select_chunks`).
 
     Returns:
         Tokens added: ``min(budget, not yet kept tokens in bounds)``.
@@ -285,6 +332,14 @@ def fill_chunks(
     candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
     own = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
     scores = blend_context(imp, candidates, own, excluded, rules.chunk_context, rules.context_weight)
+    second = _second_channel(words, imp.shape[0], rules)
+    if second is not None:
+        own_words = [_free_mean(second[s:e], excluded[s:e]) for s, e in candidates]
+        scores = fused_ranks(
+            scores,
+            blend_context(second, candidates, own_words, excluded, rules.chunk_context, rules.context_weight),
+            rules.fusion,
+        )
     completing = rules.complete_tokens > 0 and edges is not None and len(edges) > 1
     allowance = math.floor(rules.complete_share * max(budget - rules.complete_reserve, 0)) if completing else 0
     added = 0
@@ -304,6 +359,37 @@ def fill_chunks(
             added += len(extra)
             allowance -= len(extra)
     return added
+
+
+def fused_ranks(primary: Sequence[float], secondary: Sequence[float], k: int) -> list[float]:
+    """Reciprocal-rank fusion of two chunk scorings: ``1 / (k + rank in primary) + 1 / (k + rank in secondary)``.
+
+    Ranks count from 1, best first, ties to the earlier chunk (as :func:`ranked_chunks`). A chunk whose
+    secondary score is not positive (it names no question word) gets only the first term, so the second
+    ranking promotes its matches and never reorders the rest. Pure.
+    """
+    if len(primary) != len(secondary):
+        raise ValueError(f"{len(primary)} primary but {len(secondary)} secondary chunk scores")
+    if k < 0:
+        raise ValueError(f"fusion k must be >= 0, got {k}")
+    fused = [0.0] * len(primary)
+    for rank, i in enumerate(sorted(range(len(primary)), key=lambda i: (-primary[i], i))):
+        fused[i] = 1.0 / (k + rank + 1)
+    for rank, i in enumerate(sorted(range(len(secondary)), key=lambda i: (-secondary[i], i))):
+        if secondary[i] > 0:
+            fused[i] += 1.0 / (k + rank + 1)
+    return fused
+
+
+def _second_channel(words: npt.ArrayLike | None, n: int, rules: PickRules) -> FloatArray | None:
+    """``words`` as a float32 array when rank fusion is on and it matched something; else None."""
+    if words is None or rules.fusion <= 0:
+        return None
+    second = np.asarray(words, dtype=np.float32)
+    if second.shape != (n,):
+        raise ValueError(f"words must have one score per token ({n}), got shape {second.shape}")
+    second = np.where(np.isnan(second), np.float32(0), second)
+    return second if bool((second > 0).any()) else None
 
 
 def ranked_chunks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,19 @@ def test_without_a_cache_every_select_scores_again() -> None:
     assert isinstance(method, SpecPrefillMethod) and method.segments(prepared) is None
 
 
+def test_the_defaults_rank_fuse_the_question_words_and_the_ablation_row_does_not() -> None:
+    speculator = _CountingSpeculator()
+    sample = dataclasses.replace(_sample(context="a zebra here\n" + "x y " * 12), question="Where is the zebra?")
+    prepared = prepare_sample(sample, _char_encode)
+    fused = build_method("specprefill-default", speculator=speculator)
+    plain = build_method("specprefill-no-fusion", speculator=speculator)
+    assert isinstance(fused, SpecPrefillMethod) and isinstance(plain, SpecPrefillMethod)
+    words = fused.ranking_options(prepared)["words"]
+    assert words.shape == (prepared.n_tokens,) and words.max() > 0
+    assert plain.ranking_options(prepared) == {} and variants.build_config(plain.variant).lexical_fusion == 0
+    assert "lexical_fusion" in variants.SELECTION_FIELDS  # the ablation row shares the defaults' speculator pass
+
+
 # --- options, presets, command line ----------------------------------------------------------------------
 class _WindowSpeculator(_CountingSpeculator):
     def __init__(self) -> None:
@@ -185,7 +199,12 @@ def test_full_preset_is_the_ablation() -> None:
     assert full["lengths"] == [1024, 2048, 4096] and full["samples"] >= 4
     assert "niah_multianswer" in full["tasks"] and full["tasks"][-1] == "real_prose" and len(full["tasks"]) == 8
     assert full["split"] == "all"
-    ablation = {"specprefill-no-complete", "specprefill-no-lexical", "specprefill-default-lah8"}
+    ablation = {
+        "specprefill-no-complete",
+        "specprefill-no-lexical",
+        "specprefill-no-fusion",
+        "specprefill-default-lah8",
+    }
     assert ablation | {"specprefill-lah8", "specprefill-lah1", "specprefill-default"} <= set(full["methods"])
     assert "rag" in full["methods"] and "longllmlingua" in full["methods"]
     assert "real_prose" not in quality_options.preset_settings("smoke")["tasks"]

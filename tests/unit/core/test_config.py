@@ -53,6 +53,7 @@ def test_configuration_error_is_a_value_error() -> None:
         ("max_speculator_tokens", 10),
         ("window_query_tokens", 0),
         ("complete_next", "sometimes"),
+        ("lexical_fusion", -1),
     ],
 )
 def test_out_of_bounds_names_the_field(field: str, value: Any) -> None:

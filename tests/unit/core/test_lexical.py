@@ -18,10 +18,11 @@ from specprefill.scoring.lexical import (
     lexical_scores,
     normal_word,
     question_span,
+    question_word_scores,
     with_question_words,
     word_weights,
 )
-from specprefill.scoring.select import ranking_importance, select_scored
+from specprefill.scoring.select import fusion_words, ranking_importance, select_scored
 
 
 def word_offsets(text: str) -> list[tuple[int, int]]:
@@ -186,3 +187,40 @@ def test_without_the_channel_the_ranking_is_the_speculators_importance() -> None
     assert ranked is not None
     np.testing.assert_array_equal(ranked, scored.importance)
     assert ranking_importance(ScoredPrompt([1, 2], np.zeros(2, dtype=np.bool_)), config) is None
+
+
+# --- rank fusion ----------------------------------------------------------------------------------------------
+def test_question_word_scores_are_the_questions_lexical_scores() -> None:
+    scored = scored_prompt()
+    words = question_word_scores(TEXT, scored.offsets, scored.protected)
+    question = question_span(TEXT)
+    assert words is not None and question is not None
+    np.testing.assert_array_equal(words, lexical_scores(TEXT, scored.offsets or [], scored.protected, question))
+    assert question_word_scores(None, None, scored.protected) is None
+    assert question_word_scores("ab cd", [(0, 2), (3, 5)], np.zeros(2, dtype=np.bool_)) is None  # no question
+    given = with_question_words(scored.importance, TEXT, scored.offsets, scored.protected, 0.5, words=words)
+    np.testing.assert_array_equal(
+        given, with_question_words(scored.importance, TEXT, scored.offsets, scored.protected, 0.5)
+    )
+
+
+def test_fusion_words_only_when_fusion_and_the_channel_are_on() -> None:
+    scored = scored_prompt()
+    words = fusion_words(scored, SpecPrefillConfig())
+    assert words is not None and words.max() > 0
+    assert fusion_words(scored, SpecPrefillConfig(lexical_fusion=0)) is None
+    assert fusion_words(scored, SpecPrefillConfig(lexical_weight=0)) is None
+    assert fusion_words(ScoredPrompt([1, 2], np.zeros(2, dtype=np.bool_)), SpecPrefillConfig()) is None
+
+
+@pytest.mark.parametrize(("fusion", "kept_line"), [(0, "eee fff ggg hhh"), (9, "iii zebra jjj kkk")])
+def test_rank_fusion_lets_the_question_words_line_win_over_a_light_blend(fusion: int, kept_line: str) -> None:
+    # at weight 0.25 the zebra line's chunk averages 0.1625 against attention's line at 0.325: the blend alone
+    # keeps attention's line; fused, the zebra line ranks first by question words and second by the blend
+    config = SpecPrefillConfig(
+        chunk_size=4, segment_by="none", chunk_context=0, complete_tokens=0, lexical_weight=0.25, lexical_fusion=fusion
+    ).with_overrides(max_kept_tokens=4, keep_rate=1.0)
+    scored = scored_prompt()
+    for kept_indices in (select_scored(scored, config), ResultBuilder().select(scored, config).kept_indices):
+        kept = [int(i) for i in kept_indices if not scored.protected[i]]
+        assert " ".join(TEXT[slice(*scored.offsets[i])] for i in kept) == kept_line

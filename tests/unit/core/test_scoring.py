@@ -812,3 +812,57 @@ def test_the_budget_stays_exact_with_every_rule(seed: int) -> None:
         assert protected[kept].sum() == protected.sum()
         paper = select_chunks(imp, keep_rate=rate, chunk_size=16, protected=protected, rules=rules)
         assert protected[paper].sum() == protected.sum()
+    # rank fusion keeps the budget exact too, in both grids
+    words = np.where(rng.random(n) < 0.05, rng.random(n), 0).astype(np.float32)
+    fused = _rules(chunk_context=8, complete_tokens=12, complete_share=0.4, fusion=9)
+    for rate in (0.05, 0.3):
+        kept = select_chunks(
+            imp, keep_rate=rate, chunk_size=16, protected=protected, segments=segments, rules=fused, words=words
+        )
+        assert int((~protected[kept]).sum()) == math.ceil(rate * int((~protected).sum()) - 1e-9)
+        paper = select_chunks(imp, keep_rate=rate, chunk_size=16, protected=protected, rules=fused, words=words)
+        assert protected[paper].sum() == protected.sum()
+
+
+# --- rank fusion with the question words -------------------------------------------------------------------
+def test_fused_ranks_hand_computed() -> None:
+    from specprefill.scoring import fused_ranks
+
+    # primary ranks: chunk 0 first, 1 second, 2 third; secondary: chunk 2 first, chunk 0 second, chunk 1 none
+    fused = fused_ranks([3.0, 2.0, 1.0], [0.5, 0.0, 0.9], k=1)
+    assert fused == pytest.approx([1 / 2 + 1 / 3, 1 / 3, 1 / 4 + 1 / 2])
+    # k = 0 is allowed (ranks count from 1); ties go to the earlier chunk in both rankings
+    assert fused_ranks([1.0, 1.0], [0.2, 0.2], k=0) == pytest.approx([2.0, 1.0])
+    # no chunk names a question word: the primary ranking, unchanged in order
+    plain = fused_ranks([0.1, 0.7, 0.4], [0.0, 0.0, 0.0], k=9)
+    assert sorted(range(3), key=lambda i: -plain[i]) == [1, 2, 0]
+    with pytest.raises(ValueError, match="secondary"):
+        fused_ranks([1.0], [1.0, 2.0], k=9)
+    with pytest.raises(ValueError, match=">= 0"):
+        fused_ranks([1.0], [1.0], k=-1)
+
+
+@pytest.mark.parametrize("segments", [None, []])
+def test_fusion_keeps_the_best_question_word_chunk_beside_attentions_best(segments: list[int] | None) -> None:
+    imp = np.zeros(64, dtype=np.float32)
+    imp[0:16] = [5, 4, 4, 4, 4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 3, 3]  # attention's favourite region: chunks 0 and 1
+    imp[48:56] = 0.5  # chunk 6: a weaker attention score, but it names the question's rare words
+    words = np.zeros(64, dtype=np.float32)
+    words[50] = 2.0
+    budget = dict(keep_rate=1.0, chunk_size=8, max_kept_tokens=16, segments=segments)
+    plain = select_chunks(imp, **budget, rules=_rules(), words=words)
+    fused = select_chunks(imp, **budget, rules=_rules(fusion=9), words=words)
+    off = select_chunks(imp, **budget, rules=_rules(fusion=9))  # no second channel: the plain ranking
+    assert plain.tolist() == off.tolist() == list(range(16))
+    assert fused.tolist() == [*range(8), *range(48, 56)]
+    with pytest.raises(ValueError, match="one score per token"):
+        select_chunks(imp, **budget, rules=_rules(fusion=9), words=words[:10])
+
+
+def test_fusion_follows_the_config() -> None:
+    from specprefill.scoring import PickRules
+
+    assert PickRules.of(SpecPrefillConfig()).fusion == 9
+    assert PickRules.of(SpecPrefillConfig(lexical_fusion=0)).fusion == 0
+    assert PickRules.of(SpecPrefillConfig(lexical_weight=0)).fusion == 0  # no question words: nothing to fuse
+    assert PickRules.of(SpecPrefillConfig.paper()).fusion == 0
