@@ -125,7 +125,8 @@ class SpecPrefillConfig(BaseModel):
     lexical_fusion: int = Field(default=9, ge=0, le=100_000)
     """Rank fusion with the question-word channel (needs ``lexical_weight > 0``): chunks rank by ``1 / (k +
     rank by the blended importance) + 1 / (k + rank by the question words alone)``, ranks from 1 and ``k`` this
-    value; a chunk naming no question word gets only the first term. The chunks that best match the question's
+    value; both channels score chunks with the same chunk context, and a chunk without a question word in it or
+    within ``chunk_context`` tokens of it gets only the first term. The chunks that best match the question's
     rare words then compete on rank with attention's best, where the blend alone lets the region attention
     favours most take the budget: on two-fact questions the second fact is often there (0: the blended
     ranking alone)."""

@@ -8,23 +8,23 @@ is checked against these.
 - :mod:`.chunks`: the chunk grid and chunk scores (with their neighbourhood, ``chunk_context``);
 - :mod:`.lexical`: the question-word channel blended into the importance before selection (``lexical_weight``)
   and rank-fused with it (``lexical_fusion``);
+- :mod:`.ranking`: the order chunks are taken in (coverage, rank fusion) and the best run of a partial chunk;
 - :mod:`.select`: the budget and the selection of kept chunks.
 """
 
 from __future__ import annotations
 
-from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask, segment_edges
-from specprefill.scoring.reduce import avg_pool1d, importance_from_attention, reduce_queries, register_reduction
-from specprefill.scoring.select import (
-    PickRules,
-    best_run,
+from specprefill.scoring.chunks import (
+    blend_context,
     budget_chunks,
-    fill_chunks,
-    fused_ranks,
-    ranked_chunks,
-    select_chunks,
-    select_scored,
+    chunk_bounds,
+    chunk_scores,
+    protected_mask,
+    segment_edges,
 )
+from specprefill.scoring.ranking import best_run, fused_ranks, ranked_chunks
+from specprefill.scoring.reduce import avg_pool1d, importance_from_attention, reduce_queries, register_reduction
+from specprefill.scoring.select import PickRules, fill_chunks, select_chunks, select_scored
 
 __all__ = [
     "PickRules",

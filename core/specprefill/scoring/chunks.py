@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -19,7 +20,15 @@ import numpy.typing as npt
 
 from specprefill.errors import ConfigurationError
 
-__all__ = ["blend_context", "chunk_bounds", "chunk_scores", "protected_mask", "segment_edges"]
+__all__ = [
+    "blend_context",
+    "chunk_bounds",
+    "chunk_scores",
+    "completion_tokens",
+    "free_mean",
+    "protected_mask",
+    "segment_edges",
+]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -118,3 +127,41 @@ def blend_context(
         both = math.isfinite(value) and math.isfinite(peak)
         out.append((1.0 - weight) * float(value) + weight * peak if both else float(value))
     return out
+
+
+def completion_tokens(
+    keep: npt.NDArray[np.bool_], edges: Sequence[int], start: int, end: int, limit: int, any_next: bool = True
+) -> list[int]:
+    """Not yet kept tokens that complete the chunk ``[start, end)``, nearest first, at most ``limit`` per side.
+
+    After the chunk: the rest of its segment (sentence), or, when the chunk ends its segment, the start of the
+    next one - after any segment with ``any_next``, else only after one of at most ``limit`` tokens (a heading,
+    a label or a question line). Before it: the start of its segment when the chunk begins mid-segment.
+    """
+    j = bisect_right(edges, start) - 1
+    lo, hi = edges[j], edges[min(j + 1, len(edges) - 1)]
+    if end >= hi and j + 2 < len(edges) and (any_next or hi - lo <= limit):
+        hi = edges[j + 2]
+    after = [t for t in range(end, min(hi, end + limit)) if not keep[t]]
+    before = [t for t in range(start - 1, max(lo, start - limit) - 1, -1) if not keep[t]]
+    return after + before
+
+
+def free_mean(values: FloatArray, excluded: npt.NDArray[np.bool_]) -> float:
+    """Mean of the entries not ``excluded``; -inf when there are none or it is undefined (NaN from +inf and -inf)."""
+    free = values[~excluded]
+    if not free.size:
+        return -math.inf
+    with np.errstate(invalid="ignore"):
+        mean = float(free.astype(np.float64).mean())
+    return -math.inf if math.isnan(mean) else mean
+
+
+def budget_chunks(keep_rate: float, n_chunks: int) -> int:
+    """``ceil(keep_rate * n_chunks)``, at least one chunk when there is one, robust to float rounding.
+
+    ``0.07 * 100`` is ``7.000000000000001`` in floating point; a plain ``ceil`` would keep 8 chunks.
+    """
+    if n_chunks <= 0:
+        return 0
+    return min(n_chunks, max(1, math.ceil(keep_rate * n_chunks - 1e-9)))

@@ -8,8 +8,7 @@
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,8 +18,18 @@ import numpy.typing as npt
 from specprefill.config import SpecPrefillConfig
 from specprefill.errors import ConfigurationError
 from specprefill.prompt.prepared import ScoredPrompt
-from specprefill.scoring.chunks import blend_context, chunk_bounds, chunk_scores, protected_mask, segment_edges
+from specprefill.scoring.chunks import (
+    blend_context,
+    budget_chunks,
+    chunk_bounds,
+    chunk_scores,
+    completion_tokens,
+    free_mean,
+    protected_mask,
+    segment_edges,
+)
 from specprefill.scoring.lexical import question_word_scores, with_question_words
+from specprefill.scoring.ranking import best_run, fused_ranks, ranked_chunks
 
 __all__ = [
     "COMPLETION_RESERVE",
@@ -248,9 +257,7 @@ def select_chunks(
     scores = blend_context(imp, bounds, [float(v) for v in means], keep, rules.chunk_context, rules.context_weight)
     candidate_scores = [scores[i] for i in candidates]
     if second is not None:
-        own = [_free_mean(second[s:e], keep[s:e]) for s, e in bounds]
-        words_scores = blend_context(second, bounds, own, keep, rules.chunk_context, rules.context_weight)
-        candidate_scores = fused_ranks(candidate_scores, [words_scores[i] for i in candidates], rules.fusion)
+        candidate_scores = _fused(candidate_scores, second, [bounds[i] for i in candidates], keep, rules)
     picks = ranked_chunks(candidate_scores, [bounds[i] for i in candidates], rules.coverage, rules.coverage_radius)
     for _, j in zip(range(max(chunk_budget, 0)), picks, strict=False):
         s, e = bounds[candidates[j]]
@@ -330,16 +337,11 @@ def fill_chunks(
     imp = np.where(np.isnan(imp), np.float32(-np.inf), imp)
     excluded = keep.copy() if protected is None else protected
     candidates = [(s, e) for s, e in bounds if not keep[s:e].all()]
-    own = [_free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
+    own = [free_mean(imp[s:e], excluded[s:e]) for s, e in candidates]
     scores = blend_context(imp, candidates, own, excluded, rules.chunk_context, rules.context_weight)
     second = _second_channel(words, imp.shape[0], rules)
     if second is not None:
-        own_words = [_free_mean(second[s:e], excluded[s:e]) for s, e in candidates]
-        scores = fused_ranks(
-            scores,
-            blend_context(second, candidates, own_words, excluded, rules.chunk_context, rules.context_weight),
-            rules.fusion,
-        )
+        scores = _fused(scores, second, candidates, excluded, rules)
     completing = rules.complete_tokens > 0 and edges is not None and len(edges) > 1
     allowance = math.floor(rules.complete_share * max(budget - rules.complete_reserve, 0)) if completing else 0
     added = 0
@@ -353,7 +355,7 @@ def fill_chunks(
         keep[free] = True
         added += len(free)
         if allowance > 0 and edges is not None:
-            extra = _completion(keep, edges, s, e, rules.complete_tokens, rules.complete_next == "any")
+            extra = completion_tokens(keep, edges, s, e, rules.complete_tokens, rules.complete_next == "any")
             extra = extra[: min(allowance, budget - added)]
             keep[extra] = True
             added += len(extra)
@@ -361,24 +363,17 @@ def fill_chunks(
     return added
 
 
-def fused_ranks(primary: Sequence[float], secondary: Sequence[float], k: int) -> list[float]:
-    """Reciprocal-rank fusion of two chunk scorings: ``1 / (k + rank in primary) + 1 / (k + rank in secondary)``.
-
-    Ranks count from 1, best first, ties to the earlier chunk (as :func:`ranked_chunks`). A chunk whose
-    secondary score is not positive (it names no question word) gets only the first term, so the second
-    ranking promotes its matches and never reorders the rest. Pure.
-    """
-    if len(primary) != len(secondary):
-        raise ValueError(f"{len(primary)} primary but {len(secondary)} secondary chunk scores")
-    if k < 0:
-        raise ValueError(f"fusion k must be >= 0, got {k}")
-    fused = [0.0] * len(primary)
-    for rank, i in enumerate(sorted(range(len(primary)), key=lambda i: (-primary[i], i))):
-        fused[i] = 1.0 / (k + rank + 1)
-    for rank, i in enumerate(sorted(range(len(secondary)), key=lambda i: (-secondary[i], i))):
-        if secondary[i] > 0:
-            fused[i] += 1.0 / (k + rank + 1)
-    return fused
+def _fused(
+    scores: list[float],
+    second: FloatArray,
+    bounds: Sequence[tuple[int, int]],
+    excluded: npt.NDArray[np.bool_],
+    rules: PickRules,
+) -> list[float]:
+    """The chunks' :func:`fused_ranks` with the second channel's chunk scores (free mean, same chunk context)."""
+    own = [free_mean(second[s:e], excluded[s:e]) for s, e in bounds]
+    words = blend_context(second, bounds, own, excluded, rules.chunk_context, rules.context_weight)
+    return fused_ranks(scores, words, rules.fusion)
 
 
 def _second_channel(words: npt.ArrayLike | None, n: int, rules: PickRules) -> FloatArray | None:
@@ -392,74 +387,6 @@ def _second_channel(words: npt.ArrayLike | None, n: int, rules: PickRules) -> Fl
     return second if bool((second > 0).any()) else None
 
 
-def ranked_chunks(
-    scores: Sequence[float], bounds: Sequence[tuple[int, int]], coverage: float = 0.0, radius: int = 128
-) -> Iterator[int]:
-    """Chunk indices best first (ties: the earlier chunk), lazily, with the coverage rule.
-
-    Each pick lowers every not yet picked chunk whose centre lies within ``radius`` tokens of the pick's
-    centre by ``coverage`` times its absolute score, so a region that already gave several chunks yields to
-    another high-scoring one (an MMR-like rule: 0 gives the plain ranking, 1 takes one chunk per region
-    before any second one). Pure.
-    """
-    if coverage <= 0.0:
-        yield from sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        return
-    value = np.asarray(scores, dtype=np.float64)
-    centres = np.array([(s + e) / 2 for s, e in bounds], dtype=np.float64)
-    alive = np.ones(len(value), dtype=np.bool_)
-    for _ in range(len(value)):
-        masked = np.where(alive, value, -np.inf)
-        i = int(np.argmax(masked))
-        if not alive[i]:  # only -inf left: the earliest remaining chunk
-            i = int(np.flatnonzero(alive)[0])
-        alive[i] = False
-        yield i
-        near = alive & (np.abs(centres - centres[i]) <= radius) & np.isfinite(value)
-        value[near] -= coverage * np.abs(value[near])
-
-
-def _completion(
-    keep: npt.NDArray[np.bool_], edges: Sequence[int], start: int, end: int, limit: int, any_next: bool = True
-) -> list[int]:
-    """Not yet kept tokens that complete the chunk ``[start, end)``, nearest first, at most ``limit`` per side.
-
-    After the chunk: the rest of its segment (sentence), or, when the chunk ends its segment, the start of the
-    next one - after any segment with ``any_next``, else only after one of at most ``limit`` tokens (a heading,
-    a label or a question line). Before it: the start of its segment when the chunk begins mid-segment.
-    """
-    j = bisect_right(edges, start) - 1
-    lo, hi = edges[j], edges[min(j + 1, len(edges) - 1)]
-    if end >= hi and j + 2 < len(edges) and (any_next or hi - lo <= limit):
-        hi = edges[j + 2]
-    after = [t for t in range(end, min(hi, end + limit)) if not keep[t]]
-    before = [t for t in range(start - 1, max(lo, start - limit) - 1, -1) if not keep[t]]
-    return after + before
-
-
-def _free_mean(values: FloatArray, protected: npt.NDArray[np.bool_]) -> float:
-    """Mean of the unprotected entries; -inf when there are none or it is undefined (NaN from +inf and -inf)."""
-    free = values[~protected]
-    if not free.size:
-        return -math.inf
-    with np.errstate(invalid="ignore"):
-        mean = float(free.astype(np.float64).mean())
-    return -math.inf if math.isnan(mean) else mean
-
-
-def best_run(imp: FloatArray, free: npt.NDArray[np.intp], length: int) -> npt.NDArray[np.intp]:
-    """The ``length`` consecutive entries of ``free`` with the highest total importance (earliest on ties).
-
-    ``-inf`` (a NaN score) counts as a very low finite value so that every window keeps a comparable sum.
-    """
-    if length >= len(free):
-        return free
-    values = np.maximum(imp[free].astype(np.float64), -1e30)
-    sums = np.convolve(values, np.ones(length), mode="valid")
-    start = int(np.argmax(sums))
-    return free[start : start + length]
-
-
 def _check_budget(keep_rate: object, max_kept_tokens: int | None) -> float:
     try:
         rate = float(keep_rate)  # type: ignore[arg-type]
@@ -470,13 +397,3 @@ def _check_budget(keep_rate: object, max_kept_tokens: int | None) -> float:
     if max_kept_tokens is not None and max_kept_tokens < 0:
         raise ConfigurationError(f"max_kept_tokens must be >= 0, got {max_kept_tokens}")
     return rate
-
-
-def budget_chunks(keep_rate: float, n_chunks: int) -> int:
-    """``ceil(keep_rate * n_chunks)``, at least one chunk when there is one, robust to float rounding.
-
-    ``0.07 * 100`` is ``7.000000000000001`` in floating point; a plain ``ceil`` would keep 8 chunks.
-    """
-    if n_chunks <= 0:
-        return 0
-    return min(n_chunks, max(1, math.ceil(keep_rate * n_chunks - 1e-9)))
