@@ -4,7 +4,9 @@ A small speculator often attends to the words a question names (``"saffron pear 
 value that follows a few tokens later (``"175 degrees"``). With ``SpecPrefillConfig.chunk_context > 0`` a
 chunk scores a blend of its own score and the highest importance within that many tokens on either side
 (:func:`blend_context`), so a sentence right next to what the question points at ranks higher, while the
-chunk holding the peak itself still ranks first. All functions are pure.
+chunk holding the peak itself still ranks first. Also here: a chunk's free mean, the chunk budget
+(:func:`budget_chunks`) and the tokens that complete a kept chunk's sentence (:func:`completion_tokens`). All
+functions are pure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from specprefill.errors import ConfigurationError
 
 __all__ = [
     "blend_context",
+    "budget_chunks",
     "chunk_bounds",
     "chunk_scores",
     "completion_tokens",
