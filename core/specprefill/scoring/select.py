@@ -146,9 +146,10 @@ def select_scored(
     has them (with ``ranked`` given, ``words`` is taken as given: None means no fusion). An unscored prompt
     keeps every token.
     """
-    if ranked is None:
+    importance = ranked
+    if importance is None:
         words = fusion_words(scored, config)
-    importance = ranking_importance(scored, config, words=words) if ranked is None else ranked
+        importance = ranking_importance(scored, config, words=words)
     if importance is None:
         return np.arange(scored.n_tokens, dtype=np.int64)
     return select_chunks(
