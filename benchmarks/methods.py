@@ -356,7 +356,9 @@ class SpecPrefillMethod(ChunkMethod):
             return scores
         from specprefill.scoring.lexical import with_question_words
 
-        return with_question_words(scores, prepared.prompt.text, prepared.offsets, prepared.protected, weight)
+        return with_question_words(
+            scores, prepared.prompt.text, prepared.offsets, prepared.protected, weight, stop_words=self._stop_words()
+        )
 
     def ranking_options(self, prepared: PreparedSample) -> dict[str, Any]:
         """The question-word channel alone for rank fusion (``lexical_fusion``), as ``select_scored`` passes it.
@@ -367,8 +369,14 @@ class SpecPrefillMethod(ChunkMethod):
             return {}
         from specprefill.scoring.lexical import question_word_scores
 
-        words = question_word_scores(prepared.prompt.text, prepared.offsets, prepared.protected)
+        words = question_word_scores(
+            prepared.prompt.text, prepared.offsets, prepared.protected, stop_words=self._stop_words()
+        )
         return {} if words is None else {"words": words}
+
+    def _stop_words(self) -> bool:
+        """Whether the question words leave out the stop words (``lexical_stop_words``)."""
+        return bool(getattr(self.config, "lexical_stop_words", False))
 
     def context_options(self) -> dict[str, Any]:
         """The variant's ranking and completion rules (``PickRules``).

@@ -42,7 +42,7 @@ SELECTION_FIELDS: frozenset[str] = frozenset(
     {
         "keep_rate", "chunk_size", "max_kept_tokens", "min_prompt_tokens", "segment_by", "chunk_context",
         "context_weight", "coverage", "coverage_radius", "complete_tokens", "complete_next", "complete_share",
-        "lexical_weight", "lexical_fusion",
+        "lexical_weight", "lexical_fusion", "lexical_stop_words",
         "protect_template",
         "protect_system_tokens", "protect_question_tokens", "protected_count_toward_budget", "gap_marker",
         "fallback_on_error",
@@ -95,6 +95,12 @@ VARIANTS: dict[str, Variant] = {
             preset="default",
             lexical_fusion=0,
         ),
+        _v(
+            "specprefill-no-stop-words",
+            "defaults, function words count as question words",
+            preset="default",
+            lexical_stop_words=False,
+        ),
         _v("specprefill-coverage", "library defaults + coverage 0.25", preset="default", coverage=0.25),
         _v("specprefill-default-lah8", "defaults with look-ahead 8", preset="default", lookahead=8),
         _v("specprefill-max", "SpecPrefill, max over queries", query_reduction="max"),
@@ -128,6 +134,7 @@ ABLATION_VARIANTS: tuple[str, ...] = (
     "specprefill-next-short",
     "specprefill-no-lexical",
     "specprefill-no-fusion",
+    "specprefill-no-stop-words",
     "specprefill-default-lah8",
     "specprefill-coverage",
 )

@@ -122,6 +122,11 @@ class SpecPrefillConfig(BaseModel):
     (its inverse frequency over lines and sentences), so a sentence naming the question's rare words ranks high
     even where the speculator's attention missed it (0: attention alone, as in the paper)."""
 
+    lexical_stop_words: bool = True
+    """Leave English function words ("what", "which", "the", ... :data:`~specprefill.scoring.lexical.STOP_WORDS`)
+    out of the question words: rare in a manual or a licence, they otherwise weigh as much as the question's
+    real terms (False: every word of the question counts)."""
+
     lexical_fusion: int = Field(default=9, ge=0, le=100_000)
     """Rank fusion with the question-word channel (needs ``lexical_weight > 0``): chunks rank by ``1 / (k +
     rank by the blended importance) + 1 / (k + rank by the question words alone)``, ranks from 1 and ``k`` this

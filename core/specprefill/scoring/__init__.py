@@ -7,7 +7,7 @@ is checked against these.
 - :mod:`.reduce`: smoothing and the query reductions (a table: :func:`~.reduce.register_reduction`);
 - :mod:`.chunks`: the chunk grid and chunk scores (with their neighbourhood, ``chunk_context``);
 - :mod:`.lexical`: the question-word channel blended into the importance before selection (``lexical_weight``)
-  and rank-fused with it (``lexical_fusion``);
+  and rank-fused with it (``lexical_fusion``), English function words left out (``lexical_stop_words``);
 - :mod:`.ranking`: the order chunks are taken in (coverage, rank fusion) and the best run of a partial chunk;
 - :mod:`.select`: the budget and the selection of kept chunks.
 """

@@ -109,14 +109,9 @@ def ranking_importance(
     if scored.importance is None:
         return None
     return with_question_words(
-        scored.importance,
-        scored.text,
-        scored.offsets,
-        scored.protected,
-        config.lexical_weight,
-        scored.content_spans,
-        words=words,
-    )
+        scored.importance, scored.text, scored.offsets, scored.protected, config.lexical_weight,
+        scored.content_spans, words=words, stop_words=config.lexical_stop_words,
+    )  # fmt: skip
 
 
 def fusion_words(scored: ScoredPrompt, config: SpecPrefillConfig) -> FloatArray | None:
@@ -127,7 +122,9 @@ def fusion_words(scored: ScoredPrompt, config: SpecPrefillConfig) -> FloatArray 
     """
     if scored.importance is None or config.lexical_weight <= 0 or config.lexical_fusion <= 0:
         return None
-    return question_word_scores(scored.text, scored.offsets, scored.protected, scored.content_spans)
+    return question_word_scores(
+        scored.text, scored.offsets, scored.protected, scored.content_spans, stop_words=config.lexical_stop_words
+    )
 
 
 def select_scored(

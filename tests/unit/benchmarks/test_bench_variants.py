@@ -162,6 +162,21 @@ def test_the_defaults_rank_fuse_the_question_words_and_the_ablation_row_does_not
     assert "lexical_fusion" in variants.SELECTION_FIELDS  # the ablation row shares the defaults' speculator pass
 
 
+def test_the_stop_words_ablation_row_counts_function_words_and_shares_the_speculator_pass() -> None:
+    speculator = _CountingSpeculator()
+    sample = dataclasses.replace(_sample(context="what a zebra here\n" + "x y " * 12), question="What is the zebra?")
+    prepared = prepare_sample(sample, _char_encode)
+    default = build_method("specprefill-default", speculator=speculator)
+    counted = build_method("specprefill-no-stop-words", speculator=speculator)
+    assert isinstance(default, SpecPrefillMethod) and isinstance(counted, SpecPrefillMethod)
+    assert "specprefill-no-stop-words" in variants.ABLATION_VARIANTS
+    assert not variants.build_config(counted.variant).lexical_stop_words
+    assert variants.scoring_key(default.config) == variants.scoring_key(counted.config)
+    with_stop = default.ranking_options(prepared)["words"]
+    without = counted.ranking_options(prepared)["words"]
+    assert (without > 0).sum() > (with_stop > 0).sum() > 0  # "what" counts only in the ablation row
+
+
 # --- options, presets, command line ----------------------------------------------------------------------
 class _WindowSpeculator(_CountingSpeculator):
     def __init__(self) -> None:

@@ -14,6 +14,7 @@ from specprefill.prompt.assemble import ResultBuilder
 from specprefill.prompt.prepared import ScoredPrompt
 from specprefill.report_html import render_prune_html
 from specprefill.scoring.lexical import (
+    STOP_WORDS,
     blend_lexical,
     lexical_scores,
     normal_word,
@@ -74,6 +75,34 @@ def test_word_weights_are_inverse_frequencies_over_lines_and_sentences() -> None
     weights = word_weights(context, "Is alpha or beta or omega here?")
     # three units; alpha in one, beta in all three (weight 0: left out), omega nowhere (left out)
     assert weights == {"alpha": pytest.approx(math.log(4 / 2))}
+
+
+def test_stop_words_leave_function_words_out_of_the_question_words() -> None:
+    # "what" and "does" are rare in this context (one unit each), so without the list they weigh like "alpha"
+    context = "what alpha.\nthis does beta.\ngamma delta.\nepsilon zeta"
+    question = "What does this alpha do?"
+    plain = word_weights(context, question)
+    assert set(plain) == {"what", "doe", "thi", "alpha"} and len(set(plain.values())) == 1
+    assert word_weights(context, question, stop_words=True) == {"alpha": plain["alpha"]}
+    assert {"what", "does", "this", "the"} <= STOP_WORDS
+
+
+def test_the_defaults_drop_stop_words_from_the_channel_and_the_option_keeps_them() -> None:
+    text = "what a day.\nthe zebra ran.\nthe bird flew.\n\nWhat did the zebra do?"
+    offsets = word_offsets(text)
+    protected = np.zeros(len(offsets), dtype=np.bool_)
+    importance = np.full(len(offsets), 0.1, dtype=np.float32)
+    scored = ScoredPrompt([0] * len(offsets), protected, text=text, offsets=offsets, importance=importance)
+    words = [text[a:b] for a, b in offsets]
+
+    def boosted(config: SpecPrefillConfig) -> set[str]:
+        channel = fusion_words(scored, config)
+        assert channel is not None
+        return {words[i] for i in np.flatnonzero(channel)}
+
+    assert SpecPrefillConfig().lexical_stop_words
+    assert boosted(SpecPrefillConfig()) == {"zebra"}
+    assert boosted(SpecPrefillConfig(lexical_stop_words=False)) == {"what", "the", "zebra"}
 
 
 def test_lexical_scores_mark_the_tokens_that_spell_a_question_word() -> None:
