@@ -140,8 +140,9 @@ ABLATION_VARIANTS: tuple[str, ...] = (
 )
 """The variants the full preset adds to the paper's look-ahead 8 and 1: the library defaults, then one row per
 rule of the defaults taken out or changed (sentence completion, its continuation after any sentence, question
-words, their rank fusion, look-ahead 4) and the opt-in coverage rule. The older variants (window, max, segment
-grid) stay runnable by name; their ablation is in ``examples/report/full-retention`` and ``full-heads``."""
+words, their rank fusion and stop words, look-ahead 4) and the opt-in coverage rule. The older variants (window,
+max, segment grid) stay runnable by name; their ablation is in ``examples/report/full-retention`` and
+``full-heads``."""
 
 
 def parse_variant(spec: str) -> Variant:
